@@ -1,0 +1,50 @@
+"""himamba: the tiered radix prefix cache of hybrid Mamba/attention LLM servers, on real memory.
+
+Start here::
+
+    import himamba as hm
+    cache = hm.MambaRadixCache(hm.CacheConfig(device="cpu"))
+"""
+
+from himamba.cache.config import CacheConfig
+from himamba.cache.integrity import check_integrity
+from himamba.cache.invariants import Violation, check_invariants
+from himamba.cache.legacy import LEGACY_BUGS
+from himamba.cache.mamba import MambaRadixCache
+from himamba.cache.results import InsertResult, MatchResult, Request
+from himamba.core.key import RadixKey
+from himamba.core.node import TreeNode
+from himamba.errors import (
+    CacheAssertionError,
+    HiMambaError,
+    InvalidInputError,
+    LockError,
+    PoolError,
+)
+from himamba.memory.model import ModelSpec
+from himamba.observe.events import Event, EventKind
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "LEGACY_BUGS",
+    "CacheAssertionError",
+    "CacheConfig",
+    "Event",
+    "EventKind",
+    "HiMambaError",
+    "InsertResult",
+    "InvalidInputError",
+    "LockError",
+    "MambaRadixCache",
+    "MatchResult",
+    "ModelSpec",
+    "PoolError",
+    "RadixKey",
+    "Request",
+    "TreeNode",
+    "Violation",
+    "check_integrity",
+    "check_invariants",
+    "__version__",
+]

@@ -1,0 +1,195 @@
+"""Device eviction: evict (§3.6), evict_mamba (§3.7) and the single-tier tombstone cascade.
+
+KV eviction takes the evictable device leaves in access-time order (a heap, not the full LRU
+list). State eviction walks the mamba LRU list from its least recently used end: an internal
+node just loses its state and becomes a *tombstone*; a childless node is evicted whole.
+
+Deleting a leaf can leave its parent childless. A childless node without a state can never end a
+usable match, so the **tombstone cascade** deletes such parents one after another, stopping at
+the root, at a node that holds a state, or at a locked node (single-tier rule; the tiered cache
+adds host states and host pins to the stop conditions).
+"""
+
+from __future__ import annotations
+
+import heapq
+
+from himamba.cache.tree_base import TreeBase
+from himamba.core.key import preview
+from himamba.core.node import TreeNode
+from himamba.errors import CacheAssertionError, InvalidInputError
+from himamba.observe.events import EventKind, operation
+
+
+class DeviceEvictionMixin(TreeBase):
+    """evict, evict_mamba and the cascade of the single-tier cache."""
+
+    # -- evict (KV) ----------------------------------------------------------------------------
+    @operation("evict")
+    def evict(self, num_tokens: int) -> int:
+        """Free at least ``num_tokens`` device KV tokens if unlocked leaves allow it.
+
+        Leaves go oldest first (by ``last_access_time``); a parent that becomes a leaf joins
+        the queue. Returns the device tokens freed, cascade deletions included. Locked nodes are
+        never touched.
+        """
+        if not isinstance(num_tokens, int) or num_tokens < 0:
+            raise InvalidInputError(f"evict(num_tokens) needs a non-negative int, got {num_tokens!r}")
+        leaves = self.evictable_full_device_leaves
+        heap = [(n.last_access_time, n.id, n) for n in leaves]
+        heapq.heapify(heap)
+        freed = 0
+        while freed < num_tokens and heap:
+            _, _, x = heapq.heappop(heap)
+            if x not in leaves:
+                if self.events.active:
+                    self.events.emit(EventKind.CASCADE, f"skip stale heap entry #{x.id} (no longer an evictable leaf)", (x.id,))
+                continue
+            tokens, survivor = self._evict_device_leaf(x)
+            freed += tokens
+            if survivor in leaves:
+                heapq.heappush(heap, (survivor.last_access_time, survivor.id, survivor))
+        return freed
+
+    def _evict_device_leaf(self, node: TreeNode) -> tuple[int, TreeNode]:
+        """Remove one evictable device leaf. Returns (device tokens freed, the deepest surviving
+        ancestor, which may now be a leaf)."""
+        return self._evict_regular(node)
+
+    def _evict_regular(self, node: TreeNode) -> tuple[int, TreeNode]:
+        """Delete a childless device node: free its KV and state, detach it, run the cascade."""
+        if node.value is None:
+            raise CacheAssertionError(f"evict regular: node #{node.id} is not on device")
+        if node.children:
+            raise CacheAssertionError(f"non-leaf, node.id={node.id}")
+        n = len(node.value)
+        self.kv_pool.free(node.value)
+        if node.full_lock_ref == 0:
+            self.full_evictable_size_ -= n
+        else:
+            self.full_protected_size_ -= n
+        self.full_lru_list.remove_node(node)
+        self._free_device_state(node)
+        self._release_leaf_extras(node)
+        self.evictable_full_device_leaves.discard(node)
+        self._detach(node)
+        if self.events.active:
+            self.events.emit(EventKind.LEAF_EVICTED, f"leaf #{node.id}{preview(node.key.token_ids)} deleted: freed {n} KV tokens", (node.id,))
+        cascaded, survivor = self._iteratively_delete_tombstone_leaf(node)
+        return n + cascaded, survivor
+
+    def _release_leaf_extras(self, node: TreeNode) -> None:
+        """Hook for the tiered cache: free what a deleted device leaf holds on other tiers."""
+
+    def _free_device_state(self, node: TreeNode) -> None:
+        """Free ``node``'s device state slot (if any), fix the counters, leave the mamba LRU."""
+        if node.mamba_value is None:
+            return
+        self.mamba_pool.free(node.mamba_value)
+        if node.mamba_lock_ref == 0:
+            self.mamba_evictable_size_ -= 1
+        else:
+            self.mamba_protected_size_ -= 1
+        node.mamba_lock_ref = 0
+        self.mamba_lru_list.remove_node(node)
+        node.mamba_value = None
+
+    # -- the cascade -----------------------------------------------------------------------------
+    def _cascade_stop_reason(self, parent: TreeNode) -> str | None:
+        """Why the cascade must keep ``parent`` (``None``: delete it). Single-tier rule."""
+        if parent is self.root_node:
+            return "parent is the root"
+        if parent.mamba_value is not None:
+            return f"parent #{parent.id} holds a device state"
+        if parent.full_lock_ref > 0 or parent.mamba_lock_ref > 0:
+            return f"parent #{parent.id} is locked (full_lock_ref={parent.full_lock_ref})"
+        return None
+
+    def _iteratively_delete_tombstone_leaf(self, node: TreeNode) -> tuple[int, TreeNode]:
+        """After ``node`` left the tree, delete childless stateless ancestors (the cascade).
+
+        Returns (device tokens freed by the cascade, the deepest surviving ancestor).
+        """
+        freed = 0
+        events = self.events
+        while True:
+            parent = node.parent
+            if parent.children:
+                if events.active and parent is not self.root_node:
+                    events.emit(EventKind.CASCADE, f"stop: parent #{parent.id} still has {len(parent.children)} child(ren)", (parent.id,), stop=True)
+                break
+            reason = self._cascade_stop_reason(parent)
+            if reason is not None:
+                if events.active:
+                    events.emit(EventKind.CASCADE, f"stop: {reason}", (parent.id,), stop=True)
+                break
+            if events.active:
+                events.emit(EventKind.CASCADE, f"parent #{parent.id} is a childless tombstone: delete it", (parent.id,), stop=False)
+            freed += self._delete_tombstone_leaf(parent)
+            node = parent
+        survivor = node.parent
+        self._update_device_leaf_status(survivor)
+        return freed, survivor
+
+    def _delete_tombstone_leaf(self, node: TreeNode) -> int:
+        """Delete a childless, stateless node met by the cascade. Returns device tokens freed."""
+        if node.mamba_value is not None or node.children:
+            raise CacheAssertionError(f"cascade: node #{node.id} is not a childless tombstone")
+        freed = 0
+        if node.value is not None:
+            freed = len(node.value)
+            self.kv_pool.free(node.value)
+            self.full_evictable_size_ -= freed
+            self.full_lru_list.remove_node(node)
+        self.evictable_full_device_leaves.discard(node)
+        self._detach(node)
+        if self.events.active:
+            self.events.emit(EventKind.NODE_DELETED, f"tombstone #{node.id}{preview(node.key.token_ids)} deleted ({freed} device tokens)", (node.id,))
+        return freed
+
+    # -- evict_mamba (states) ----------------------------------------------------------------------
+    @operation("evict_mamba")
+    def evict_mamba(self, num_states: int) -> int:
+        """Free up to ``num_states`` device state slots, least recently used first.
+
+        An unlocked node with children only loses its state (it becomes a tombstone; its KV
+        stays). A childless one is evicted as a whole leaf (KV too, then the cascade). Nodes with
+        ``mamba_lock_ref > 0`` are skipped; so are childless nodes with ``full_lock_ref > 0``
+        unless legacy B8 is on, which evicts them anyway and asserts as upstream does.
+        Returns the states freed.
+        """
+        if not isinstance(num_states, int) or num_states < 0:
+            raise InvalidInputError(f"evict_mamba(n) needs a non-negative int, got {num_states!r}")
+        lru = self.mamba_lru_list
+        legacy_b8 = self.config.has_legacy("B8")
+        freed = 0
+        x = lru.lru_no_lock()
+        while freed < num_states and lru.in_list(x):
+            if x is self.root_node or x.mamba_lock_ref != 0 or x.mamba_value is None:
+                raise CacheAssertionError(f"evict_mamba: bad candidate #{x.id}")
+            if x.children:
+                x_next = lru.prev_no_lock(x)
+                self._tombstone_internal_node(x)
+                freed += 1
+            elif x.full_lock_ref > 0 and not legacy_b8:
+                x = lru.prev_no_lock(x)
+                continue
+            else:
+                if x.full_lock_ref != 0:
+                    raise CacheAssertionError(f"evict device leaf: full_lock_ref mismatch (node #{x.id}, full_lock_ref={x.full_lock_ref})")
+                x_next = lru.prev_no_lock(x)
+                self._evict_device_leaf(x)
+                freed += 1
+                if not lru.in_list(x_next):
+                    x_next = lru.lru_no_lock()
+            x = x_next
+        return freed
+
+    def _tombstone_internal_node(self, node: TreeNode) -> None:
+        """Drop the device state of a node that has children; its KV stays."""
+        self.mamba_pool.free(node.mamba_value)
+        self.mamba_lru_list.remove_node(node)
+        self.mamba_evictable_size_ -= 1
+        node.mamba_value = None
+        if self.events.active:
+            self.events.emit(EventKind.TOMBSTONE, f"#{node.id} loses its device state (now a tombstone; KV kept)", (node.id,))

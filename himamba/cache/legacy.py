@@ -1,0 +1,103 @@
+"""Legacy switches: each known bug of the reference (section 5) as a behaviour you can turn back on.
+
+``CacheConfig(legacy={"B1"})`` (or the alias, ``{"cascade_ignores_host_pins"}``) restores the old
+code path exactly, so a notebook can show the symptom next to the fix. By default every switch is
+off: the cache behaves as current upstream *and* also fixes the bugs upstream left open
+(B3, B6, B7, B8).
+
+====  ==================================  ===========================================================  ==================
+id    alias                               symptom with the switch on                                   fixed upstream?
+====  ==================================  ===========================================================  ==================
+B1    cascade_ignores_host_pins           the tombstone cascade deletes a host-pinned node; a later    yes (#23696)
+                                          ``evict_host`` fails: ``parent does not have child key``
+B2    chunked_not_forwarded               ``cache_unfinished_req`` drops ``chunked``: every prefill    yes (#23696)
+                                          chunk counts a hit and is written to host
+B3    host_insert_skips_full_lru          ``_insert_helper_host`` retimes device nodes without         no (open)
+                                          moving them in the full LRU: list order != time order
+B4    backup_ignores_contiguity           ``write_backup`` backs up a child of a non-backed-up         yes (#22062)
+                                          parent; evicting the parent asserts ``non-leaf``
+B5    old_host_leaf_rule                  host leaf = "no evicted+backed-up child", only ``hr``        yes (unconfirmed PR)
+                                          counted, ``evict_mamba_host`` skips pinned nodes
+B6    host_insert_under_unbacked_parent   prefetch hangs host children under a device node that is     no (inferred)
+                                          not backed up; evicting it asserts ``non-leaf``
+B7    write_back_ignores_failed_backup    write-back demotes a leaf whose backup failed: assertion     no (inferred)
+                                          ``not backuped``
+B8    evict_mamba_takes_locked_leaf       ``evict_mamba`` picks a childless, full-locked leaf:         no (#21406 closed)
+                                          ``evict device leaf: full_lock_ref mismatch``
+B13   quota_ignored_with_restore          load-back ignores threshold and ``mem_quota`` whenever a     no (maybe intended)
+                                          state is restored
+====  ==================================  ===========================================================  ==================
+
+B9-B12 are hazards without a single old code path (see the reference); they are shown in
+notebooks but have no switch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from himamba.errors import InvalidInputError
+
+
+@dataclass(frozen=True, slots=True)
+class LegacyBug:
+    """One known bug: id, descriptive alias, what goes wrong, and whether upstream fixed it."""
+
+    id: str
+    alias: str
+    symptom: str
+    fixed_upstream: str
+
+
+LEGACY_BUGS: dict[str, LegacyBug] = {
+    bug.id: bug
+    for bug in (
+        LegacyBug("B1", "cascade_ignores_host_pins",
+                  "the cascade deletes a host-pinned node; evict_host then fails with "
+                  "'parent does not have child key'", "yes (#23696)"),
+        LegacyBug("B2", "chunked_not_forwarded",
+                  "cache_unfinished_req drops `chunked`: every chunk counts a hit and is backed up",
+                  "yes (#23696)"),
+        LegacyBug("B3", "host_insert_skips_full_lru",
+                  "_insert_helper_host retimes device nodes without a full-LRU move", "no (open)"),
+        LegacyBug("B4", "backup_ignores_contiguity",
+                  "write_backup backs up a child of an un-backed-up parent; 'non-leaf' on eviction",
+                  "yes (#22062)"),
+        LegacyBug("B5", "old_host_leaf_rule",
+                  "old host-leaf test and pin handling in evict_host / evict_mamba_host",
+                  "yes (PR unconfirmed)"),
+        LegacyBug("B6", "host_insert_under_unbacked_parent",
+                  "prefetched host nodes hang under a device node that is not backed up",
+                  "no (inferred)"),
+        LegacyBug("B7", "write_back_ignores_failed_backup",
+                  "write-back demotes a leaf whose backup failed: 'not backuped'", "no (inferred)"),
+        LegacyBug("B8", "evict_mamba_takes_locked_leaf",
+                  "evict_mamba evicts a childless full-locked leaf: 'full_lock_ref mismatch'",
+                  "no (#21406 closed)"),
+        LegacyBug("B13", "quota_ignored_with_restore",
+                  "load-back skips threshold and mem_quota whenever a state is restored",
+                  "no (maybe intended)"),
+    )
+}
+
+_BY_ALIAS = {bug.alias: bug.id for bug in LEGACY_BUGS.values()}
+
+
+def normalize_legacy(names: Iterable[str] | str | None) -> frozenset[str]:
+    """Turn ids or aliases into a frozenset of ids; an unknown name raises InvalidInputError."""
+    if names is None:
+        return frozenset()
+    if isinstance(names, str):
+        names = [names]
+    out = set()
+    for name in names:
+        if not isinstance(name, str):
+            raise InvalidInputError(f"legacy switch names are strings, got {name!r}")
+        key = name.strip()
+        bug_id = key.upper() if key.upper() in LEGACY_BUGS else _BY_ALIAS.get(key)
+        if bug_id is None:
+            known = ", ".join(f"{b.id} ({b.alias})" for b in LEGACY_BUGS.values())
+            raise InvalidInputError(f"unknown legacy switch {name!r}; known: {known}")
+        out.add(bug_id)
+    return frozenset(out)

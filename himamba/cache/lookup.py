@@ -1,0 +1,277 @@
+"""Lookup and insert on the device tree: match_prefix (§3.1), split (§3.2), insert (§3.3).
+
+A usable prefix ends at the deepest matched node that holds a state. Lookups that end inside an
+edge split it, and the upper half has no state, so such lookups reuse nothing (B12, #22935).
+Insert walks the same path, frees the request's duplicate KV slots, and hangs the rest as a new
+leaf that owns the request's slots and its state slot.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from himamba.cache.results import InsertResult, MatchResult, Request
+from himamba.cache.tree_base import TreeBase
+from himamba.core.key import RadixKey, as_key, preview
+from himamba.core.node import TreeNode
+from himamba.errors import CacheAssertionError, InvalidInputError
+from himamba.observe.events import EventKind, operation
+
+ANCESTOR_TIME_STEP = 1e-5  # k-th ancestor of a match is retimed to t - k * step
+
+
+class LookupMixin(TreeBase):
+    """match_prefix, _split_node and insert of the single-tier cache."""
+
+    # -- match_prefix ---------------------------------------------------------------------------
+    @operation("match_prefix")
+    def match_prefix(
+        self, key: RadixKey | Sequence[int], req: Request | None = None, cow_mamba: bool = False
+    ) -> MatchResult:
+        """Longest usable cached prefix of ``key``.
+
+        Changes: may split the edge where the match ends; moves the usable node and its ancestors
+        to the MRU end of both LRU lists and retimes them (the k-th ancestor gets ``t - k*1e-5``).
+        With ``cow_mamba`` and a ``req``, copies the matched state into the request's state slot
+        (allocating one, evicting states if needed, while the matched node is locked).
+        Never frees memory except through that state eviction. Holds no locks afterwards.
+        """
+        key = as_key(key)
+        root = self.root_node
+        ps = self.page_size
+        if len(key) == 0:
+            return MatchResult(self._empty_indices, root, root, root)
+        key = key.page_aligned(ps)
+        node, segs, best, best_len = root, [], root, 0
+        children = root.children
+        while len(key) and (ck := key.child_key(ps)) in children:
+            child = children[ck]
+            if node.mamba_value is not None:
+                best, best_len = node, len(segs)
+            p = child.key.match(key, ps)
+            if p < len(child.key):
+                child = self._split_node(child, p)
+                segs.append(child.value)
+                node = child
+                break
+            segs.append(child.value)
+            node, key = child, key[p:]
+            children = child.children
+        if node.mamba_value is not None:
+            best, best_len = node, len(segs)
+        self._touch_match(best)
+        indices = torch.cat(segs[:best_len]) if best_len else self._empty_indices
+        branching = None
+        if len(segs) > best_len:
+            total = sum(len(s) for s in segs)
+            chunk = self.config.mamba_cache_chunk_size
+            branching = (total // chunk) * chunk or None
+        if cow_mamba and req is not None and best.mamba_value is not None:
+            self._copy_state_to_request(best, req)
+        return MatchResult(indices, best, best, best, 0, branching)
+
+    def _touch_match(self, best: TreeNode) -> None:
+        """LRU refresh and retiming of a match's usable node and its ancestors."""
+        root = self.root_node
+        if best is root:
+            return
+        self.full_lru_list.reset_node_and_parents_mru(best, root)
+        self.mamba_lru_list.reset_node_and_parents_mru(best, root)
+        t = self.tick()
+        x, k = best, 0
+        while x is not root:
+            x.last_access_time = t - k * ANCESTOR_TIME_STEP
+            x = x.parent
+            k += 1
+        if self.events.active:
+            self.events.emit(EventKind.LRU_REFRESH, f"match refreshes #{best.id} and its {k - 1} ancestor(s)", (best.id,))
+
+    def _copy_state_to_request(self, best: TreeNode, req: Request) -> None:
+        if req.mamba_pool_idx is None:
+            self._inc_lock_ref(best)
+            try:
+                slot = self.mamba_pool.alloc(1)
+                if slot is None:
+                    self.evict_mamba(1)
+                    slot = self.mamba_pool.alloc(1)
+            finally:
+                self._dec_lock_ref(best)
+            if slot is None:
+                raise InvalidInputError("no mamba state slot free for the request (all states are locked)")
+            req.mamba_pool_idx = slot
+        self.mamba_pool.copy_slot(req.mamba_pool_idx, best.mamba_value)
+
+    # -- split -------------------------------------------------------------------------------
+    def _split_node(self, child: TreeNode, split_len: int) -> TreeNode:
+        """Split ``child``'s edge after ``split_len`` tokens; return the new upper node.
+
+        The upper node takes the first tokens and KV slots, copies ``full_lock_ref`` (so every
+        outstanding release stays balanced), has no state and ``hit_count`` 0; the child keeps
+        the rest, its states, pins and hit count, and is retimed after the upper node.
+        """
+        ps = self.page_size
+        if not 0 < split_len < len(child.key) or split_len % ps:
+            raise CacheAssertionError(f"invalid split of node #{child.id} at {split_len} (len {len(child.key)}, page {ps})")
+        parent = child.parent
+        upper = self._new_node(child.key[:split_len], parent)
+        upper.full_lock_ref = child.full_lock_ref
+        if child.value is not None:
+            upper.value = child.value[:split_len]
+            child.value = child.value[split_len:]
+        if child.hash_value is not None:
+            upper.hash_value = child.hash_value[: split_len // ps]
+            child.hash_value = child.hash_value[split_len // ps :]
+        upper.last_access_time = self.tick()
+        child.last_access_time = self.tick()
+        on_device = child.value is not None
+        if on_device:
+            self.full_lru_list.remove_node(child)
+        if child.mamba_value is not None:
+            self.mamba_lru_list.remove_node(child)
+        parent.children[upper.key.child_key(ps)] = upper
+        child.key = child.key[split_len:]
+        child.parent = upper
+        upper.children[child.key.child_key(ps)] = child
+        if on_device:
+            self.full_lru_list.insert_mru(upper)
+            self.full_lru_list.insert_mru(child)
+        if child.mamba_value is not None:
+            self.mamba_lru_list.insert_mru(child)
+        self._after_split(upper, child)
+        if self.events.active:
+            self.events.emit(
+                EventKind.SPLIT,
+                f"split #{child.id} after {split_len} tokens: new upper #{upper.id}{preview(upper.key.token_ids)} "
+                f"(no state) over #{child.id}{preview(child.key.token_ids)}",
+                (upper.id, child.id),
+            )
+        return upper
+
+    def _after_split(self, upper: TreeNode, child: TreeNode) -> None:
+        """Leaf-set bookkeeping after a split (the tiered cache also splits host values here)."""
+        self._update_device_leaf_status(upper)
+        self._update_device_leaf_status(child)
+
+    # -- insert ------------------------------------------------------------------------------
+    @operation("insert")
+    def insert(
+        self,
+        key: RadixKey | Sequence[int],
+        value: torch.Tensor,
+        mamba_value: torch.Tensor,
+        prev_prefix_len: int = 0,
+        chunked: bool = False,
+    ) -> InsertResult:
+        """Cache ``key`` with the request's device KV slots ``value`` and state slot ``mamba_value``.
+
+        Contract: ``value`` holds one allocated device slot per token of ``key``; its first
+        ``prev_prefix_len`` entries are slots the caller got from the tree (they are never freed).
+        Changes: slots of tokens the tree already holds (past ``prev_prefix_len``) are freed; the
+        remainder becomes a new leaf owning its slots and ``mamba_value``; or, when the key ends
+        on a stateless node, that node adopts ``mamba_value``. Visited nodes are retimed and
+        refreshed. When ``mamba_exist`` is returned the caller still owns ``mamba_value`` and
+        must free it. ``chunked`` (a chunk of a chunked prefill) does not count a hit.
+        Raises :class:`InvalidInputError`, changing nothing, for mismatched or unaligned input.
+        """
+        key = as_key(key)
+        self._check_insert_args(key, value, mamba_value, prev_prefix_len)
+        if len(key) == 0:
+            return InsertResult(0, True)
+        return self._insert_helper(key, value, mamba_value, prev_prefix_len, chunked)
+
+    def _check_insert_args(self, key: RadixKey, value: torch.Tensor, mamba_value: torch.Tensor, prev_prefix_len: int) -> None:
+        if not isinstance(value, torch.Tensor) or value.dim() != 1 or value.dtype != torch.int64:
+            raise InvalidInputError("value must be a 1-D int64 tensor of device KV slots")
+        if len(value) != len(key):
+            raise InvalidInputError(f"value has {len(value)} slots but the key has {len(key)} tokens")
+        if len(key) % self.page_size:
+            raise InvalidInputError(f"key of {len(key)} tokens is not a multiple of the page size {self.page_size}")
+        if not isinstance(mamba_value, torch.Tensor) or mamba_value.numel() != 1 or mamba_value.dtype != torch.int64:
+            raise InvalidInputError("mamba_value must be a 1-element int64 tensor naming a device state slot")
+        if not 0 <= prev_prefix_len <= len(key):
+            raise InvalidInputError(f"prev_prefix_len={prev_prefix_len} is outside 0..{len(key)}")
+        if len(key) and not bool(self.kv_pool.allocator.is_allocated(value).all()):
+            raise InvalidInputError("value names device KV slots that are not allocated")
+        if not bool(self.mamba_pool.allocator.is_allocated(mamba_value).all()):
+            raise InvalidInputError("mamba_value names a state slot that is not allocated")
+
+    def _insert_helper(
+        self, key: RadixKey, value: torch.Tensor, mamba_value: torch.Tensor, prev_prefix_len: int, chunked: bool
+    ) -> InsertResult:
+        ps = self.page_size
+        node = self.root_node
+        full_lru, mamba_lru = self.full_lru_list, self.mamba_lru_list
+        total = 0
+        while len(key) and (ck := key.child_key(ps)) in node.children:
+            node = node.children[ck]
+            node.last_access_time = self.tick()
+            if node.value is not None:
+                full_lru.reset_node_mru(node)
+            if node.mamba_value is not None:
+                mamba_lru.reset_node_mru(node)
+            p = node.key.match(key, ps)
+            if p < len(node.key):
+                node = self._split_node(node, p)
+            total += self._take_matched_segment(node, value[:p], prev_prefix_len, total, chunked)
+            key, value = key[p:], value[p:]
+        if len(key):
+            new = self._add_new_node(node, key, value, mamba_value)
+            self._inc_hit_count(new, chunked)
+            return InsertResult(total, False)
+        if node.mamba_value is None:
+            self._attach_state(node, mamba_value)
+            return InsertResult(total, False)
+        full_lru.reset_node_mru(node)
+        mamba_lru.reset_node_mru(node)
+        node.last_access_time = self.tick()
+        return InsertResult(total, True)
+
+    def _take_matched_segment(
+        self, node: TreeNode, seg_value: torch.Tensor, prev_prefix_len: int, total: int, chunked: bool
+    ) -> int:
+        """An insert walked through ``node`` (on device): free the request's duplicate slots past
+        ``prev_prefix_len`` and count a hit. Returns the tokens that count towards ``prefix_len``."""
+        p = len(seg_value)
+        if prev_prefix_len < total + p:
+            dup = seg_value[max(0, prev_prefix_len - total) :]
+            self.kv_pool.free(dup)
+            if self.events.active:
+                self.events.emit(EventKind.DUPLICATE_FREED, f"#{node.id} already cached: freed {len(dup)} duplicate request slot(s)", (node.id,))
+        self._inc_hit_count(node, chunked)
+        return p
+
+    def _inc_hit_count(self, node: TreeNode, chunked: bool) -> None:
+        """Count an insert-time hit unless the insert is a chunk of a chunked prefill."""
+        if not chunked:
+            node.hit_count += 1
+
+    def _add_new_node(self, parent: TreeNode, key: RadixKey, value: torch.Tensor, mamba_value: torch.Tensor) -> TreeNode:
+        node = self._new_node(key, parent)
+        node.value = value.clone()
+        node.mamba_value = mamba_value.clone().view(1)
+        node.last_access_time = self.tick()
+        parent.children[key.child_key(self.page_size)] = node
+        self.full_lru_list.insert_mru(node)
+        self.mamba_lru_list.insert_mru(node)
+        self.full_evictable_size_ += len(value)
+        self.mamba_evictable_size_ += 1
+        self._update_device_leaf_status(node)
+        self._update_device_leaf_status(parent)
+        if self.events.active:
+            self.events.emit(
+                EventKind.NODE_CREATED,
+                f"new leaf #{node.id}{preview(key.token_ids)} under #{parent.id} with {len(key)} tokens and a state",
+                (node.id, parent.id),
+            )
+        return node
+
+    def _attach_state(self, node: TreeNode, mamba_value: torch.Tensor) -> None:
+        node.mamba_value = mamba_value.clone().view(1)
+        self.mamba_lru_list.insert_mru(node)
+        self.mamba_evictable_size_ += 1
+        self.full_lru_list.reset_node_mru(node)
+        node.last_access_time = self.tick()
+        if self.events.active:
+            self.events.emit(EventKind.STATE_ATTACHED, f"tombstone #{node.id} adopts the request's state", (node.id,))

@@ -1,0 +1,284 @@
+"""TreeBase: the state both caches share and the primitives that keep it consistent.
+
+Holds the pools, the root, the LRU lists, the evictable-leaf set, the size counters, the access
+clock and the event bus, and implements what every algorithm needs: node creation and
+detachment, device-leaf bookkeeping, and ``inc_lock_ref`` / ``dec_lock_ref`` (reference §3.5).
+
+Nothing here decides *what* to evict; that lives in :mod:`himamba.cache.device_eviction`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from himamba.cache.config import CacheConfig
+from himamba.core.key import RadixKey
+from himamba.core.lru import LRUList
+from himamba.core.node import TreeNode
+from himamba.errors import CacheAssertionError, InvalidInputError, LockError
+from himamba.memory.device import resolve_device
+from himamba.memory.pools import KVPool, MambaPool
+from himamba.observe.events import EventBus, EventKind, operation
+
+
+def _on_device(node: TreeNode) -> bool:
+    return node.value is not None
+
+
+def _has_device_state(node: TreeNode) -> bool:
+    return node.mamba_value is not None
+
+
+class TreeBase:
+    """Shared state and primitives of :class:`MambaRadixCache` and the tiered cache.
+
+    Build with a :class:`CacheConfig` or keyword overrides of one:
+    ``MambaRadixCache(CacheConfig(page_size=4))`` or ``MambaRadixCache(page_size=4)``.
+    """
+
+    def __init__(self, config: CacheConfig | None = None, **overrides: Any) -> None:
+        if config is None:
+            config = CacheConfig(**overrides)
+        elif overrides:
+            config = config.replace(**overrides)
+        if not isinstance(config, CacheConfig):
+            raise InvalidInputError(f"config must be a CacheConfig, got {type(config).__name__}")
+        self.config = config
+        self.page_size = config.page_size
+        self.device = resolve_device(config.device)
+        self.events = EventBus()
+        self.kv_pool = KVPool(config.model, config.device_kv_tokens, config.page_size, self.device)
+        self.mamba_pool = MambaPool(config.model, config.device_mamba_slots, self.device)
+        self.full_lru_list = LRUList("full", _on_device)
+        self.mamba_lru_list = LRUList("mamba", _has_device_state)
+        self._empty_indices = torch.empty(0, dtype=torch.int64, device=self.device)
+        self._init_tree()
+
+    # -- construction / reset --------------------------------------------------------------------
+    def _init_tree(self) -> None:
+        self._next_id = 0
+        self._clock = 0.0
+        self.root_node = self._new_node(RadixKey([]), None)
+        self.root_node.value = self._empty_indices
+        self.root_node.full_lock_ref = 1
+        self.root_node.mamba_lock_ref = 1
+        self.evictable_full_device_leaves: set[TreeNode] = set()
+        self.full_evictable_size_ = 0
+        self.full_protected_size_ = 0
+        self.mamba_evictable_size_ = 0
+        self.mamba_protected_size_ = 0
+
+    @operation("reset")
+    def reset(self) -> None:
+        """Free every slot the tree owns and start from an empty tree (ids restart at 0).
+
+        Slots held by callers (requests) are not touched."""
+        for node in self.nodes():
+            self._free_node_memory(node)
+        for lst in self._lru_lists():
+            for node in list(lst.nodes()):
+                lst.remove_node(node)
+        self._init_tree()
+
+    def _free_node_memory(self, node: TreeNode) -> None:
+        if node is self.root_node:
+            return
+        if node.value is not None:
+            self.kv_pool.free(node.value)
+        if node.mamba_value is not None:
+            self.mamba_pool.free(node.mamba_value)
+
+    def _lru_lists(self) -> tuple[LRUList, ...]:
+        return (self.full_lru_list, self.mamba_lru_list)
+
+    def tick(self) -> float:
+        """The access clock: returns the current time, then advances it by 1.0."""
+        t = self._clock
+        self._clock = t + 1.0
+        return t
+
+    def _new_node(self, key: RadixKey, parent: TreeNode | None) -> TreeNode:
+        node = TreeNode(self._next_id, key, parent)
+        self._next_id += 1
+        return node
+
+    # -- tree walking ------------------------------------------------------------------------------
+    def nodes(self) -> Iterator[TreeNode]:
+        """Every node, root first, parents before children (depth first, children by insertion)."""
+        stack = [self.root_node]
+        while stack:
+            node = stack.pop()
+            yield node
+            stack.extend(reversed(node.children.values()))
+
+    def node_by_id(self, node_id: int) -> TreeNode:
+        """The node with this id; raises KeyError when it is not in the tree."""
+        for node in self.nodes():
+            if node.id == node_id:
+                return node
+        raise KeyError(f"no node #{node_id} in the tree")
+
+    def path_tokens(self, node: TreeNode) -> list[int]:
+        """All tokens from the root down to the end of ``node``."""
+        parts = []
+        while node is not None and node is not self.root_node:
+            parts.append(node.key.token_ids)
+            node = node.parent
+        return [t for part in reversed(parts) for t in part]
+
+    def _check_in_tree(self, node: TreeNode) -> None:
+        """Raise InvalidInputError unless ``node`` is linked into this tree."""
+        if not isinstance(node, TreeNode):
+            raise InvalidInputError(f"expected a TreeNode, got {type(node).__name__}")
+        ps = self.page_size
+        x = node
+        while x is not self.root_node:
+            parent = x.parent
+            if parent is None or parent.children.get(x.key.child_key(ps)) is not x:
+                raise InvalidInputError(f"node #{node.id} is not in this tree (it was deleted or belongs to another cache)")
+            x = parent
+
+    # -- structure primitives ----------------------------------------------------------------------
+    def _detach(self, node: TreeNode) -> None:
+        """Pop ``node`` from its parent's children (upstream's assertion when the key is absent)."""
+        ck = node.key.child_key(self.page_size)
+        children = node.parent.children
+        if ck not in children:
+            raise CacheAssertionError(f"parent does not have child key, {ck!r} (node #{node.id})")
+        del children[ck]
+
+    # -- device leaf set (reference §1.5) -----------------------------------------------------
+    def _is_device_leaf(self, node: TreeNode) -> bool:
+        if node is self.root_node or node.value is None or node.full_lock_ref != 0:
+            return False
+        return all(child.value is None for child in node.children.values())
+
+    def _update_device_leaf_status(self, node: TreeNode) -> None:
+        if self._is_device_leaf(node):
+            self.evictable_full_device_leaves.add(node)
+        else:
+            self.evictable_full_device_leaves.discard(node)
+
+    # -- locks (reference §3.5) ------------------------------------------------------------------
+    @operation("inc_lock_ref")
+    def inc_lock_ref(self, node: TreeNode) -> int:
+        """Lock ``node`` against eviction: its device state (if any) and the device KV of it and
+        every ancestor. Moves newly locked sizes from evictable to protected.
+
+        Returns ``delta`` <= 0: minus the device tokens that became protected.
+        """
+        self._check_in_tree(node)
+        return self._inc_lock_ref(node)
+
+    def _inc_lock_ref(self, node: TreeNode) -> int:
+        root = self.root_node
+        if node is root:
+            return 0
+        if node.mamba_value is not None:
+            if node.mamba_lock_ref == 0:
+                self.mamba_evictable_size_ -= 1
+                self.mamba_protected_size_ += 1
+            node.mamba_lock_ref += 1
+        delta = 0
+        leaves = self.evictable_full_device_leaves
+        x = node
+        while x is not root:
+            if x.value is not None:
+                if x.full_lock_ref == 0:
+                    n = len(x.value)
+                    self.full_evictable_size_ -= n
+                    self.full_protected_size_ += n
+                    delta -= n
+                    leaves.discard(x)
+                x.full_lock_ref += 1
+            x = x.parent
+        if self.events.active:
+            self.events.emit(EventKind.LOCK, f"lock #{node.id} and its ancestors (protected {-delta} tokens)", (node.id,))
+        return delta
+
+    @operation("dec_lock_ref")
+    def dec_lock_ref(self, node: TreeNode) -> int:
+        """Release one lock taken by :meth:`inc_lock_ref`. Nodes whose ``full_lock_ref`` reaches 0
+        become evictable again (and may rejoin the device-leaf set). The state part is released
+        only when ``node`` has a device state with ``mamba_lock_ref > 0`` (upstream HiMamba's
+        tolerance; see hazard B10). Raises :class:`LockError`, changing nothing, if any device
+        node on the path is not locked. Returns ``delta`` >= 0: tokens that became evictable."""
+        self._check_in_tree(node)
+        x = node
+        while x is not self.root_node:
+            if x.value is not None and x.full_lock_ref <= 0:
+                raise LockError(f"dec_lock_ref(#{node.id}): node #{x.id} has full_lock_ref 0 (released more often than locked)")
+            x = x.parent
+        return self._dec_lock_ref(node)
+
+    def _dec_lock_ref(self, node: TreeNode) -> int:
+        root = self.root_node
+        if node is root:
+            return 0
+        if node.mamba_value is not None and node.mamba_lock_ref > 0:
+            if node.mamba_lock_ref == 1:
+                self.mamba_evictable_size_ += 1
+                self.mamba_protected_size_ -= 1
+            node.mamba_lock_ref -= 1
+        delta = 0
+        x = node
+        while x is not root:
+            if x.value is not None:
+                if x.full_lock_ref == 1:
+                    n = len(x.value)
+                    self.full_evictable_size_ += n
+                    self.full_protected_size_ -= n
+                    delta += n
+                x.full_lock_ref -= 1
+                if x.full_lock_ref == 0:
+                    self._update_device_leaf_status(x)
+            x = x.parent
+        if self.events.active:
+            self.events.emit(EventKind.UNLOCK, f"unlock #{node.id} and its ancestors (released {delta} tokens)", (node.id,))
+        return delta
+
+    # -- sizes -------------------------------------------------------------------------------------
+    def full_evictable_size(self) -> int:
+        """Device KV tokens in unlocked nodes."""
+        return self.full_evictable_size_
+
+    def full_protected_size(self) -> int:
+        """Device KV tokens in locked nodes."""
+        return self.full_protected_size_
+
+    def mamba_evictable_size(self) -> int:
+        """Device states with ``mamba_lock_ref == 0``."""
+        return self.mamba_evictable_size_
+
+    def mamba_protected_size(self) -> int:
+        """Device states with ``mamba_lock_ref > 0``."""
+        return self.mamba_protected_size_
+
+    def total_size(self) -> int:
+        """Device KV tokens held by the tree."""
+        return self.full_evictable_size_ + self.full_protected_size_
+
+    def num_nodes(self) -> int:
+        """Nodes in the tree, root excluded."""
+        return sum(1 for _ in self.nodes()) - 1
+
+    # -- presentation ------------------------------------------------------------------------------
+    def tree_text(self) -> str:
+        """The tree as indented text, one node label per line."""
+        lines = []
+        stack = [(self.root_node, 0)]
+        while stack:
+            node, depth = stack.pop()
+            lines.append("  " * depth + ("root" if node is self.root_node else node.label()))
+            stack.extend((c, depth + 1) for c in reversed(node.children.values()))
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(nodes={self.num_nodes()}, device_kv={self.total_size()}/"
+            f"{self.kv_pool.capacity}, states={self.mamba_evictable_size_ + self.mamba_protected_size_}/"
+            f"{self.mamba_pool.capacity}, page_size={self.page_size}, device={self.device})"
+        )

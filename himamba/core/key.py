@@ -1,0 +1,124 @@
+"""RadixKey: the token ids of a tree edge (plus an optional extra key), and page arithmetic.
+
+A key is a list of token ids and an ``extra_key`` (for example a LoRA id or a cache salt).
+Keys with different extra keys never share a node: the extra key is part of every child key.
+Slicing a key keeps its extra key.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Hashable, Iterable, Sequence
+from typing import Any
+
+from himamba.errors import InvalidInputError
+
+
+class RadixKey:
+    """Token ids of a tree edge or a query, with an optional ``extra_key``.
+
+    ``token_ids`` is a plain list of ints (kept as given when it already is one; the key never
+    mutates it). ``len(key)`` is the token count; ``key[a:b]`` is a new key with the same extra key.
+    """
+
+    __slots__ = ("token_ids", "extra_key")
+
+    def __init__(self, token_ids: Iterable[int], extra_key: Hashable | None = None) -> None:
+        self.token_ids: list[int] = token_ids if type(token_ids) is list else list(token_ids)
+        self.extra_key = extra_key
+
+    # -- sequence protocol -------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.token_ids)
+
+    def __getitem__(self, item: slice | int) -> Any:
+        if isinstance(item, slice):
+            return RadixKey(self.token_ids[item], self.extra_key)
+        return self.token_ids[item]
+
+    def __iter__(self):
+        return iter(self.token_ids)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, RadixKey):
+            return NotImplemented
+        return self.extra_key == other.extra_key and self.token_ids == other.token_ids
+
+    __hash__ = None  # keys are mutable-list backed; child_key() gives the hashable form
+
+    def __repr__(self) -> str:
+        body = preview(self.token_ids)
+        return f"RadixKey({body})" if self.extra_key is None else f"RadixKey({body}, extra={self.extra_key!r})"
+
+    # -- radix arithmetic ----------------------------------------------------------------------
+    def child_key(self, page_size: int = 1) -> Hashable:
+        """The key under which a node starting with this key is filed in ``parent.children``.
+
+        Page size 1: the first token. Page size > 1: the tuple of the first ``page_size`` tokens.
+        With an extra key the result is ``(extra_key, plain)``. The key must not be empty.
+        """
+        plain = self.token_ids[0] if page_size == 1 else tuple(self.token_ids[:page_size])
+        return plain if self.extra_key is None else (self.extra_key, plain)
+
+    def match(self, other: RadixKey, page_size: int = 1) -> int:
+        """Length of the common prefix of two keys, counted in whole equal pages when
+        ``page_size > 1``. Comparing keys with different extra keys is an error."""
+        if self.extra_key != other.extra_key:
+            raise InvalidInputError(
+                f"cannot match keys with different extra keys ({self.extra_key!r} vs {other.extra_key!r})"
+            )
+        n = common_prefix_len(self.token_ids, other.token_ids)
+        return n - n % page_size if page_size > 1 else n
+
+    def page_aligned(self, page_size: int) -> RadixKey:
+        """This key truncated to a multiple of ``page_size`` tokens (itself when aligned)."""
+        extra = len(self.token_ids) % page_size
+        return self if extra == 0 else RadixKey(self.token_ids[: len(self.token_ids) - extra], self.extra_key)
+
+
+def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
+    """Number of leading equal elements of two lists (C-speed slice compares, binary search)."""
+    n = min(len(a), len(b))
+    if a[:n] == b[:n]:
+        return n
+    lo, hi = 0, n - 1  # a[:lo] == b[:lo] holds; a[:hi+1] != b[:hi+1]
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[lo:mid] == b[lo:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def as_key(key: RadixKey | Sequence[int], extra_key: Hashable | None = None) -> RadixKey:
+    """Accept a ``RadixKey`` or a plain sequence of ints (the public API takes both)."""
+    if isinstance(key, RadixKey):
+        return key
+    if isinstance(key, (str, bytes)) or not isinstance(key, Sequence):
+        raise InvalidInputError(f"a key must be a RadixKey or a list of ints, got {type(key).__name__}")
+    ids = list(key)
+    if not set(map(type, ids)) <= _INT_TYPES:
+        ids = [_token(t) for t in ids]
+    return RadixKey(ids, extra_key)
+
+
+def _token(t: object) -> int:
+    """One token id as a plain int; integer-like objects (numpy ints) are accepted."""
+    if not isinstance(t, bool):
+        try:
+            return operator.index(t)
+        except TypeError:
+            pass
+    raise InvalidInputError(f"token ids must be ints, got {t!r} ({type(t).__name__})")
+
+
+_INT_TYPES = {int}
+
+
+def preview(ids: Sequence[int], limit: int = 6) -> str:
+    """A short text form of a token list: ``[1,2,3]`` or ``[1,2,3,…,9] (40)``."""
+    if len(ids) <= limit:
+        return "[" + ",".join(map(str, ids)) + "]"
+    head = ",".join(map(str, ids[: limit - 1]))
+    return f"[{head},…,{ids[-1]}] ({len(ids)})"

@@ -1,0 +1,145 @@
+"""TreeNode: one edge of the radix tree with its device/host KV, its mamba states and counters.
+
+Field names follow SGLang's ``TreeNode`` so that readers can map them one to one:
+
+=========================  ========================================================================
+``key``                    the edge's tokens (:class:`RadixKey`)
+``value``                  int64 device KV slots, one per token; ``None`` => KV not on device
+``host_value``             int64 host KV slots, one per token; ``None`` => no host copy
+``mamba_value``            1-element tensor, device state slot after the last token; ``None`` =>
+                           device tombstone
+``mamba_host_value``       1-element tensor, host state slot; ``None`` => no host state
+``full_lock_ref``          device KV lock count (propagated to ancestors by ``inc_lock_ref``)
+``mamba_lock_ref``         device state lock count (this node only)
+``host_ref_counter``       host KV pin count
+``host_mamba_ref_counter`` host state pin count
+``hit_count``              insert-time hits (drives write-through)
+``last_access_time``       value of the cache's access clock; orders nodes in heaps (``__lt__``)
+=========================  ========================================================================
+
+Each LRU list has its own explicit link object on the node (``full_link``, ``mamba_link``,
+``host_mamba_link``); see :mod:`himamba.core.lru`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from himamba.core.key import RadixKey, preview
+from himamba.core.lru import LRULink
+from himamba.errors import LockError
+
+
+class TreeNode:
+    """A node of the radix tree. Structure is plain Python; values are index tensors."""
+
+    __slots__ = (
+        "id",
+        "key",
+        "parent",
+        "children",
+        "value",
+        "host_value",
+        "mamba_value",
+        "mamba_host_value",
+        "full_lock_ref",
+        "mamba_lock_ref",
+        "host_ref_counter",
+        "host_mamba_ref_counter",
+        "hit_count",
+        "last_access_time",
+        "hash_value",
+        "full_link",
+        "mamba_link",
+        "host_mamba_link",
+    )
+
+    def __init__(self, node_id: int, key: RadixKey, parent: TreeNode | None = None) -> None:
+        self.id = node_id
+        self.key = key
+        self.parent = parent
+        self.children: dict[Any, TreeNode] = {}
+        self.value = None
+        self.host_value = None
+        self.mamba_value = None
+        self.mamba_host_value = None
+        self.full_lock_ref = 0
+        self.mamba_lock_ref = 0
+        self.host_ref_counter = 0
+        self.host_mamba_ref_counter = 0
+        self.hit_count = 0
+        self.last_access_time = 0.0
+        self.hash_value: list | None = None
+        self.full_link = LRULink(self)
+        self.mamba_link = LRULink(self)
+        self.host_mamba_link = LRULink(self)
+
+    # -- predicates (reference §1.3) ---------------------------------------------------------
+    @property
+    def evicted(self) -> bool:
+        """KV is not on the device (``value is None``)."""
+        return self.value is None
+
+    @property
+    def backuped(self) -> bool:
+        """KV has a host copy (``host_value is not None``)."""
+        return self.host_value is not None
+
+    @property
+    def mamba_evicted(self) -> bool:
+        """No device state: the node is a (device) tombstone."""
+        return self.mamba_value is None
+
+    @property
+    def mamba_backuped(self) -> bool:
+        """The state has a host copy."""
+        return self.mamba_host_value is not None
+
+    @property
+    def is_root(self) -> bool:
+        return self.parent is None
+
+    # -- raw host pins (as SGLang's TreeNode; the cache's protect_host keeps sets right) -----
+    def protect_host(self) -> None:
+        """Raw: ``host_ref_counter += 1``. Leaf sets are *not* updated; use the cache's method."""
+        self.host_ref_counter += 1
+
+    def release_host(self) -> None:
+        """Raw: ``host_ref_counter -= 1``; raises :class:`LockError` below zero."""
+        if self.host_ref_counter <= 0:
+            raise LockError(f"node {self.id}: release_host with host_ref_counter == 0")
+        self.host_ref_counter -= 1
+
+    def protect_host_mamba(self) -> None:
+        """Raw: ``host_mamba_ref_counter += 1``."""
+        self.host_mamba_ref_counter += 1
+
+    def release_host_mamba(self) -> None:
+        """Raw: ``host_mamba_ref_counter -= 1``; raises :class:`LockError` below zero."""
+        if self.host_mamba_ref_counter <= 0:
+            raise LockError(f"node {self.id}: release_host_mamba with host_mamba_ref_counter == 0")
+        self.host_mamba_ref_counter -= 1
+
+    # -- presentation ------------------------------------------------------------------------
+    def __lt__(self, other: TreeNode) -> bool:
+        return self.last_access_time < other.last_access_time
+
+    def kv_tier(self) -> str:
+        """``D``, ``H``, ``DH`` (or ``-`` for the root's empty edge)."""
+        return ("D" if self.value is not None else "") + ("H" if self.host_value is not None else "") or "-"
+
+    def state_tier(self) -> str:
+        """``-``, ``d``, ``h`` or ``dh``."""
+        tier = ("d" if self.mamba_value is not None else "") + ("h" if self.mamba_host_value is not None else "")
+        return tier or "-"
+
+    def label(self) -> str:
+        """One-line summary, e.g. ``#3[4,5] KV=DH M=dh fl=1 ml=1 hr=0 hmr=0``."""
+        return (
+            f"#{self.id}{preview(self.key.token_ids)} KV={self.kv_tier()} M={self.state_tier()} "
+            f"fl={self.full_lock_ref} ml={self.mamba_lock_ref} "
+            f"hr={self.host_ref_counter} hmr={self.host_mamba_ref_counter}"
+        )
+
+    def __repr__(self) -> str:
+        return f"TreeNode({self.label()})"

@@ -1,0 +1,33 @@
+"""Exceptions raised by himamba.
+
+Two families:
+
+* :class:`ValueError` subclasses for bad input from the caller (an unaligned key, a value of the
+  wrong length, a lock released below zero, a slot freed twice). They are raised *before* any
+  state changes, so the cache is left exactly as it was.
+* :class:`CacheAssertionError` for the internal assertions that upstream SGLang makes (same
+  message text, e.g. ``parent does not have child key``). With every legacy switch off they
+  never fire; the legacy switches exist precisely to make some of them fire again.
+"""
+
+from __future__ import annotations
+
+
+class HiMambaError(Exception):
+    """Base class of every exception this package raises on purpose."""
+
+
+class InvalidInputError(HiMambaError, ValueError):
+    """The caller passed something the cache cannot accept; nothing was changed."""
+
+
+class PoolError(InvalidInputError):
+    """A pool was asked to free a slot it never handed out, or one that is already free."""
+
+
+class LockError(InvalidInputError):
+    """A lock or pin would go below zero; nothing was changed."""
+
+
+class CacheAssertionError(HiMambaError, AssertionError):
+    """An upstream assertion failed: the tree reached a state the algorithm forbids."""

@@ -1,0 +1,118 @@
+"""SlotAllocator: a free list of slot indices, page by page, that refuses double and foreign frees.
+
+Slots are handed out in whole pages of ``page_size`` consecutive slots (page ``p`` holds slots
+``p*page_size .. p*page_size + page_size - 1``), so a paged KV cache gets page-aligned rows. With
+``page_size == 1`` a page is a slot. Freed pages go to the back of the list (first in, first out).
+
+Every page carries an in-use mark, so freeing a slot that is free already, freeing the same slot
+twice in one call, or freeing an index outside the pool raises :class:`PoolError` and changes
+nothing.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from himamba.errors import InvalidInputError, PoolError
+
+
+class SlotAllocator:
+    """Free-list allocator over ``capacity`` slots grouped in pages of ``page_size``."""
+
+    def __init__(self, capacity: int, page_size: int = 1, device: torch.device | str = "cpu") -> None:
+        if page_size < 1:
+            raise InvalidInputError(f"page_size must be >= 1, got {page_size}")
+        if capacity < page_size:
+            raise InvalidInputError(f"capacity {capacity} is smaller than one page ({page_size} slots)")
+        if capacity % page_size:
+            raise InvalidInputError(f"capacity {capacity} is not a multiple of the page size {page_size}")
+        self.capacity = capacity
+        self.page_size = page_size
+        self.device = torch.device(device)
+        self.num_pages = capacity // page_size
+        self._free = torch.arange(self.num_pages, dtype=torch.int64, device=self.device)
+        self._released: list[torch.Tensor] = []
+        self._available_pages = self.num_pages
+        self._in_use = torch.zeros(self.num_pages, dtype=torch.int32, device=self.device)
+        self._offsets = torch.arange(page_size, dtype=torch.int64, device=self.device)
+
+    # -- queries -------------------------------------------------------------------------------
+    def available_size(self) -> int:
+        """Free slots."""
+        return self._available_pages * self.page_size
+
+    def used_size(self) -> int:
+        """Slots handed out and not yet freed."""
+        return self.capacity - self.available_size()
+
+    def is_allocated(self, indices: torch.Tensor) -> torch.Tensor:
+        """Boolean tensor: is each slot currently handed out?"""
+        return self._in_use[self._pages_of(indices, check=False)].bool()
+
+    # -- alloc / free --------------------------------------------------------------------------
+    def alloc(self, n: int) -> torch.Tensor | None:
+        """``n`` free slots as an int64 tensor, or ``None`` when fewer than ``n`` are free.
+
+        ``n`` must be a non-negative multiple of the page size.
+        """
+        if n < 0 or n % self.page_size:
+            raise InvalidInputError(f"cannot allocate {n} slots: need a non-negative multiple of page size {self.page_size}")
+        pages_needed = n // self.page_size
+        if pages_needed > self._available_pages:
+            return None
+        if pages_needed > self._free.numel():
+            self._free = torch.cat([self._free, *self._released])
+            self._released.clear()
+        pages = self._free[:pages_needed]
+        self._free = self._free[pages_needed:]
+        self._in_use[pages] = 1
+        self._available_pages -= pages_needed
+        if self.page_size == 1:
+            return pages
+        return (pages.unsqueeze(1) * self.page_size + self._offsets).reshape(-1)
+
+    def free(self, indices: torch.Tensor) -> None:
+        """Return slots to the free list. Raises :class:`PoolError` (changing nothing) for a slot
+        outside the pool, a slot that is not in use, a slot named twice, or a partial page."""
+        if indices.numel() == 0:
+            return
+        pages = self._pages_of(indices, check=True)
+        in_use = self._in_use
+        in_use.index_put_((pages,), _MINUS_ONE, accumulate=True)
+        if bool((in_use[pages] < 0).any()):
+            in_use.index_put_((pages,), _PLUS_ONE, accumulate=True)
+            bad = sorted({int(p) for p in pages.tolist() if int(in_use[p]) < 1 or pages.tolist().count(p) > 1})
+            raise PoolError(f"double free: slot page(s) {bad[:8]} are not in use (or named twice)")
+        self._released.append(pages)
+        self._available_pages += pages.numel()
+
+    def _pages_of(self, indices: torch.Tensor, check: bool) -> torch.Tensor:
+        if not isinstance(indices, torch.Tensor):
+            raise PoolError(f"indices must be a tensor of slot ids, got {type(indices).__name__}")
+        if indices.dtype not in (torch.int64, torch.int32):
+            raise PoolError(f"indices must be an integer tensor, got dtype {indices.dtype}")
+        flat = indices.reshape(-1).to(device=self.device, dtype=torch.int64)
+        ps = self.page_size
+        if ps == 1:
+            pages = flat
+        else:
+            if flat.numel() % ps:
+                raise PoolError(f"{flat.numel()} slots do not form whole pages of {ps}")
+            rows = flat.view(-1, ps)
+            pages = rows[:, 0] // ps
+            if check and bool((rows != pages.unsqueeze(1) * ps + self._offsets).any()):
+                raise PoolError(f"slots do not form whole aligned pages of {ps}: {flat[:8].tolist()}…")
+        if check:
+            lo, hi = torch.aminmax(pages)
+            if int(lo) < 0 or int(hi) >= self.num_pages:
+                raise PoolError(
+                    f"slot index out of range: pool has {self.capacity} slots, got {int(lo) * ps}..{int(hi) * ps + ps - 1}"
+                )
+        return pages
+
+    def __repr__(self) -> str:
+        return f"SlotAllocator({self.available_size()}/{self.capacity} free, page {self.page_size})"
+
+
+_MINUS_ONE = torch.tensor(-1, dtype=torch.int32)
+_PLUS_ONE = torch.tensor(1, dtype=torch.int32)

@@ -1,0 +1,93 @@
+"""Deterministic memory content, so that any test can prove no byte was lost or mixed up.
+
+* A token's KV row is a function of (token id, position, layer, element): :func:`kv_content`.
+* A mamba state is a function of the whole prefix it ends: :func:`state_content` of
+  :func:`prefix_fingerprint`.
+
+Values are small integers (0..250) stored as floats: exact in fp32, fp16 and bf16 alike, so a
+round trip through any tier compares with ``torch.equal``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from himamba.memory.model import ModelSpec
+from himamba.memory.pools import KVPool, MambaPool
+
+_MOD = 251
+_FP_MOD = (1 << 61) - 1
+_FP_BASE = 1_000_003
+
+
+def prefix_fingerprint(token_ids: Sequence[int], start: int = 0) -> int:
+    """A 61-bit polynomial hash of a token prefix; ``start`` continues an earlier fingerprint."""
+    h = start
+    for t in token_ids:
+        h = (h * _FP_BASE + t + 1) % _FP_MOD
+    return h
+
+
+def kv_content(
+    spec: ModelSpec, token_ids: Sequence[int], start_pos: int, device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """K and V rows, each ``[full_layers, n, kv_heads, head_dim]``, for tokens at positions
+    ``start_pos, start_pos + 1, ...``."""
+    n = len(token_ids)
+    tok = torch.as_tensor(list(token_ids), dtype=torch.int64, device=device).view(1, n, 1, 1)
+    pos = torch.arange(start_pos, start_pos + n, dtype=torch.int64, device=device).view(1, n, 1, 1)
+    layer = torch.arange(spec.num_full_layers, dtype=torch.int64, device=device).view(-1, 1, 1, 1)
+    elem = torch.arange(spec.kv_heads * spec.head_dim, dtype=torch.int64, device=device).view(
+        1, 1, spec.kv_heads, spec.head_dim
+    )
+    base = (tok * 7 + pos * 13 + layer * 29 + elem * 3) % _MOD
+    return base.to(spec.kv_dtype), ((base + 101) % _MOD).to(spec.kv_dtype)
+
+
+def state_content(
+    spec: ModelSpec, fingerprint: int, device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Conv ``[mamba_layers, channels, kernel-1]`` and SSM ``[mamba_layers, *ssm_shape]`` of the
+    state that ends a prefix with this fingerprint."""
+    digits = torch.tensor(
+        [fingerprint % _MOD, (fingerprint // _MOD) % _MOD, (fingerprint // _MOD**2) % _MOD], device=device
+    )
+
+    def block(shape: Sequence[int], salt: int) -> torch.Tensor:
+        numel = 1
+        for d in shape:
+            numel *= d
+        elem = torch.arange(numel, dtype=torch.int64, device=device)
+        layer = torch.arange(spec.num_mamba_layers, dtype=torch.int64, device=device).view(-1, 1)
+        vals = (digits[elem % 3] + elem * 5 + layer * 31 + salt) % _MOD
+        return vals.view(spec.num_mamba_layers, *shape)
+
+    return block(spec.conv_shape, 0).to(spec.conv_dtype), block(spec.ssm_shape, 17).to(spec.ssm_dtype)
+
+
+def write_kv(pool: KVPool, indices: torch.Tensor, token_ids: Sequence[int], start_pos: int) -> None:
+    """Fill the pool rows ``indices`` with the content of ``token_ids`` at ``start_pos``."""
+    k, v = kv_content(pool.spec, token_ids, start_pos, pool.device)
+    pool.k_buffer[:, indices] = k
+    pool.v_buffer[:, indices] = v
+
+
+def write_state(pool: MambaPool, slot: torch.Tensor, prefix: Sequence[int]) -> None:
+    """Fill state slot ``slot`` with the state that ends ``prefix``."""
+    conv, ssm = state_content(pool.spec, prefix_fingerprint(prefix), pool.device)
+    pool.conv[:, slot] = conv.unsqueeze(1)
+    pool.ssm[:, slot] = ssm.unsqueeze(1)
+
+
+def kv_matches(pool: KVPool, indices: torch.Tensor, token_ids: Sequence[int], start_pos: int) -> bool:
+    """Do the rows ``indices`` hold exactly the content of ``token_ids`` at ``start_pos``?"""
+    k, v = kv_content(pool.spec, token_ids, start_pos, pool.device)
+    return torch.equal(pool.k_buffer[:, indices], k) and torch.equal(pool.v_buffer[:, indices], v)
+
+
+def state_matches(pool: MambaPool, slot: torch.Tensor, prefix: Sequence[int]) -> bool:
+    """Does state slot ``slot`` hold exactly the state that ends ``prefix``?"""
+    conv, ssm = state_content(pool.spec, prefix_fingerprint(prefix), pool.device)
+    return torch.equal(pool.conv[:, slot], conv.unsqueeze(1)) and torch.equal(pool.ssm[:, slot], ssm.unsqueeze(1))

@@ -1,0 +1,32 @@
+"""Turning a device name ("auto", "cpu", "cuda", "cuda:1") into a checked ``torch.device``."""
+
+from __future__ import annotations
+
+import torch
+
+from himamba.errors import InvalidInputError
+
+
+def resolve_device(name: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` gives ``cuda`` when a GPU is visible, else ``cpu``. Asking for CUDA on a
+    machine without one, or for an unknown device type, raises :class:`InvalidInputError`."""
+    if isinstance(name, torch.device):
+        dev = name
+    elif name == "auto":
+        return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    else:
+        try:
+            dev = torch.device(name)
+        except (RuntimeError, TypeError) as exc:
+            raise InvalidInputError(f"unknown device {name!r}: {exc}") from None
+    if dev.type == "cpu":
+        return dev
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InvalidInputError(f"device {str(dev)!r} asked for, but CUDA is not available here")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise InvalidInputError(
+                f"device {str(dev)!r} asked for, but only {torch.cuda.device_count()} GPU(s) are visible"
+            )
+        return dev
+    raise InvalidInputError(f"device type {dev.type!r} is not supported (use 'auto', 'cpu' or 'cuda')")

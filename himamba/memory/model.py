@@ -1,0 +1,150 @@
+"""ModelSpec: the tensor shapes of a hybrid Mamba/attention model, as far as the cache cares.
+
+Only two things matter to the prefix cache:
+
+* the **KV of the full-attention layers** (K and V per layer, ``kv_heads x head_dim`` per token),
+* one **mamba state** per cached prefix end: for every linear/mamba layer a conv state
+  (``conv_channels x (conv_kernel - 1)``) and an SSM/recurrent state (``ssm_shape``).
+
+:meth:`ModelSpec.tiny` is the default for experiments (a few hundred bytes per slot); the presets
+carry the real shapes of public models so notebooks can do honest arithmetic. Presets are usually
+too large to allocate pools for on a laptop; :meth:`ModelSpec.scaled` keeps their proportions
+with fewer layers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import torch
+
+from himamba.errors import InvalidInputError
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    """Shapes of one hybrid model. All sizes are per layer unless named otherwise."""
+
+    name: str
+    num_full_layers: int
+    kv_heads: int
+    head_dim: int
+    num_mamba_layers: int
+    conv_channels: int
+    conv_kernel: int
+    ssm_shape: tuple[int, ...]
+    kv_dtype: torch.dtype = torch.float32
+    conv_dtype: torch.dtype = torch.float32
+    ssm_dtype: torch.dtype = torch.float32
+    num_layers: int = 0  # total layers in the model (attention + mamba + MLP-only), for display
+
+    def __post_init__(self) -> None:
+        for field in ("num_full_layers", "kv_heads", "head_dim", "num_mamba_layers", "conv_channels"):
+            if getattr(self, field) <= 0:
+                raise InvalidInputError(f"ModelSpec.{field} must be positive, got {getattr(self, field)}")
+        if self.conv_kernel < 2:
+            raise InvalidInputError(f"ModelSpec.conv_kernel must be >= 2, got {self.conv_kernel}")
+        if not self.ssm_shape or any(d <= 0 for d in self.ssm_shape):
+            raise InvalidInputError(f"ModelSpec.ssm_shape must be non-empty and positive, got {self.ssm_shape}")
+
+    # -- shapes --------------------------------------------------------------------------------
+    @property
+    def conv_shape(self) -> tuple[int, int]:
+        """Conv state of one layer: ``(channels, kernel - 1)``."""
+        return (self.conv_channels, self.conv_kernel - 1)
+
+    # -- sizes ---------------------------------------------------------------------------------
+    @property
+    def kv_bytes_per_token(self) -> int:
+        """K and V of every full-attention layer for one token."""
+        elem = torch.empty((), dtype=self.kv_dtype).element_size()
+        return 2 * self.num_full_layers * self.kv_heads * self.head_dim * elem
+
+    @property
+    def conv_bytes_per_layer(self) -> int:
+        return math.prod(self.conv_shape) * torch.empty((), dtype=self.conv_dtype).element_size()
+
+    @property
+    def ssm_bytes_per_layer(self) -> int:
+        return math.prod(self.ssm_shape) * torch.empty((), dtype=self.ssm_dtype).element_size()
+
+    @property
+    def state_bytes_per_slot(self) -> int:
+        """One mamba state slot: conv + SSM state of every mamba layer."""
+        return self.num_mamba_layers * (self.conv_bytes_per_layer + self.ssm_bytes_per_layer)
+
+    @property
+    def state_to_kv_ratio(self) -> float:
+        """How many tokens of KV weigh as much as one state slot."""
+        return self.state_bytes_per_slot / self.kv_bytes_per_token
+
+    def describe(self) -> dict[str, object]:
+        """The figures a notebook would print about this model."""
+        return {
+            "model": self.name,
+            "full attention layers": self.num_full_layers,
+            "mamba layers": self.num_mamba_layers,
+            "KV bytes per token": self.kv_bytes_per_token,
+            "state bytes per slot": self.state_bytes_per_slot,
+            "tokens of KV per state": round(self.state_to_kv_ratio, 1),
+        }
+
+    def scaled(self, full_layers: int = 1, mamba_layers: int = 1) -> ModelSpec:
+        """Same per-layer shapes with fewer layers (so that real pools fit in memory)."""
+        return dataclasses.replace(
+            self,
+            name=f"{self.name} ({full_layers}+{mamba_layers} layers)",
+            num_full_layers=full_layers,
+            num_mamba_layers=mamba_layers,
+        )
+
+    # -- presets -------------------------------------------------------------------------------
+    @classmethod
+    def tiny(cls) -> ModelSpec:
+        """A toy model: 2 attention + 2 mamba layers, a few dozen floats per token/slot."""
+        return cls("tiny", 2, 1, 4, 2, 4, 4, (2, 2, 2), num_layers=4)
+
+    @classmethod
+    def qwen3_next_80b_a3b(cls) -> ModelSpec:
+        """Qwen3-Next-80B-A3B: 48 layers, 12 full attention (2 KV heads x 256), 36 Gated
+        DeltaNet (16 key heads, 32 value heads, head dim 128, conv kernel 4)."""
+        key_dim, value_dim = 16 * 128, 32 * 128
+        return cls(
+            "Qwen3-Next-80B-A3B", 12, 2, 256, 36,
+            conv_channels=2 * key_dim + value_dim, conv_kernel=4, ssm_shape=(32, 128, 128),
+            kv_dtype=torch.bfloat16, conv_dtype=torch.bfloat16, ssm_dtype=torch.float32, num_layers=48,
+        )
+
+    @classmethod
+    def nemotron_h_8b(cls) -> ModelSpec:
+        """NemotronH-8B: 52 layers, 4 full attention (8 KV heads x 128), 24 Mamba-2 (128 heads
+        x 64 head dim, state 128, 8 groups, conv kernel 4)."""
+        heads, head_dim, state, groups = 128, 64, 128, 8
+        return cls(
+            "NemotronH-8B", 4, 8, 128, 24,
+            conv_channels=heads * head_dim + 2 * groups * state, conv_kernel=4,
+            ssm_shape=(heads, head_dim, state),
+            kv_dtype=torch.bfloat16, conv_dtype=torch.bfloat16, ssm_dtype=torch.float32, num_layers=52,
+        )
+
+    @classmethod
+    def jamba_v0_1(cls) -> ModelSpec:
+        """Jamba-v0.1: 32 layers, 4 full attention (8 KV heads x 128), 28 Mamba-1 (d_inner
+        8192, d_state 16, conv kernel 4)."""
+        return cls(
+            "Jamba-v0.1", 4, 8, 128, 28,
+            conv_channels=8192, conv_kernel=4, ssm_shape=(8192, 16),
+            kv_dtype=torch.bfloat16, conv_dtype=torch.bfloat16, ssm_dtype=torch.float32, num_layers=32,
+        )
+
+    @classmethod
+    def presets(cls) -> dict[str, ModelSpec]:
+        """Every preset by a short name."""
+        return {
+            "tiny": cls.tiny(),
+            "qwen3-next-80b-a3b": cls.qwen3_next_80b_a3b(),
+            "nemotron-h-8b": cls.nemotron_h_8b(),
+            "jamba-v0.1": cls.jamba_v0_1(),
+        }

@@ -1,0 +1,136 @@
+"""Events: the fine-grained steps the cache algorithms announce while they work.
+
+The cache owns one :class:`EventBus`. Algorithms guard every emission with ``if bus.active:``,
+so with no listener an event costs one attribute read and nothing is built. Listeners receive
+:class:`Event` records synchronously, in order, while the cache is mid-operation: they may read
+the cache but must not change it.
+
+Public operations are bracketed by ``OP_BEGIN`` / ``OP_END`` events; ``Event.depth`` tells how
+deeply the event is nested (an ``evict_mamba`` that falls back to a leaf eviction has depth 1
+inside it), so a recorder can group steps by the public call that caused them.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, TypeVar
+
+
+class EventKind(str, Enum):
+    """What happened. The values are stable strings (they appear in exported step logs)."""
+
+    OP_BEGIN = "op_begin"  # a public operation starts
+    OP_END = "op_end"  # ... and returns
+    NODE_CREATED = "node_created"  # a new leaf hung under a parent
+    SPLIT = "split"  # an edge split in two
+    LRU_REFRESH = "lru_refresh"  # nodes moved to the MRU end / retimed
+    STATE_ATTACHED = "state_attached"  # a device state given to an existing node
+    DUPLICATE_FREED = "duplicate_freed"  # insert freed request slots the tree already had
+    LOCK = "lock"  # inc_lock_ref
+    UNLOCK = "unlock"  # dec_lock_ref
+    TOMBSTONE = "tombstone"  # an internal node lost its device state
+    LEAF_EVICTED = "leaf_evicted"  # a device leaf deleted (KV and state freed)
+    CASCADE = "cascade"  # one iteration of the tombstone cascade (continue or stop)
+    NODE_DELETED = "node_deleted"  # a node left the tree
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One step. ``nodes`` lists the ids the step is about (first = the main one)."""
+
+    kind: EventKind
+    text: str
+    nodes: tuple[int, ...] = ()
+    depth: int = 0
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return f"{'  ' * self.depth}{self.kind.value}: {self.text}"
+
+
+Listener = Callable[[Event], None]
+
+
+class EventBus:
+    """Fan-out of events to listeners. ``active`` is true while at least one listens."""
+
+    __slots__ = ("_listeners", "active", "depth")
+
+    def __init__(self) -> None:
+        self._listeners: list[Listener] = []
+        self.active = False
+        self.depth = 0
+
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        """Start delivering events to ``listener``; returns a function that stops it."""
+        self._listeners.append(listener)
+        self.active = True
+
+        def unsubscribe() -> None:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+            self.active = bool(self._listeners)
+
+        return unsubscribe
+
+    def emit(self, kind: EventKind, text: str, nodes: tuple[int, ...] = (), **data: Any) -> None:
+        """Deliver one event. Callers check ``active`` first so that nothing is built in vain."""
+        event = Event(kind, text, nodes, self.depth, data)
+        for listener in tuple(self._listeners):
+            listener(event)
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def operation(name: str) -> Callable[[F], F]:
+    """Decorate a public cache method: bracket it by OP_BEGIN/OP_END events when anyone listens.
+
+    The wrapped object must have an ``events`` attribute holding an :class:`EventBus`.
+    """
+
+    def wrap(fn: F) -> F:
+        @functools.wraps(fn)
+        def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+            bus: EventBus = self.events
+            if not bus.active:
+                return fn(self, *args, **kwargs)
+            bus.emit(EventKind.OP_BEGIN, f"{name}({_describe_args(args, kwargs)})", op=name)
+            bus.depth += 1
+            try:
+                result = fn(self, *args, **kwargs)
+            finally:
+                bus.depth -= 1
+            bus.emit(EventKind.OP_END, f"{name} -> {_describe_result(result)}", op=name)
+            return result
+
+        return wrapper  # type: ignore[return-value]
+
+    return wrap
+
+
+def _describe_args(args: tuple, kwargs: dict) -> str:
+    parts = [_short(a) for a in args] + [f"{k}={_short(v)}" for k, v in kwargs.items()]
+    return ", ".join(parts)
+
+
+def _describe_result(result: Any) -> str:
+    return _short(result)
+
+
+def _short(value: Any) -> str:
+    node_id = getattr(value, "id", None)
+    if node_id is not None and hasattr(value, "children"):
+        return f"node #{node_id}"
+    if hasattr(value, "token_ids"):
+        ids = value.token_ids
+        return repr(ids) if len(ids) <= 8 else f"[{len(ids)} tokens]"
+    if isinstance(value, list) and len(value) > 8:
+        return f"[{len(value)} tokens]"
+    if hasattr(value, "numel") and hasattr(value, "tolist"):
+        return repr(value.tolist()) if value.numel() <= 8 else f"<{value.numel()} indices>"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
