@@ -62,7 +62,7 @@ class DeviceEvictionMixin(TreeBase):
             raise CacheAssertionError(f"evict regular: node #{node.id} is not on device")
         if node.children:
             raise CacheAssertionError(f"non-leaf, node.id={node.id}")
-        n = len(node.value)
+        n = node.value.shape[0]
         self.kv_pool.free(node.value)
         if node.full_lock_ref == 0:
             self.full_evictable_size_ -= n
@@ -137,7 +137,7 @@ class DeviceEvictionMixin(TreeBase):
             raise CacheAssertionError(f"cascade: node #{node.id} is not a childless tombstone")
         freed = 0
         if node.value is not None:
-            freed = len(node.value)
+            freed = node.value.shape[0]
             self.kv_pool.free(node.value)
             self.full_evictable_size_ -= freed
             self.full_lru_list.remove_node(node)

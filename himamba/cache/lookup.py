@@ -184,7 +184,7 @@ class LookupMixin(TreeBase):
     def _check_insert_args(self, key: RadixKey, value: torch.Tensor, mamba_value: torch.Tensor, prev_prefix_len: int) -> None:
         if not isinstance(value, torch.Tensor) or value.dim() != 1 or value.dtype != torch.int64:
             raise InvalidInputError("value must be a 1-D int64 tensor of device KV slots")
-        if len(value) != len(key):
+        if value.shape[0] != len(key):
             raise InvalidInputError(f"value has {len(value)} slots but the key has {len(key)} tokens")
         if len(key) % self.page_size:
             raise InvalidInputError(f"key of {len(key)} tokens is not a multiple of the page size {self.page_size}")
@@ -192,9 +192,9 @@ class LookupMixin(TreeBase):
             raise InvalidInputError("mamba_value must be a 1-element int64 tensor naming a device state slot")
         if not 0 <= prev_prefix_len <= len(key):
             raise InvalidInputError(f"prev_prefix_len={prev_prefix_len} is outside 0..{len(key)}")
-        if len(key) and not bool(self.kv_pool.allocator.is_allocated(value).all()):
+        if not self.kv_pool.allocator.all_allocated(value):
             raise InvalidInputError("value names device KV slots that are not allocated")
-        if not bool(self.mamba_pool.allocator.is_allocated(mamba_value).all()):
+        if not self.mamba_pool.allocator.all_allocated(mamba_value):
             raise InvalidInputError("mamba_value names a state slot that is not allocated")
 
     def _insert_helper(
@@ -255,7 +255,7 @@ class LookupMixin(TreeBase):
         parent.children[key.child_key(self.page_size)] = node
         self.full_lru_list.insert_mru(node)
         self.mamba_lru_list.insert_mru(node)
-        self.full_evictable_size_ += len(value)
+        self.full_evictable_size_ += value.shape[0]
         self.mamba_evictable_size_ += 1
         self._update_device_leaf_status(node)
         self._update_device_leaf_status(parent)

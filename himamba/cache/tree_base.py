@@ -188,7 +188,7 @@ class TreeBase:
         while x is not root:
             if x.value is not None:
                 if x.full_lock_ref == 0:
-                    n = len(x.value)
+                    n = x.value.shape[0]
                     self.full_evictable_size_ -= n
                     self.full_protected_size_ += n
                     delta -= n
@@ -228,7 +228,7 @@ class TreeBase:
         while x is not root:
             if x.value is not None:
                 if x.full_lock_ref == 1:
-                    n = len(x.value)
+                    n = x.value.shape[0]
                     self.full_evictable_size_ += n
                     self.full_protected_size_ -= n
                     delta += n

@@ -78,9 +78,15 @@ class RadixKey:
 
 def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
     """Number of leading equal elements of two lists (C-speed slice compares, binary search)."""
-    n = min(len(a), len(b))
-    if a[:n] == b[:n]:
-        return n
+    la, lb = len(a), len(b)
+    if la <= lb:
+        n = la
+        if a == b[:la]:
+            return la
+    else:
+        n = lb
+        if a[:lb] == b:
+            return lb
     lo, hi = 0, n - 1  # a[:lo] == b[:lo] holds; a[:hi+1] != b[:hi+1]
     while lo < hi:
         mid = (lo + hi + 1) // 2

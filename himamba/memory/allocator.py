@@ -46,8 +46,16 @@ class SlotAllocator:
         return self.capacity - self.available_size()
 
     def is_allocated(self, indices: torch.Tensor) -> torch.Tensor:
-        """Boolean tensor: is each slot currently handed out?"""
+        """Boolean tensor: is each slot currently handed out? (Indices must be in range.)"""
         return self._in_use[self._pages_of(indices, check=False)].bool()
+
+    def all_allocated(self, indices: torch.Tensor) -> bool:
+        """Are all these slots in range and currently handed out?"""
+        try:
+            pages = self._pages_of(indices, check=True)
+        except PoolError:
+            return False
+        return pages.numel() == 0 or bool(self._in_use[pages].all())
 
     # -- alloc / free --------------------------------------------------------------------------
     def alloc(self, n: int) -> torch.Tensor | None:
@@ -78,20 +86,26 @@ class SlotAllocator:
             return
         pages = self._pages_of(indices, check=True)
         in_use = self._in_use
+        # Count each mention down by one: a page named twice, or already free, goes below zero.
         in_use.index_put_((pages,), _MINUS_ONE, accumulate=True)
-        if bool((in_use[pages] < 0).any()):
+        if int(in_use[pages].amin()) < 0:
             in_use.index_put_((pages,), _PLUS_ONE, accumulate=True)
-            bad = sorted({int(p) for p in pages.tolist() if int(in_use[p]) < 1 or pages.tolist().count(p) > 1})
-            raise PoolError(f"double free: slot page(s) {bad[:8]} are not in use (or named twice)")
+            listed = pages.tolist()
+            bad = sorted({p for p in listed if int(in_use[p]) < 1 or listed.count(p) > 1})
+            raise PoolError(f"double free: slot(s) {[p * self.page_size for p in bad[:8]]} are not in use (or named twice)")
         self._released.append(pages)
         self._available_pages += pages.numel()
 
     def _pages_of(self, indices: torch.Tensor, check: bool) -> torch.Tensor:
-        if not isinstance(indices, torch.Tensor):
+        if type(indices) is not torch.Tensor and not isinstance(indices, torch.Tensor):
             raise PoolError(f"indices must be a tensor of slot ids, got {type(indices).__name__}")
-        if indices.dtype not in (torch.int64, torch.int32):
-            raise PoolError(f"indices must be an integer tensor, got dtype {indices.dtype}")
-        flat = indices.reshape(-1).to(device=self.device, dtype=torch.int64)
+        if indices.dtype is not torch.int64:
+            if indices.dtype not in (torch.int32, torch.int16, torch.int8, torch.uint8):
+                raise PoolError(f"indices must be an integer tensor, got dtype {indices.dtype}")
+            indices = indices.long()
+        flat = indices if indices.dim() == 1 else indices.reshape(-1)
+        if flat.device != self.device:
+            flat = flat.to(self.device)
         ps = self.page_size
         if ps == 1:
             pages = flat
@@ -103,10 +117,11 @@ class SlotAllocator:
             if check and bool((rows != pages.unsqueeze(1) * ps + self._offsets).any()):
                 raise PoolError(f"slots do not form whole aligned pages of {ps}: {flat[:8].tolist()}…")
         if check:
-            lo, hi = torch.aminmax(pages)
-            if int(lo) < 0 or int(hi) >= self.num_pages:
+            lo, hi = pages.aminmax()
+            lo, hi = int(lo), int(hi)
+            if lo < 0 or hi >= self.num_pages:
                 raise PoolError(
-                    f"slot index out of range: pool has {self.capacity} slots, got {int(lo) * ps}..{int(hi) * ps + ps - 1}"
+                    f"slot index out of range: pool has {self.capacity} slots, got {lo * ps}..{hi * ps + ps - 1}"
                 )
         return pages
 
