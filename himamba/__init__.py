@@ -7,6 +7,7 @@ Start here::
 """
 
 from himamba.cache.config import CacheConfig
+from himamba.cache.hi_mamba import HiMambaRadixCache
 from himamba.cache.integrity import check_integrity
 from himamba.cache.invariants import Violation, check_invariants
 from himamba.cache.legacy import LEGACY_BUGS
@@ -33,6 +34,7 @@ __all__ = [
     "Event",
     "EventKind",
     "HiMambaError",
+    "HiMambaRadixCache",
     "InsertResult",
     "InvalidInputError",
     "LockError",

@@ -128,7 +128,7 @@ class DeviceEvictionMixin(TreeBase):
             freed += self._delete_tombstone_leaf(parent)
             node = parent
         survivor = node.parent
-        self._update_device_leaf_status(survivor)
+        self._refresh_leaf_status(survivor)
         return freed, survivor
 
     def _delete_tombstone_leaf(self, node: TreeNode) -> int:

@@ -3,11 +3,12 @@
 Returns a list of :class:`Violation` (empty when healthy); each names the invariant and the
 node. Run it after every operation in tests, as sortedcontainers runs ``_check()``.
 
-Checked on the device tier: I1 links and key shapes, I2 value shapes, I3 no node without KV on
+Checked on every cache: I1 links and key shapes, I2 value shapes, I3 no node without KV on
 any tier, I4 device residency closed under ancestors, I5 states only on device nodes, I7 LRU
 membership (and the lists' own links), I8 the evictable-leaf set, I9 LRU order equals time
 order, I10 size counters, I11 lock arithmetic, and POOL: tree-owned slots are allocated, owned
 once, and free + evictable + protected (+ slots held by requests, when given) = capacity.
+The tiered cache adds the host rules (see :mod:`himamba.cache.hi_invariants`).
 """
 
 from __future__ import annotations
@@ -51,6 +52,10 @@ def check_invariants(cache, held_kv: int | None = None, held_states: int | None 
                 held_kv, cache.full_evictable_size_ + cache.full_protected_size_)
     _check_pool(out, "device state", cache.mamba_pool, [n.mamba_value for n in nodes if n.mamba_value is not None],
                 held_states, cache.mamba_evictable_size_ + cache.mamba_protected_size_)
+    if getattr(cache, "tiered", False):
+        from himamba.cache.hi_invariants import check_host_invariants
+
+        check_host_invariants(cache, nodes, out)
     return out
 
 

@@ -151,8 +151,8 @@ class LookupMixin(TreeBase):
 
     def _after_split(self, upper: TreeNode, child: TreeNode) -> None:
         """Leaf-set bookkeeping after a split (the tiered cache also splits host values here)."""
-        self._update_device_leaf_status(upper)
-        self._update_device_leaf_status(child)
+        self._refresh_leaf_status(upper)
+        self._refresh_leaf_status(child)
 
     # -- insert ------------------------------------------------------------------------------
     @operation("insert")
@@ -257,8 +257,8 @@ class LookupMixin(TreeBase):
         self.mamba_lru_list.insert_mru(node)
         self.full_evictable_size_ += value.shape[0]
         self.mamba_evictable_size_ += 1
-        self._update_device_leaf_status(node)
-        self._update_device_leaf_status(parent)
+        self._refresh_leaf_status(node)
+        self._refresh_leaf_status(parent)
         if self.events.active:
             self.events.emit(
                 EventKind.NODE_CREATED,

@@ -13,10 +13,11 @@ state. See the mixins for each concern:
 from __future__ import annotations
 
 from himamba.cache.device_eviction import DeviceEvictionMixin
+from himamba.cache.lookup import LookupMixin
 from himamba.cache.request_flow import RequestFlowMixin
 
 
-class MambaRadixCache(RequestFlowMixin, DeviceEvictionMixin):
+class MambaRadixCache(RequestFlowMixin, LookupMixin, DeviceEvictionMixin):
     """Device-tier radix cache over real KV and state pools (``kv_pool``, ``mamba_pool``).
 
     >>> import himamba as hm

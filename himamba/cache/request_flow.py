@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import torch
 
-from himamba.cache.lookup import LookupMixin
 from himamba.cache.results import Request
+from himamba.cache.tree_base import TreeBase
 from himamba.core.key import RadixKey
 from himamba.errors import CacheAssertionError, InvalidInputError
 from himamba.observe.events import operation
 
 
-class RequestFlowMixin(LookupMixin):
+class RequestFlowMixin(TreeBase):
     """Request-level entry points built on match_prefix, insert and the locks."""
 
     @operation("cache_finished_req")

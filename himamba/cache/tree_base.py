@@ -162,6 +162,10 @@ class TreeBase:
         else:
             self.evictable_full_device_leaves.discard(node)
 
+    def _refresh_leaf_status(self, node: TreeNode) -> None:
+        """Recompute every leaf-set membership of ``node`` after its structure changed."""
+        self._update_device_leaf_status(node)
+
     # -- locks (reference §3.5) ------------------------------------------------------------------
     @operation("inc_lock_ref")
     def inc_lock_ref(self, node: TreeNode) -> int:

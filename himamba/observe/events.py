@@ -35,6 +35,17 @@ class EventKind(str, Enum):
     LEAF_EVICTED = "leaf_evicted"  # a device leaf deleted (KV and state freed)
     CASCADE = "cascade"  # one iteration of the tombstone cascade (continue or stop)
     NODE_DELETED = "node_deleted"  # a node left the tree
+    UNEVICTED = "unevicted"  # a host-only node got device KV again from an insert
+    DEMOTED = "demoted"  # a device leaf's KV (and state) left the device; host copy kept
+    WRITE_ISSUED = "write_issued"  # device -> host copy issued (node counts as backed up)
+    WRITE_ACKED = "write_acked"  # ... and acknowledged
+    LOAD_ISSUED = "load_issued"  # host -> device load queued (nodes marked on device)
+    LOAD_ACKED = "load_acked"  # ... and acknowledged
+    HOST_LEAF_EVICTED = "host_leaf_evicted"  # a host-only leaf deleted (host KV and state freed)
+    HOST_STATE_DROPPED = "host_state_dropped"  # an internal node lost its host state
+    PIN = "pin"  # host_ref_counter / host_mamba_ref_counter taken
+    UNPIN = "unpin"  # ... released
+    STORAGE = "storage"  # storage backup or prefetch issued / completed
 
 
 @dataclass(frozen=True, slots=True)

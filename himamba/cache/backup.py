@@ -1,0 +1,237 @@
+"""Backup and load-back: write_backup and the write policies (§3.9), ack processing (§3.11),
+init_load_back / load_back (§3.12).
+
+A node counts as backed up as soon as its device -> host copy is *issued* (``host_value`` is
+set); the bytes land later, and the ack is processed by ``writing_check``. Under write-through
+the node is locked until then; under write-back, eviction waits for the copy on the spot.
+Loading back marks the chain on device at once and locks it until ``loading_check`` sees the ack.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from himamba.cache.hi_base import HiTreeBase
+from himamba.cache.results import Request
+from himamba.core.key import preview
+from himamba.core.node import TreeNode
+from himamba.errors import InvalidInputError
+from himamba.memory.transfer import StateTransfer
+from himamba.observe.events import EventKind, operation
+
+
+class BackupMixin(HiTreeBase):
+    """write_backup, writing_check, loading_check, init_load_back, load_back."""
+
+    # -- device -> host -------------------------------------------------------------------------
+    @operation("write_backup")
+    def write_backup(self, node: TreeNode, write_back: bool = False) -> int:
+        """Copy ``node``'s device KV (and device state) to host; returns host tokens written (0 if
+        skipped or host memory is short even after one ``evict_host``).
+
+        Without ``write_back`` the copy is skipped unless the parent is root or backed up
+        (contiguity, #22062; legacy B4 drops the check), and the node is locked until the ack.
+        """
+        self._check_in_tree(node)
+        if node is self.root_node or node.value is None:
+            raise InvalidInputError(f"write_backup: node #{node.id} has no device KV to back up")
+        if node.host_value is not None:
+            raise InvalidInputError(f"write_backup: node #{node.id} is already backed up")
+        return self._write_backup(node, write_back)
+
+    def _write_backup(self, node: TreeNode, write_back: bool = False) -> int:
+        parent = node.parent
+        if (not write_back and parent is not self.root_node and parent.host_value is None
+                and not self.config.has_legacy("B4")):
+            if self.events.active:
+                self.events.emit(EventKind.WRITE_ISSUED, f"#{node.id} not backed up: parent #{parent.id} is not backed up (contiguity)", (node.id,), skipped=True)
+            return 0
+        lru_h = self.mamba_host_lru_list
+        if node.mamba_value is not None and node.mamba_host_value is not None and lru_h.in_list(node):
+            lru_h.reset_node_mru(node)
+        cc = self.cache_controller
+        state = StateTransfer(node.mamba_host_value, node.mamba_value) if node.mamba_value is not None else None
+        host = cc.write(node.value, node.id, state)
+        if host is None:
+            self.evict_host(len(node.value))
+            state = StateTransfer(node.mamba_host_value, node.mamba_value) if node.mamba_value is not None else None
+            host = cc.write(node.value, node.id, state)
+        if host is None:
+            if self.events.active:
+                self.events.emit(EventKind.WRITE_ISSUED, f"#{node.id} not backed up: host memory is full", (node.id,), skipped=True)
+            return 0
+        node.host_value = host
+        if state is not None and node.mamba_host_value is None:
+            node.mamba_host_value = state.host
+            if self._host_lru_admits(node):
+                lru_h.insert_mru(node)
+        self.ongoing_write_through[node.id] = node
+        if not write_back:
+            self._inc_lock_ref(node)
+        if self.events.active:
+            what = "KV and state" if state is not None else "KV only (no device state)"
+            self.events.emit(EventKind.WRITE_ISSUED, f"#{node.id}{preview(node.key.token_ids)} backed up to host: {what}, {len(host)} tokens", (node.id,))
+        return len(host)
+
+    @operation("writing_check")
+    def writing_check(self, write_back: bool = False) -> int:
+        """Process finished write acks in order: release the write-through lock and start the
+        storage backup. ``write_back=True`` waits for (and completes) every ack in flight and
+        takes no lock off (write-back never locked). Returns acks processed."""
+        queue = self.cache_controller.ack_write_queue
+        done = 0
+        if write_back:
+            while queue:
+                self._finish_write(queue.popleft(), unlock=False)
+                done += 1
+            return done
+        if not self.ongoing_write_through:
+            return 0
+        while queue and queue[0].done():
+            self._finish_write(queue.popleft(), unlock=True)
+            done += 1
+        return done
+
+    def _finish_write(self, ack, unlock: bool) -> None:
+        ack.wait()
+        for node_id in ack.node_ids:
+            node = self.ongoing_write_through.pop(node_id, None)
+            if node is None:
+                continue
+            if unlock:
+                self._dec_lock_ref(node)
+            if self.events.active:
+                self.events.emit(EventKind.WRITE_ACKED, f"write of #{node.id} acknowledged" + (" (unlocked)" if unlock else ""), (node.id,))
+            if self.storage is not None:
+                self.write_backup_storage(node)
+
+    # -- host -> device -------------------------------------------------------------------------
+    @operation("ready_to_load_host_cache")
+    def ready_to_load_host_cache(self) -> int:
+        """Start the queued loads (the consuming batch is launching). Returns loads started."""
+        return self.cache_controller.start_loading()
+
+    @operation("loading_check")
+    def loading_check(self) -> int:
+        """Process finished load acks in order, stopping at the first unfinished one: each
+        releases its load-back lock. Returns acks processed."""
+        queue = self.cache_controller.ack_load_queue
+        done = 0
+        while queue and queue[0].done():
+            ack = queue.popleft()
+            ack.wait()
+            done += 1
+            for node_id in ack.node_ids:
+                node = self.ongoing_load_back.pop(node_id, None)
+                if node is not None:
+                    self._dec_lock_ref(node)
+                    if self.events.active:
+                        self.events.emit(EventKind.LOAD_ACKED, f"load of #{node.id} acknowledged (unlocked)", (node.id,))
+        return done
+
+    @operation("check_hicache_events")
+    def check_hicache_events(self) -> None:
+        """What a scheduler runs every step: writing_check, loading_check, storage progress."""
+        self.writing_check()
+        self.loading_check()
+        if self.storage is not None:
+            self.check_storage_progress()
+
+    @operation("init_load_back")
+    def init_load_back(
+        self, node: TreeNode, mem_quota: int | None = None, req: Request | None = None
+    ) -> tuple[torch.Tensor, TreeNode]:
+        """Bring the matched prefix ending at ``node`` (usually ``best_match_node``) to device.
+
+        If ``node`` is not on device, or has only a host state, try :meth:`load_back`; when that
+        loads, returns (its device indices, ``node``). Otherwise climbs to the nearest ancestor
+        with device KV and a device state (or the root) and returns (empty, that node).
+        """
+        self._check_in_tree(node)
+        root = self.root_node
+        if node.value is None or (node.mamba_value is None and node.mamba_host_value is not None):
+            loaded = self._load_back(node, mem_quota, req)
+            if loaded is not None:
+                return loaded, node
+            while node is not root and (node.value is None or node.mamba_value is None):
+                node = node.parent
+        return self._empty_indices, node
+
+    @operation("load_back")
+    def load_back(self, node: TreeNode, mem_quota: int | None = None, req: Request | None = None) -> torch.Tensor | None:
+        """Queue the host -> device load of ``node``'s evicted chain and restore its state.
+
+        Returns the device slots of the loaded KV (empty when only a state is restored) or
+        ``None`` when skipped (fewer than ``load_back_threshold`` tokens, or more than
+        ``mem_quota`` plus what locking freed — legacy B13 lifts both whenever a state is
+        restored; by default only the threshold is lifted) or when device memory cannot be found.
+        On success the chain is on device and ``node`` stays locked until ``loading_check``.
+        """
+        self._check_in_tree(node)
+        return self._load_back(node, mem_quota, req)
+
+    def _load_back(self, node: TreeNode, mem_quota: int | None, req: Request | None) -> torch.Tensor | None:
+        chain = []
+        anchor = node
+        while anchor.value is None:
+            chain.append(anchor)
+            anchor = anchor.parent
+        chain.reverse()
+        restore = node.mamba_host_value is not None and node.mamba_value is None
+        delta = self._inc_lock_ref(anchor)
+        host = torch.cat([c.host_value for c in chain]) if chain else self._empty_indices.cpu()
+        n = len(host)
+        over_quota = mem_quota is not None and n > mem_quota + delta
+        if self.config.has_legacy("B13"):
+            skip = n > 0 and (n < self.load_back_threshold or over_quota) and not restore
+        else:
+            skip = n > 0 and ((n < self.load_back_threshold and not restore) or over_quota)
+        if skip:
+            self._dec_lock_ref(anchor)
+            if self.events.active:
+                self.events.emit(EventKind.LOAD_ISSUED, f"load of #{node.id} skipped ({n} host tokens; threshold {self.load_back_threshold}, quota {mem_quota})", (node.id,), skipped=True)
+            return None
+        guard = bool(chain) and node.host_ref_counter == 0
+        if guard:  # keep the chain's host leaf from being host-evicted while we make room
+            self._protect_host_node(node, False)
+        try:
+            device = self._load(node, host, restore, req)
+            if device is None and n:
+                self.evict(n)
+                device = self._load(node, host, restore, req)
+        finally:
+            if guard:
+                self._release_host_node(node, False)
+        self._dec_lock_ref(anchor)
+        if device is None:
+            return None
+        offset = 0
+        for c in chain:
+            k = len(c.host_value)
+            c.value = device[offset : offset + k]
+            offset += k
+            self.full_lru_list.insert_mru(c)
+            self.full_evictable_size_ += k
+            self._refresh_leaf_status(c)
+        if restore:
+            self.mamba_lru_list.insert_mru(node)
+            self.mamba_evictable_size_ += 1
+        self._refresh_leaf_status(anchor)
+        self._inc_lock_ref(node)
+        self.ongoing_load_back[node.id] = node
+        if self.events.active:
+            self.events.emit(EventKind.LOAD_ISSUED, f"load back #{node.id}: {n} tokens over {len(chain)} node(s)" + (" + its state" if restore else ""), (node.id,))
+        return device
+
+    def _load(self, node: TreeNode, host: torch.Tensor, restore: bool, req: Request | None) -> torch.Tensor | None:
+        states = []
+        if restore:
+            want_req = req is not None
+            extra = req.mamba_pool_idx if want_req else None
+            states.append(StateTransfer(node.mamba_host_value, None, extra, alloc_extra=want_req and extra is None))
+        device = self.cache_controller.load(host, node.id, states)
+        if device is not None and restore:
+            node.mamba_value = states[0].device.view(1)
+            if req is not None:
+                req.mamba_pool_idx = states[0].extra_device
+        return device

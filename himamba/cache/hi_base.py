@@ -1,0 +1,144 @@
+"""HiTreeBase: the tiered cache's extra state — host pools, transfer controller, host LRU list,
+host-leaf set, in-flight maps — and host pins (reference §1.4-1.6, §3.13).
+
+A node's KV lives on the device (``value``), on the host (``host_value``) or both; likewise its
+state (``mamba_value`` / ``mamba_host_value``). Host pins (``host_ref_counter``,
+``host_mamba_ref_counter``) keep host copies in place while storage operations use them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from himamba.cache.tree_base import TreeBase
+from himamba.core.lru import LRUList
+from himamba.core.node import TreeNode
+from himamba.errors import LockError
+from himamba.memory.pools import KVPool, MambaPool
+from himamba.memory.transfer import TransferController
+from himamba.observe.events import EventKind, operation
+
+
+def _has_host_state(node: TreeNode) -> bool:
+    return node.mamba_host_value is not None
+
+
+class HiTreeBase(TreeBase):
+    """Host tier bookkeeping shared by the tiered cache's mixins."""
+
+    def __init__(self, config=None, *, manual_acks: bool = False, **overrides: Any) -> None:
+        self._manual_acks = manual_acks
+        super().__init__(config, **overrides)
+
+    def _init_tree(self) -> None:
+        cfg = self.config
+        if not hasattr(self, "host_kv_pool"):
+            pin = self.device.type == "cuda"
+            self.host_kv_pool = KVPool(cfg.model, cfg.host_kv_tokens, cfg.page_size, "cpu", pin_memory=pin)
+            self.host_mamba_pool = MambaPool(cfg.model, cfg.host_mamba_slots, "cpu", pin_memory=pin)
+            self.mamba_host_lru_list = LRUList("host_mamba", _has_host_state)
+            self.cache_controller = TransferController(
+                self.kv_pool, self.mamba_pool, self.host_kv_pool, self.host_mamba_pool,
+                manual_acks=self._manual_acks,
+                evict_host_states=self._evict_mamba_host_for_controller,
+                evict_device_states=self._evict_mamba_for_controller,
+            )
+        super()._init_tree()
+        self.evictable_full_host_leaves: set[TreeNode] = set()
+        self.ongoing_write_through: dict[int, TreeNode] = {}
+        self.ongoing_load_back: dict[int, TreeNode] = {}
+        self.ongoing_prefetch: dict[object, tuple] = {}
+        self.ongoing_backup: dict[int, tuple[TreeNode, bool]] = {}
+        self.write_through_threshold = 1 if cfg.write_policy == "write_through" else 2
+        self.load_back_threshold = cfg.load_back_threshold
+
+    def _evict_mamba_host_for_controller(self, n: int) -> int:
+        return self.evict_mamba_host(n)
+
+    def _evict_mamba_for_controller(self, n: int) -> int:
+        return self.evict_mamba(n)
+
+    def _lru_lists(self) -> tuple[LRUList, ...]:
+        return (self.full_lru_list, self.mamba_lru_list, self.mamba_host_lru_list)
+
+    def _free_node_memory(self, node: TreeNode) -> None:
+        super()._free_node_memory(node)
+        if node.host_value is not None and node is not self.root_node:
+            self.host_kv_pool.free(node.host_value)
+        if node.mamba_host_value is not None:
+            self.host_mamba_pool.free(node.mamba_host_value)
+
+    @property
+    def write_policy(self) -> str:
+        return self.config.write_policy
+
+    # -- host leaf set (reference §1.5) ---------------------------------------------------------
+    def _is_host_leaf(self, node: TreeNode) -> bool:
+        if node is self.root_node or node.value is not None or node.host_value is None:
+            return False
+        if self.config.has_legacy("B5"):
+            if node.host_ref_counter != 0:
+                return False
+            return not any(c.value is None and c.host_value is not None for c in node.children.values())
+        return node.host_ref_counter == 0 and node.host_mamba_ref_counter == 0 and not node.children
+
+    def _update_host_leaf_status(self, node: TreeNode) -> None:
+        if self._is_host_leaf(node):
+            self.evictable_full_host_leaves.add(node)
+        else:
+            self.evictable_full_host_leaves.discard(node)
+
+    def _refresh_leaf_status(self, node: TreeNode) -> None:
+        self._update_device_leaf_status(node)
+        self._update_host_leaf_status(node)
+
+    def _host_lru_admits(self, node: TreeNode) -> bool:
+        """May a node with a host state be in the host LRU list? (Pinned states are kept out.)"""
+        return node.host_mamba_ref_counter == 0 or self.config.has_legacy("B5")
+
+    # -- host pins (reference §3.13) ------------------------------------------------------------
+    @operation("protect_host")
+    def protect_host(self, node: TreeNode, mamba: bool = False) -> None:
+        """Pin ``node``'s host KV (and, with ``mamba``, its host state) against host eviction.
+
+        Changes: ``host_ref_counter += 1`` (and ``host_mamba_ref_counter += 1``); the node leaves
+        the host-leaf set (and the host LRU list). Use this, not ``node.protect_host()``, so that
+        the leaf sets stay right."""
+        self._check_in_tree(node)
+        self._protect_host_node(node, mamba)
+
+    @operation("release_host")
+    def release_host(self, node: TreeNode, mamba: bool = False) -> None:
+        """Release one pin taken by :meth:`protect_host` (same ``mamba`` flag). Raises
+        :class:`LockError`, changing nothing, when a counter would go below zero."""
+        if node.host_ref_counter <= 0 or (mamba and node.host_mamba_ref_counter <= 0):
+            raise LockError(f"release_host(#{node.id}, mamba={mamba}): no pin to release "
+                            f"(hr={node.host_ref_counter}, hmr={node.host_mamba_ref_counter})")
+        self._release_host_node(node, mamba)
+
+    def _protect_host_node(self, node: TreeNode, protect_mamba: bool = True) -> None:
+        node.protect_host()
+        self.evictable_full_host_leaves.discard(node)
+        if protect_mamba:
+            node.protect_host_mamba()
+            if not self.config.has_legacy("B5"):
+                self.mamba_host_lru_list.discard(node)
+        if self.events.active:
+            self.events.emit(EventKind.PIN, f"pin #{node.id} (hr={node.host_ref_counter}, hmr={node.host_mamba_ref_counter})", (node.id,))
+
+    def _release_host_node(self, node: TreeNode, release_mamba: bool = True) -> None:
+        node.release_host()
+        if release_mamba:
+            node.release_host_mamba()
+            if (node.host_mamba_ref_counter == 0 and node.mamba_host_value is not None
+                    and not self.mamba_host_lru_list.in_list(node)):
+                self.mamba_host_lru_list.insert_mru(node)
+        if node.host_ref_counter == 0 and node.host_mamba_ref_counter == 0:
+            self._update_host_leaf_status(node)
+        if self.events.active:
+            self.events.emit(EventKind.UNPIN, f"unpin #{node.id} (hr={node.host_ref_counter}, hmr={node.host_mamba_ref_counter})", (node.id,))
+
+    # -- sizes --------------------------------------------------------------------------------------
+    def host_size(self) -> int:
+        """Host KV tokens held by the tree."""
+        return sum(len(n.host_value) for n in self.nodes() if n.host_value is not None and n is not self.root_node)

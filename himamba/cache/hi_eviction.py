@@ -1,0 +1,194 @@
+"""Eviction on the tiered tree: device demotion (§3.6), host eviction (§3.8) and the tiered
+tombstone cascade (§3.10).
+
+A device leaf leaves the device in one of three ways: it is already backed up, so it is
+*demoted* (device KV and state freed, host copy kept); under ``write_back`` it is written to host
+first and then demoted; otherwise it is deleted. Host-only leaves are deleted by ``evict_host``.
+
+The cascade after a deletion walks up through childless, stateless parents. Here it stops at the
+root, at a parent with a state on *either* tier, at a locked parent, and at a host-pinned parent
+(the #23696 fix; legacy B1 drops that last rule). ``cascade_rule="unified"`` instead keeps every
+childless tombstone as a leaf that ordinary eviction removes later (SGLang's unified tree).
+"""
+
+from __future__ import annotations
+
+import heapq
+
+from himamba.cache.device_eviction import DeviceEvictionMixin
+from himamba.cache.hi_base import HiTreeBase
+from himamba.core.key import preview
+from himamba.core.node import TreeNode
+from himamba.errors import CacheAssertionError, InvalidInputError
+from himamba.observe.events import EventKind, operation
+
+
+class HiEvictionMixin(DeviceEvictionMixin, HiTreeBase):
+    """Device demotion, host eviction and the tiered cascade."""
+
+    # -- device leaves -------------------------------------------------------------------------
+    def _evict_device_leaf(self, node: TreeNode) -> tuple[int, TreeNode | None]:
+        if node.host_value is not None:
+            return self._evict_to_host(node)
+        if self.write_policy == "write_back":
+            written = self._write_backup(node, write_back=True)
+            self.writing_check(write_back=True)
+            if written or self.config.has_legacy("B7"):
+                return self._evict_to_host(node)
+            if node.children:
+                if self.events.active:
+                    self.events.emit(EventKind.CASCADE, f"#{node.id}: backup failed and it has host children: kept on device", (node.id,))
+                return 0, None
+        return self._evict_regular(node)
+
+    def _evict_to_host(self, node: TreeNode) -> tuple[int, TreeNode]:
+        """Demote a backed-up device leaf: free its device KV and device state; it stays in the
+        tree on host (it may join the host-leaf set). No cascade."""
+        if node.value is None:
+            raise CacheAssertionError(f"evict to host: node #{node.id} is not on device")
+        if node.host_value is None:
+            raise CacheAssertionError(f"not backuped, node.id={node.id}")
+        n = self.cache_controller.evict_device(node.value)
+        if node.full_lock_ref == 0:
+            self.full_evictable_size_ -= n
+        else:
+            self.full_protected_size_ -= n
+        self.full_lru_list.remove_node(node)
+        self._free_device_state(node)
+        node.value = None
+        self._refresh_leaf_status(node)
+        self._refresh_leaf_status(node.parent)
+        if self.events.active:
+            self.events.emit(EventKind.DEMOTED, f"#{node.id}{preview(node.key.token_ids)} demoted to host: {n} device tokens freed (now KV=H M={node.state_tier()})", (node.id,))
+        return n, node.parent
+
+    def _evict_regular(self, node: TreeNode) -> tuple[int, TreeNode]:
+        if node.host_value is not None:
+            raise CacheAssertionError(f"evict regular: node #{node.id} is backuped")
+        return super()._evict_regular(node)
+
+    def _release_leaf_extras(self, node: TreeNode) -> None:
+        if node.mamba_host_value is not None:
+            self.host_mamba_pool.free(node.mamba_host_value)
+            self.mamba_host_lru_list.discard(node)
+            node.mamba_host_value = None
+        self.evictable_full_host_leaves.discard(node)
+
+    # -- the cascade ---------------------------------------------------------------------------
+    def _cascade_stop_reason(self, parent: TreeNode) -> str | None:
+        if parent is self.root_node:
+            return "parent is the root"
+        if parent.mamba_value is not None:
+            return f"parent #{parent.id} holds a device state"
+        if parent.mamba_host_value is not None:
+            return f"parent #{parent.id} holds a host state"
+        if parent.full_lock_ref > 0 or parent.mamba_lock_ref > 0:
+            return f"parent #{parent.id} is locked (full_lock_ref={parent.full_lock_ref})"
+        if (parent.host_ref_counter > 0 or parent.host_mamba_ref_counter > 0) and not self.config.has_legacy("B1"):
+            return f"host pin: parent #{parent.id} has host_ref_counter={parent.host_ref_counter}"
+        if self.config.cascade_rule == "unified":
+            tier = "device" if parent.value is not None else "host"
+            return f"unified rule: parent #{parent.id} stays as a {tier} leaf (its KV is on {tier})"
+        return None
+
+    def _delete_tombstone_leaf(self, node: TreeNode) -> int:
+        if node.mamba_value is not None or node.mamba_host_value is not None or node.children:
+            raise CacheAssertionError(f"cascade: node #{node.id} is not a childless full tombstone")
+        freed = 0
+        if node.value is not None:  # upstream leaves node.value set on the detached node
+            freed = self.cache_controller.evict_device(node.value)
+            self.full_evictable_size_ -= freed
+            self.full_lru_list.remove_node(node)
+        self.evictable_full_device_leaves.discard(node)
+        self.evictable_full_host_leaves.discard(node)
+        self._detach(node)
+        kept = ""
+        if node.host_value is not None:
+            if node.host_ref_counter == 0 and node.host_mamba_ref_counter == 0:
+                self.cache_controller.evict_host(node.host_value)
+                node.host_value = None
+            else:
+                kept = f"; its pinned host KV stays allocated (hr={node.host_ref_counter})"
+        if self.events.active:
+            self.events.emit(EventKind.NODE_DELETED, f"tombstone #{node.id}{preview(node.key.token_ids)} deleted ({freed} device tokens){kept}", (node.id,))
+        return freed
+
+    # -- evict_host ----------------------------------------------------------------------------
+    @operation("evict_host")
+    def evict_host(self, num_tokens: int) -> int:
+        """Free host KV by deleting host-only leaves, oldest first (then the cascade).
+
+        The loop stops once its count reaches ``num_tokens``; that count, as upstream's, adds
+        each leaf's host tokens and the cascade's *device* tokens but not the cascade's host
+        tokens (B11). Returns the host KV tokens actually freed. Pinned nodes are never taken.
+        """
+        if not isinstance(num_tokens, int) or num_tokens < 0:
+            raise InvalidInputError(f"evict_host(num_tokens) needs a non-negative int, got {num_tokens!r}")
+        before = self.host_kv_pool.available_size()
+        leaves = self.evictable_full_host_leaves
+        heap = [(n.last_access_time, n.id, n) for n in leaves]
+        heapq.heapify(heap)
+        counted = 0
+        while counted < num_tokens and heap:
+            _, _, x = heapq.heappop(heap)
+            if x not in leaves:
+                continue
+            n, survivor = self._evict_host_leaf(x)
+            counted += n
+            if survivor in leaves:
+                heapq.heappush(heap, (survivor.last_access_time, survivor.id, survivor))
+        return self.host_kv_pool.available_size() - before
+
+    def _evict_host_leaf(self, node: TreeNode) -> tuple[int, TreeNode]:
+        """Delete a host-only leaf: free its host KV and host state, detach it, cascade."""
+        pinned = node.host_ref_counter > 0 or (node.host_mamba_ref_counter > 0 and not self.config.has_legacy("B5"))
+        if node.value is not None or node.host_value is None or node.mamba_value is not None or pinned:
+            raise CacheAssertionError(f"evict host leaf: node #{node.id} is not an unpinned host-only node")
+        n = self.cache_controller.evict_host(node.host_value)
+        if node.mamba_host_value is not None:
+            self.host_mamba_pool.free(node.mamba_host_value)
+            self.mamba_host_lru_list.discard(node)
+            node.mamba_host_value = None
+        self.evictable_full_device_leaves.discard(node)
+        self.evictable_full_host_leaves.discard(node)
+        self._detach(node)
+        if self.events.active:
+            self.events.emit(EventKind.HOST_LEAF_EVICTED, f"host leaf #{node.id}{preview(node.key.token_ids)} deleted: freed {n} host tokens", (node.id,))
+        self._refresh_leaf_status(node.parent)
+        cascaded, survivor = self._iteratively_delete_tombstone_leaf(node)
+        return n + cascaded, survivor
+
+    # -- evict_mamba_host ------------------------------------------------------------------------
+    @operation("evict_mamba_host")
+    def evict_mamba_host(self, num_states: int) -> int:
+        """Free up to ``num_states`` host state slots, least recently used first.
+
+        A host-only leaf goes whole (host KV too, then the cascade); any other node only loses
+        its host state. Returns the host states freed.
+        """
+        if not isinstance(num_states, int) or num_states < 0:
+            raise InvalidInputError(f"evict_mamba_host(n) needs a non-negative int, got {num_states!r}")
+        lru = self.mamba_host_lru_list
+        old_rule = self.config.has_legacy("B5")
+        freed = 0
+        x = lru.lru_no_lock()
+        while freed < num_states and lru.in_list(x):
+            x_next = lru.prev_no_lock(x)
+            if x in self.evictable_full_host_leaves:
+                self._evict_host_leaf(x)
+            else:
+                if old_rule and x.host_ref_counter > 0:
+                    x = x_next
+                    continue
+                if x.host_mamba_ref_counter != 0:
+                    raise CacheAssertionError(f"evict_mamba_host: node #{x.id} has a pinned host state")
+                lru.remove_node(x)
+                self.host_mamba_pool.free(x.mamba_host_value)
+                x.mamba_host_value = None
+                if self.events.active:
+                    self.events.emit(EventKind.HOST_STATE_DROPPED, f"#{x.id} loses its host state (KV={x.kv_tier()})", (x.id,))
+            freed += 1
+            if not lru.in_list(x_next):
+                x_next = lru.lru_no_lock()
+            x = x_next
+        return freed

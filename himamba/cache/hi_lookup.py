@@ -1,0 +1,135 @@
+"""Lookup and insert on the tiered tree (§3.1-3.3 with host tiers).
+
+Differences from the device tree: a match may run through host-only nodes (their KV can be
+loaded back), so it reports ``host_hit_length``; a host state also ends a usable prefix; splits
+also cut ``host_value``; an insert walking into a host-only node *unevicts* it by adopting the
+request's device slots; and each insert-time hit may trigger a write-through backup.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from himamba.cache.hi_base import HiTreeBase
+from himamba.cache.lookup import ANCESTOR_TIME_STEP, LookupMixin
+from himamba.cache.results import MatchResult, Request
+from himamba.core.key import RadixKey, as_key, preview
+from himamba.core.node import TreeNode
+from himamba.errors import CacheAssertionError
+from himamba.observe.events import EventKind, operation
+
+
+class HiLookupMixin(LookupMixin, HiTreeBase):
+    """match_prefix, split and insert of the tiered cache."""
+
+    @operation("match_prefix")
+    def match_prefix(
+        self, key: RadixKey | Sequence[int], req: Request | None = None, cow_mamba: bool = False
+    ) -> MatchResult:
+        """Longest usable cached prefix of ``key`` across both tiers.
+
+        ``device_indices`` covers the part on device; ``last_host_node`` is the deepest backed-up
+        node of the usable prefix and ``host_hit_length`` the host tokens above the device part
+        that ``init_load_back`` could restore (1 when only a host state is missing on device).
+        Changes as on the device tree: a split where the match ends, LRU refresh and retiming of
+        the usable node and its ancestors (the full LRU from the deepest on-device one).
+        """
+        key = as_key(key)
+        root = self.root_node
+        ps = self.page_size
+        if len(key) == 0:
+            return MatchResult(self._empty_indices, root, root, root)
+        key = key.page_aligned(ps)
+        node, segs, best, best_len = root, [], root, 0
+        while len(key) and (ck := key.child_key(ps)) in node.children:
+            child = node.children[ck]
+            if child.value is None and child.host_value is None:
+                break
+            if node.mamba_value is not None or node.mamba_host_value is not None:
+                best, best_len = node, len(segs)
+            p = child.key.match(key, ps)
+            if p < len(child.key):
+                child = self._split_node(child, p)
+                if child.value is not None:
+                    segs.append(child.value)
+                node = child
+                break
+            if child.value is not None:
+                segs.append(child.value)
+            node, key = child, key[p:]
+        if node.mamba_value is not None or node.mamba_host_value is not None:
+            best, best_len = node, len(segs)
+        self._touch_match(best)
+        branching = None
+        if len(segs) > best_len:
+            chunk = self.config.mamba_cache_chunk_size
+            branching = (sum(len(s) for s in segs) // chunk) * chunk or None
+        last_device, host_hit = best, 0
+        while last_device is not root and last_device.value is None:
+            host_hit += len(last_device.host_value)
+            last_device = last_device.parent
+        last_host = best
+        while last_host is not root and last_host.host_value is None:
+            last_host = last_host.parent
+        state_only = int(last_host.mamba_host_value is not None and last_host.mamba_value is None)
+        indices = torch.cat(segs[:best_len]) if best_len else self._empty_indices
+        if cow_mamba and req is not None and best.mamba_value is not None:
+            self._copy_state_to_request(best, req)
+        return MatchResult(indices, last_device, last_host, last_host, max(host_hit, state_only), branching)
+
+    def _touch_match(self, best: TreeNode) -> None:
+        root = self.root_node
+        if best is root:
+            return
+        on_device = best
+        while on_device is not root and on_device.value is None:
+            on_device = on_device.parent
+        self.full_lru_list.reset_node_and_parents_mru(on_device, root)
+        self.mamba_lru_list.reset_node_and_parents_mru(best, root)
+        t = self.tick()
+        x, k = best, 0
+        while x is not root:
+            x.last_access_time = t - k * ANCESTOR_TIME_STEP
+            x = x.parent
+            k += 1
+        if self.events.active:
+            self.events.emit(EventKind.LRU_REFRESH, f"match refreshes #{best.id} and its {k - 1} ancestor(s)", (best.id,))
+
+    # -- split ---------------------------------------------------------------------------------
+    def _after_split(self, upper: TreeNode, child: TreeNode) -> None:
+        if child.host_value is not None:
+            n = len(upper.key)
+            upper.host_value = child.host_value[:n]
+            child.host_value = child.host_value[n:]
+        super()._after_split(upper, child)
+
+    # -- insert --------------------------------------------------------------------------------
+    def _take_matched_segment(
+        self, node: TreeNode, seg_value: torch.Tensor, prev_prefix_len: int, total: int, chunked: bool
+    ) -> int:
+        if node.value is None:
+            self._unevict_node(node, seg_value)
+            return 0
+        return super()._take_matched_segment(node, seg_value, prev_prefix_len, total, chunked)
+
+    def _unevict_node(self, node: TreeNode, value: torch.Tensor) -> None:
+        """A host-only node on an insert's path adopts the request's device slots (KV=DH)."""
+        if node.value is not None or node.mamba_value is not None:
+            raise CacheAssertionError(f"unevict: node #{node.id} is not evicted")
+        node.value = value.clone()
+        self.full_lru_list.insert_mru(node)
+        self.full_evictable_size_ += len(value)
+        self._refresh_leaf_status(node)
+        self._refresh_leaf_status(node.parent)
+        if self.events.active:
+            self.events.emit(EventKind.UNEVICTED, f"host node #{node.id}{preview(node.key.token_ids)} takes the request's {len(value)} device slots (KV=DH)", (node.id,))
+
+    def _inc_hit_count(self, node: TreeNode, chunked: bool) -> None:
+        """Count a hit (not for chunks, not under write_back) and back up at the threshold."""
+        if self.write_policy == "write_back" or chunked:
+            return
+        node.hit_count += 1
+        if node.host_value is None and node.hit_count >= self.write_through_threshold:
+            self.write_backup(node)

@@ -1,0 +1,286 @@
+"""A small in-memory storage tier (L3) so that host pins really happen (reference §3.14).
+
+Storage holds KV pages keyed by a page hash (the fingerprint of the whole prefix up to the end of
+the page) and states keyed by the hash of the page they end. Two operations pin tree nodes:
+
+* ``write_backup_storage(node)`` — after a node's device -> host write is acknowledged, its host
+  KV (and host state) is copied to storage; the node is host-pinned until the storage ack.
+* ``prefetch_from_storage(req_id, anchor, tokens)`` — pages that continue ``anchor`` are fetched
+  into fresh host slots; the anchor is pinned until ``check_prefetch_progress`` hangs the fetched
+  part under it as host-only nodes (``_insert_helper_host``).
+
+Operations complete at once unless the cache runs with manual acks; then
+:meth:`StorageTier.complete` releases them one by one.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from himamba.cache.hi_base import HiTreeBase
+from himamba.core.key import RadixKey, preview
+from himamba.core.node import TreeNode
+from himamba.errors import InvalidInputError
+from himamba.memory.content import kv_content, prefix_fingerprint, state_content
+from himamba.memory.model import ModelSpec
+from himamba.observe.events import EventKind, operation
+
+
+def page_hashes(tokens: Sequence[int], page_size: int, start: int = 0) -> list[int]:
+    """Chained page hashes: hash i is the fingerprint of every token up to the end of page i."""
+    out, h = [], start
+    for i in range(0, len(tokens) - len(tokens) % page_size, page_size):
+        h = prefix_fingerprint(tokens[i : i + page_size], h)
+        out.append(h)
+    return out
+
+
+@dataclass(eq=False)
+class StorageOp:
+    """A storage transfer in flight."""
+
+    op_id: int
+    kind: str  # "backup" or "prefetch"
+    manual: bool
+    manual_done: bool = False
+    payload: dict = field(default_factory=dict)
+
+    def done(self) -> bool:
+        return not self.manual or self.manual_done
+
+
+class StorageTier:
+    """KV pages and states by hash, plus the queue of operations in flight."""
+
+    def __init__(self, spec: ModelSpec, page_size: int, manual_acks: bool = False) -> None:
+        self.spec = spec
+        self.page_size = page_size
+        self.manual_acks = manual_acks
+        self.pages: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.states: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.ops: list[StorageOp] = []
+        self._ids = itertools.count()
+
+    def new_op(self, kind: str, **payload) -> StorageOp:
+        op = StorageOp(next(self._ids), kind, self.manual_acks, payload=payload)
+        self.ops.append(op)
+        return op
+
+    def complete(self, op: StorageOp | None = None) -> StorageOp | None:
+        """Manual mode: mark one operation (default: the oldest unfinished) complete."""
+        if op is None:
+            op = next((o for o in self.ops if not o.manual_done), None)
+        if op is not None:
+            op.manual_done = True
+        return op
+
+    def store_prefix(self, tokens: Sequence[int], with_state: bool = True) -> int:
+        """Put the deterministic content of a token prefix into storage (as if another server had
+        cached it). Returns the pages stored."""
+        ps = self.page_size
+        hashes = page_hashes(tokens, ps)
+        k, v = kv_content(self.spec, tokens[: len(hashes) * ps], 0)
+        for i, h in enumerate(hashes):
+            self.pages[h] = (k[:, i * ps : (i + 1) * ps].clone(), v[:, i * ps : (i + 1) * ps].clone())
+        if with_state and hashes:
+            self.states[hashes[-1]] = state_content(self.spec, hashes[-1])
+        return len(hashes)
+
+
+class StorageMixin(HiTreeBase):
+    """Storage backup, prefetch and the host-only insert."""
+
+    prefetch_threshold = 1  # tokens; upstream's default is 256
+
+    def _init_tree(self) -> None:
+        super()._init_tree()
+        if not hasattr(self, "storage"):
+            self.storage = StorageTier(self.config.model, self.page_size, self._manual_acks) if self.config.enable_storage else None
+
+    def _path_hash(self, node: TreeNode) -> int:
+        tokens = self.path_tokens(node)
+        return prefix_fingerprint(tokens) if tokens else 0
+
+    # -- backup to storage -----------------------------------------------------------------------
+    @operation("write_backup_storage")
+    def write_backup_storage(self, node: TreeNode) -> int | None:
+        """Copy ``node``'s host KV (and host state) to storage; pin the node until the storage
+        ack (``check_storage_progress``). Returns the operation id (``None`` without storage)."""
+        if self.storage is None or node.host_value is None:
+            return None
+        ps = self.page_size
+        start_tokens = self.path_tokens(node.parent) if node.parent is not None else []
+        hashes = page_hashes(node.key.token_ids, ps, prefix_fingerprint(start_tokens) if start_tokens else 0)
+        k = self.host_kv_pool.k_buffer[:, node.host_value].clone()
+        v = self.host_kv_pool.v_buffer[:, node.host_value].clone()
+        state = None
+        if node.mamba_host_value is not None:
+            state = (self.host_mamba_pool.conv[:, node.mamba_host_value[0]].clone(),
+                     self.host_mamba_pool.ssm[:, node.mamba_host_value[0]].clone())
+        mamba_pinned = state is not None
+        op = self.storage.new_op("backup", node=node, hashes=hashes, k=k, v=v, state=state)
+        self.ongoing_backup[op.op_id] = (node, mamba_pinned)
+        self._protect_host_node(node, protect_mamba=mamba_pinned)
+        if self.events.active:
+            self.events.emit(EventKind.STORAGE, f"storage backup of #{node.id} issued (op {op.op_id}); #{node.id} pinned", (node.id,))
+        return op.op_id
+
+    @operation("check_storage_progress")
+    def check_storage_progress(self) -> int:
+        """Finish completed storage backups: the pages land in storage and the pins are released.
+        Returns backups finished."""
+        if self.storage is None:
+            return 0
+        done = 0
+        for op in [o for o in self.storage.ops if o.kind == "backup" and o.done()]:
+            self.storage.ops.remove(op)
+            p = op.payload
+            ps = self.page_size
+            for i, h in enumerate(p["hashes"]):
+                self.storage.pages[h] = (p["k"][:, i * ps : (i + 1) * ps], p["v"][:, i * ps : (i + 1) * ps])
+            if p["state"] is not None and p["hashes"]:
+                self.storage.states[p["hashes"][-1]] = p["state"]
+            node, mamba_pinned = self.ongoing_backup.pop(op.op_id)
+            self._release_host_node(node, release_mamba=mamba_pinned)
+            done += 1
+            if self.events.active:
+                self.events.emit(EventKind.STORAGE, f"storage backup of #{node.id} done; pin released", (node.id,))
+        return done
+
+    # -- prefetch from storage -----------------------------------------------------------------
+    @operation("prefetch_from_storage")
+    def prefetch_from_storage(self, req_id: object, anchor: TreeNode, tokens: Sequence[int]) -> int:
+        """Fetch the stored pages that continue ``anchor`` by ``tokens`` into new host slots.
+
+        Pins the anchor's host KV (and its host state once a state slot is allocated); allocates
+        host KV (one ``evict_host`` retry) and a host state slot when storage has the state (one
+        ``evict_mamba_host`` retry), undoing everything on failure. Returns the tokens being
+        fetched (0: nothing to fetch, below the threshold, or no room).
+        """
+        self._check_in_tree(anchor)
+        if self.storage is None:
+            return 0
+        if req_id in self.ongoing_prefetch:
+            raise InvalidInputError(f"request {req_id!r} already has a prefetch in flight")
+        ps = self.page_size
+        tokens = list(tokens)[: len(tokens) - len(tokens) % ps]
+        hashes = page_hashes(tokens, ps, self._path_hash(anchor))
+        n_pages = 0
+        while n_pages < len(hashes) and hashes[n_pages] in self.storage.pages:
+            n_pages += 1
+        n = n_pages * ps
+        if n == 0 or n < self.prefetch_threshold:
+            return 0
+        self._protect_host_node(anchor, protect_mamba=False)
+        host = self.host_kv_pool.alloc(n)
+        if host is None:
+            self.evict_host(n)
+            host = self.host_kv_pool.alloc(n)
+        slot = None
+        state_key = hashes[n_pages - 1]
+        if host is not None and state_key in self.storage.states:
+            slot = self.host_mamba_pool.alloc(1)
+            if slot is None:
+                self.evict_mamba_host(1)
+                slot = self.host_mamba_pool.alloc(1)
+            if slot is None:
+                self.host_kv_pool.free(host)
+                host = None
+        if host is None:
+            self._release_host_node(anchor, release_mamba=False)
+            return 0
+        if slot is not None:
+            anchor.protect_host_mamba()
+            self.mamba_host_lru_list.discard(anchor) if not self.config.has_legacy("B5") else None
+        op = self.storage.new_op("prefetch", hashes=hashes[:n_pages])
+        self.ongoing_prefetch[req_id] = (anchor, tokens[:n], host, op, slot)
+        if self.events.active:
+            self.events.emit(EventKind.STORAGE, f"prefetch of {n} tokens under #{anchor.id} issued; #{anchor.id} pinned", (anchor.id,))
+        return n
+
+    @operation("check_prefetch_progress")
+    def check_prefetch_progress(self, req_id: object) -> int | None:
+        """If ``req_id``'s prefetch has completed: hang the fetched tokens under the anchor as
+        host-only nodes, free the slots of the part already cached, release the pins. Returns the
+        tokens newly inserted, or ``None`` while the prefetch is still in flight."""
+        entry = self.ongoing_prefetch.get(req_id)
+        if entry is None:
+            raise InvalidInputError(f"no prefetch in flight for request {req_id!r}")
+        anchor, tokens, host, op, slot = entry
+        if not op.done():
+            return None
+        del self.ongoing_prefetch[req_id]
+        self.storage.ops.remove(op)
+        ps = self.page_size
+        for i, h in enumerate(op.payload["hashes"]):
+            k, v = self.storage.pages[h]
+            self.host_kv_pool.k_buffer[:, host[i * ps : (i + 1) * ps]] = k
+            self.host_kv_pool.v_buffer[:, host[i * ps : (i + 1) * ps]] = v
+        if slot is not None:
+            conv, ssm = self.storage.states[op.payload["hashes"][-1]]
+            self.host_mamba_pool.conv[:, slot[0]] = conv
+            self.host_mamba_pool.ssm[:, slot[0]] = ssm
+        used, attached = self._insert_helper_host(anchor, RadixKey(tokens, None), host, slot)
+        if used < len(host):
+            free = torch.ones(len(host), dtype=torch.bool)
+            free[len(host) - used :] = False
+            self.host_kv_pool.free(host[free])
+        if slot is not None and not attached:
+            self.host_mamba_pool.free(slot)
+        self._release_host_node(anchor, release_mamba=slot is not None)
+        return used
+
+    def _insert_helper_host(self, anchor: TreeNode, key: RadixKey, host: torch.Tensor,
+                            slot: torch.Tensor | None) -> tuple[int, bool]:
+        """Hang fetched host KV under ``anchor``. Returns (trailing host slots adopted by a new
+        node, whether the state slot was attached). Matching children are retimed (and, unless
+        legacy B3, refreshed in the full LRU like an insert); a remainder under a parent that is
+        neither root nor backed up is refused unless legacy B6."""
+        b3 = self.config.has_legacy("B3")
+        ps = self.page_size
+        anchor.last_access_time = self.tick()
+        if not b3:
+            self._refresh_lists(anchor)
+        node = anchor
+        while len(key) and (ck := key.child_key(ps)) in node.children:
+            node = node.children[ck]
+            node.last_access_time = self.tick()
+            if b3:
+                if node.mamba_value is not None:
+                    self.mamba_lru_list.reset_node_mru(node)
+            else:
+                self._refresh_lists(node)
+            p = node.key.match(key, ps)
+            if p < len(node.key):
+                node = self._split_node(node, p)
+            key, host = key[p:], host[p:]
+        if not len(key):
+            return 0, False
+        if node is not self.root_node and node.host_value is None and not self.config.has_legacy("B6"):
+            if self.events.active:
+                self.events.emit(EventKind.STORAGE, f"prefetched {len(key)} tokens refused: attach point #{node.id} is not backed up", (node.id,))
+            return 0, False
+        new = self._new_node(key, node)
+        new.host_value = host.clone()
+        new.last_access_time = self.tick()
+        node.children[key.child_key(ps)] = new
+        if slot is not None:
+            new.mamba_host_value = slot.clone().view(1)
+            self.mamba_host_lru_list.insert_mru(new)
+        self._refresh_leaf_status(new)
+        self._refresh_leaf_status(node)
+        if self.events.active:
+            self.events.emit(EventKind.NODE_CREATED, f"prefetched host node #{new.id}{preview(key.token_ids)} under #{node.id} (KV=H M={new.state_tier()})", (new.id, node.id))
+        return len(key), slot is not None
+
+    def _refresh_lists(self, node: TreeNode) -> None:
+        if node is self.root_node:
+            return
+        if node.value is not None:
+            self.full_lru_list.reset_node_mru(node)
+        if node.mamba_value is not None:
+            self.mamba_lru_list.reset_node_mru(node)

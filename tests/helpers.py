@@ -1,0 +1,69 @@
+"""Test helpers: build caches on the CPU, insert sequences with real content, assert health."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+import himamba as hm
+from himamba.memory.content import write_kv, write_state
+
+
+def make_cache(cls=hm.MambaRadixCache, **config) -> hm.MambaRadixCache:
+    """A cache on the CPU; keyword arguments override CacheConfig fields."""
+    config.setdefault("device", "cpu")
+    return cls(hm.CacheConfig(**config))
+
+
+def alloc_kv(cache, tokens: Sequence[int], start_pos: int) -> torch.Tensor:
+    """Allocate device KV slots for ``tokens`` (at ``start_pos``) and fill them with content."""
+    idx = cache.kv_pool.alloc(len(tokens))
+    assert idx is not None, f"device KV pool short of {len(tokens)} slots"
+    write_kv(cache.kv_pool, idx, tokens, start_pos)
+    return idx
+
+
+def alloc_state(cache, prefix: Sequence[int]) -> torch.Tensor:
+    """Allocate one device state slot holding the state that ends ``prefix``."""
+    slot = cache.mamba_pool.alloc(1)
+    assert slot is not None, "device state pool is full"
+    write_state(cache.mamba_pool, slot, prefix)
+    return slot
+
+
+def put(cache, tokens: Sequence[int], *, reuse: bool = True, chunked: bool = False) -> hm.InsertResult:
+    """Insert ``tokens`` the way a request would: reuse the matched prefix's slots (when
+    ``reuse``), allocate and fill the rest, donate a state slot; free it if the tree had one."""
+    tokens = list(tokens)
+    matched = cache.match_prefix(tokens).device_indices if reuse else torch.empty(0, dtype=torch.int64)
+    n = len(matched)
+    new = alloc_kv(cache, tokens[n:], n)
+    value = torch.cat((matched, new))
+    slot = alloc_state(cache, tokens)
+    result = cache.insert(tokens, value, slot, prev_prefix_len=n, chunked=chunked)
+    if result.mamba_exist:
+        cache.mamba_pool.free(slot)
+    return result
+
+
+def node_at(cache, tokens: Sequence[int]) -> hm.TreeNode:
+    """The node whose edge ends exactly after ``tokens`` (walks without touching LRU or times)."""
+    node, rest, ps = cache.root_node, list(tokens), cache.page_size
+    while rest:
+        key = hm.RadixKey(rest)
+        child = node.children.get(key.child_key(ps))
+        assert child is not None, f"no node continues {rest[:8]}…"
+        n = len(child.key)
+        assert child.key.token_ids == rest[:n], f"node #{child.id} does not end at this prefix"
+        node, rest = child, rest[n:]
+    return node
+
+
+def assert_healthy(cache, held_kv: int | None = 0, held_states: int | None = 0, integrity: bool = True) -> None:
+    """No invariant violations (with exact pool accounting) and, optionally, full integrity."""
+    violations = hm.check_invariants(cache, held_kv=held_kv, held_states=held_states)
+    assert not violations, "\n".join(map(str, violations)) + "\n" + cache.tree_text()
+    if integrity:
+        bad = hm.check_integrity(cache)
+        assert not bad, "\n".join(map(str, bad))
