@@ -166,6 +166,10 @@ class BackupMixin(HiTreeBase):
         ``mem_quota`` plus what locking freed — legacy B13 lifts both whenever a state is
         restored; by default only the threshold is lifted) or when device memory cannot be found.
         On success the chain is on device and ``node`` stays locked until ``loading_check``.
+
+        Loaded nodes enter the device LRU lists at the place their access times give (upstream
+        inserts at the MRU end, which breaks list/time order when ``node`` is not the node the
+        last match retimed most recently, e.g. ``best_match_node`` above a deeper usable node).
         """
         self._check_in_tree(node)
         return self._load_back(node, mem_quota, req)
@@ -210,11 +214,11 @@ class BackupMixin(HiTreeBase):
             k = len(c.host_value)
             c.value = device[offset : offset + k]
             offset += k
-            self.full_lru_list.insert_mru(c)
+            self.full_lru_list.insert_by_time(c)
             self.full_evictable_size_ += k
             self._refresh_leaf_status(c)
         if restore:
-            self.mamba_lru_list.insert_mru(node)
+            self.mamba_lru_list.insert_by_time(node)
             self.mamba_evictable_size_ += 1
         self._refresh_leaf_status(anchor)
         self._inc_lock_ref(node)

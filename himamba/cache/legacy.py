@@ -24,11 +24,14 @@ B7    write_back_ignores_failed_backup    write-back demotes a leaf whose backup
                                           ``not backuped``
 B8    evict_mamba_takes_locked_leaf       ``evict_mamba`` picks a childless, full-locked leaf:         no (#21406 closed)
                                           ``evict device leaf: full_lock_ref mismatch``
+B10   lock_release_drops_state_lock     a lock taken on a tombstone, released after a state was     no (inferred)
+                                          attached, unlocks that state: it can be evicted while a
+                                          load into it is still queued
 B13   quota_ignored_with_restore          load-back ignores threshold and ``mem_quota`` whenever a     no (maybe intended)
                                           state is restored
 ====  ==================================  ===========================================================  ==================
 
-B9-B12 are hazards without a single old code path (see the reference); they are shown in
+B9, B11 and B12 are hazards without a single old code path (see the reference); they are shown in
 notebooks but have no switch.
 """
 
@@ -75,6 +78,9 @@ LEGACY_BUGS: dict[str, LegacyBug] = {
         LegacyBug("B8", "evict_mamba_takes_locked_leaf",
                   "evict_mamba evicts a childless full-locked leaf: 'full_lock_ref mismatch'",
                   "no (#21406 closed)"),
+        LegacyBug("B10", "lock_release_drops_state_lock",
+                  "releasing a lock taken on a tombstone unlocks a state attached since",
+                  "no (inferred)"),
         LegacyBug("B13", "quota_ignored_with_restore",
                   "load-back skips threshold and mem_quota whenever a state is restored",
                   "no (maybe intended)"),

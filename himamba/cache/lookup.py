@@ -176,25 +176,36 @@ class LookupMixin(TreeBase):
         Raises :class:`InvalidInputError`, changing nothing, for mismatched or unaligned input.
         """
         key = as_key(key)
+        if mamba_value is None:
+            raise InvalidInputError("mamba_value must be a 1-element int64 tensor naming a device state slot")
         self._check_insert_args(key, value, mamba_value, prev_prefix_len)
         if len(key) == 0:
             return InsertResult(0, True)
         return self._insert_helper(key, value, mamba_value, prev_prefix_len, chunked)
 
-    def _check_insert_args(self, key: RadixKey, value: torch.Tensor, mamba_value: torch.Tensor, prev_prefix_len: int) -> None:
+    def _check_insert_args(
+        self, key: RadixKey, value: torch.Tensor, mamba_value: torch.Tensor | None, prev_prefix_len: int
+    ) -> None:
+        """Raise InvalidInputError unless insert(key, value, mamba_value, prev_prefix_len) is
+        well formed. ``mamba_value=None`` skips the state checks (for callers that allocate the
+        state slot only after validating)."""
         if not isinstance(value, torch.Tensor) or value.dim() != 1 or value.dtype != torch.int64:
             raise InvalidInputError("value must be a 1-D int64 tensor of device KV slots")
         if value.shape[0] != len(key):
             raise InvalidInputError(f"value has {len(value)} slots but the key has {len(key)} tokens")
         if len(key) % self.page_size:
             raise InvalidInputError(f"key of {len(key)} tokens is not a multiple of the page size {self.page_size}")
-        if not isinstance(mamba_value, torch.Tensor) or mamba_value.numel() != 1 or mamba_value.dtype != torch.int64:
+        if mamba_value is not None and (
+            not isinstance(mamba_value, torch.Tensor) or mamba_value.numel() != 1 or mamba_value.dtype != torch.int64
+        ):
             raise InvalidInputError("mamba_value must be a 1-element int64 tensor naming a device state slot")
         if not 0 <= prev_prefix_len <= len(key):
             raise InvalidInputError(f"prev_prefix_len={prev_prefix_len} is outside 0..{len(key)}")
         if not self.kv_pool.allocator.all_allocated(value):
             raise InvalidInputError("value names device KV slots that are not allocated")
-        if not self.mamba_pool.allocator.all_allocated(mamba_value):
+        if len(value) > 1 and int(torch.unique(value).numel()) != len(value):
+            raise InvalidInputError("value names the same device KV slot more than once")
+        if mamba_value is not None and not self.mamba_pool.allocator.all_allocated(mamba_value):
             raise InvalidInputError("mamba_value names a state slot that is not allocated")
 
     def _insert_helper(

@@ -30,29 +30,32 @@ class RequestFlowMixin(TreeBase):
         ``prev_prefix_len = cache_protected_len``; KV past the inserted length is freed.
         Without: free the KV the tree does not own. Then free the request's state slots the tree
         did not adopt and release the request's lock on ``last_node``. Afterwards the request
-        owns nothing (``kv_indices`` empty, state slots ``None``).
+        owns nothing (``kv_indices`` empty, state slots ``None``). Bad input raises before
+        anything changes.
         """
         tokens, kv = self._committed(req)
         protected = req.cache_protected_len
-        tree_took_state = False
+        if req.last_node is not None:
+            self._check_releasable(req.last_node)
+        cache_len, state = 0, None
         if is_insert:
             if self.config.extra_buffer:
-                cache_len = req.mamba_last_track_seqlen or 0
-                state = req.mamba_track_idx
+                cache_len, state = req.mamba_last_track_seqlen or 0, req.mamba_track_idx
             else:
                 cache_len, state = len(tokens), req.mamba_pool_idx
             if cache_len % self.page_size:
                 raise InvalidInputError(f"cache length {cache_len} is not page aligned (page size {self.page_size})")
-            self.kv_pool.free(kv[max(cache_len, protected) :])
-            if cache_len and state is not None:
-                result = self.insert(
-                    RadixKey(tokens[:cache_len], req.extra_key), kv[:cache_len], state, prev_prefix_len=min(protected, cache_len)
-                )
-                tree_took_state = not result.mamba_exist
-            else:
-                self.kv_pool.free(kv[protected:cache_len])
-        else:
-            self.kv_pool.free(kv[protected:])
+            if state is None:
+                cache_len = 0
+        key = RadixKey(tokens[:cache_len], req.extra_key)
+        if cache_len:
+            self._check_insert_args(key, kv[:cache_len], state, min(protected, cache_len))
+        self._check_request_slots(req, kv[max(cache_len, protected) :])
+        tree_took_state = False
+        if cache_len:
+            result = self.insert(key, kv[:cache_len], state, prev_prefix_len=min(protected, cache_len))
+            tree_took_state = not result.mamba_exist
+        self.kv_pool.free(kv[max(cache_len, protected) :])
         self._free_request_states(req, tree_took_state)
         if req.last_node is not None:
             self.dec_lock_ref(req.last_node)
@@ -68,30 +71,42 @@ class RequestFlowMixin(TreeBase):
         track slot, the request getting a new one). The request's slots the tree already had are
         freed by insert and replaced in ``req.kv_indices`` by the tree's own. Afterwards
         ``req.last_node`` is locked and ``req.cache_protected_len`` tokens belong to the tree.
+        Bad input raises before anything changes.
         """
         tokens = req.fill_ids
         kv = req.kv_indices
         if len(kv) < len(tokens):
             raise InvalidInputError(f"request has {len(kv)} KV slots for {len(tokens)} prefilled tokens")
+        if req.last_node is not None:
+            self._check_releasable(req.last_node)
+        protected = req.cache_protected_len
         if self.config.extra_buffer:
             cache_len = req.mamba_last_track_seqlen
             if cache_len is None:
-                req.prefix_indices = kv[: req.cache_protected_len]
+                req.prefix_indices = kv[:protected]
                 return
-            state = req.mamba_track_idx
-            req.mamba_track_idx = self._alloc_mamba_slot()
+            source = req.mamba_track_idx
+            if source is None:
+                raise InvalidInputError("request has no track slot (mamba_track_idx) in extra-buffer mode")
         else:
             cache_len = len(tokens)
-            if req.mamba_pool_idx is None:
+            source = req.mamba_pool_idx
+            if source is None:
                 raise InvalidInputError("request has no running state slot (mamba_pool_idx)")
-            state = self._alloc_mamba_slot()
-            self.mamba_pool.copy_slot(state, req.mamba_pool_idx)
-        if cache_len % self.page_size:
-            raise InvalidInputError(f"cache length {cache_len} is not page aligned (page size {self.page_size})")
-        protected = req.cache_protected_len
-        forward = chunked and not self.config.has_legacy("B2")
+        if cache_len % self.page_size or cache_len > len(kv):
+            raise InvalidInputError(f"cache length {cache_len} is not page aligned (page size {self.page_size}) or exceeds the request's KV")
+        if not self.mamba_pool.allocator.all_allocated(source):
+            raise InvalidInputError("the request's state slot is not allocated")
         key = RadixKey(tokens[:cache_len], req.extra_key)
-        result = self.insert(key, kv[:cache_len], state, prev_prefix_len=protected, chunked=forward)
+        self._check_insert_args(key, kv[:cache_len], None, min(protected, cache_len))
+        if self.config.extra_buffer:
+            state = source
+            req.mamba_track_idx = self._alloc_mamba_slot()
+        else:
+            state = self._alloc_mamba_slot()
+            self.mamba_pool.copy_slot(state, source)
+        forward = chunked and not self.config.has_legacy("B2")
+        result = self.insert(key, kv[:cache_len], state, prev_prefix_len=min(protected, cache_len), chunked=forward)
         if result.mamba_exist:
             self.mamba_pool.free(state)
         match = self.match_prefix(key)
@@ -116,6 +131,16 @@ class RequestFlowMixin(TreeBase):
         if len(kv) > len(req.token_ids):
             raise InvalidInputError(f"request has {len(kv)} KV slots but only {len(req.token_ids)} tokens")
         return req.token_ids[: len(kv)], kv
+
+    def _check_request_slots(self, req: Request, kv_tail: torch.Tensor) -> None:
+        """The KV the request will free and its state slots must be allocated."""
+        if len(kv_tail) and not self.kv_pool.allocator.all_allocated(kv_tail):
+            raise InvalidInputError("the request's KV slots past the cached prefix are not allocated")
+        for slot in (req.mamba_pool_idx, req.mamba_track_idx):
+            if slot is not None and not self.mamba_pool.allocator.all_allocated(slot):
+                raise InvalidInputError("a state slot of the request is not allocated")
+        if req.mamba_pool_idx is not None and req.mamba_track_idx is not None and torch.equal(req.mamba_pool_idx, req.mamba_track_idx):
+            raise InvalidInputError("the request's running and track state slots are the same slot")
 
     def _alloc_mamba_slot(self) -> torch.Tensor:
         """One device state slot, evicting one state if none is free."""

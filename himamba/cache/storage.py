@@ -156,12 +156,17 @@ class StorageMixin(HiTreeBase):
     def prefetch_from_storage(self, req_id: object, anchor: TreeNode, tokens: Sequence[int]) -> int:
         """Fetch the stored pages that continue ``anchor`` by ``tokens`` into new host slots.
 
+        ``anchor`` is the root or a backed-up node (upstream anchors at ``last_host_node``).
         Pins the anchor's host KV (and its host state once a state slot is allocated); allocates
         host KV (one ``evict_host`` retry) and a host state slot when storage has the state (one
         ``evict_mamba_host`` retry), undoing everything on failure. Returns the tokens being
         fetched (0: nothing to fetch, below the threshold, or no room).
         """
         self._check_in_tree(anchor)
+        if anchor is not self.root_node and anchor.host_value is None:
+            raise InvalidInputError(
+                f"prefetch anchor #{anchor.id} is not backed up: anchor at the root or a match's last_host_node"
+            )
         if self.storage is None:
             return 0
         if req_id in self.ongoing_prefetch:

@@ -186,6 +186,8 @@ class TreeBase:
                 self.mamba_evictable_size_ -= 1
                 self.mamba_protected_size_ += 1
             node.mamba_lock_ref += 1
+        else:
+            node.tombstone_lock_ref += 1
         delta = 0
         leaves = self.evictable_full_device_leaves
         x = node
@@ -208,21 +210,29 @@ class TreeBase:
         """Release one lock taken by :meth:`inc_lock_ref`. Nodes whose ``full_lock_ref`` reaches 0
         become evictable again (and may rejoin the device-leaf set). The state part is released
         only when ``node`` has a device state with ``mamba_lock_ref > 0`` (upstream HiMamba's
-        tolerance; see hazard B10). Raises :class:`LockError`, changing nothing, if any device
+        tolerance), and locks that were taken while the node had no state are released first, so
+        a state attached in between (an insert onto a tombstone, a load-back restore) is never
+        unlocked by someone else's release (hazard B10; legacy ``B10`` restores upstream). Raises :class:`LockError`, changing nothing, if any device
         node on the path is not locked. Returns ``delta`` >= 0: tokens that became evictable."""
+        self._check_releasable(node)
+        return self._dec_lock_ref(node)
+
+    def _check_releasable(self, node: TreeNode) -> None:
+        """Raise unless ``node`` is in the tree and every device node on its path is locked."""
         self._check_in_tree(node)
         x = node
         while x is not self.root_node:
             if x.value is not None and x.full_lock_ref <= 0:
                 raise LockError(f"dec_lock_ref(#{node.id}): node #{x.id} has full_lock_ref 0 (released more often than locked)")
             x = x.parent
-        return self._dec_lock_ref(node)
 
     def _dec_lock_ref(self, node: TreeNode) -> int:
         root = self.root_node
         if node is root:
             return 0
-        if node.mamba_value is not None and node.mamba_lock_ref > 0:
+        if node.tombstone_lock_ref > 0 and not self.config.has_legacy("B10"):
+            node.tombstone_lock_ref -= 1
+        elif node.mamba_value is not None and node.mamba_lock_ref > 0:
             if node.mamba_lock_ref == 1:
                 self.mamba_evictable_size_ += 1
                 self.mamba_protected_size_ -= 1

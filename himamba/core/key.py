@@ -24,8 +24,21 @@ class RadixKey:
     __slots__ = ("token_ids", "extra_key")
 
     def __init__(self, token_ids: Iterable[int], extra_key: Hashable | None = None) -> None:
-        self.token_ids: list[int] = token_ids if type(token_ids) is list else list(token_ids)
+        if isinstance(token_ids, (str, bytes)):
+            raise InvalidInputError(f"token ids must be a sequence of ints, got {type(token_ids).__name__}")
+        ids = token_ids if type(token_ids) is list else list(token_ids)
+        if not set(map(type, ids)) <= _INT_TYPES:
+            ids = [_token(t) for t in ids]
+        self.token_ids: list[int] = ids
         self.extra_key = extra_key
+
+    @classmethod
+    def _trusted(cls, token_ids: list[int], extra_key: Hashable | None) -> RadixKey:
+        """A key from a list already known to hold ints (slices of a checked key)."""
+        key = cls.__new__(cls)
+        key.token_ids = token_ids
+        key.extra_key = extra_key
+        return key
 
     # -- sequence protocol -------------------------------------------------------------------
     def __len__(self) -> int:
@@ -33,7 +46,7 @@ class RadixKey:
 
     def __getitem__(self, item: slice | int) -> Any:
         if isinstance(item, slice):
-            return RadixKey(self.token_ids[item], self.extra_key)
+            return RadixKey._trusted(self.token_ids[item], self.extra_key)
         return self.token_ids[item]
 
     def __iter__(self):
@@ -73,7 +86,7 @@ class RadixKey:
     def page_aligned(self, page_size: int) -> RadixKey:
         """This key truncated to a multiple of ``page_size`` tokens (itself when aligned)."""
         extra = len(self.token_ids) % page_size
-        return self if extra == 0 else RadixKey(self.token_ids[: len(self.token_ids) - extra], self.extra_key)
+        return self if extra == 0 else RadixKey._trusted(self.token_ids[: len(self.token_ids) - extra], self.extra_key)
 
 
 def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
@@ -103,10 +116,7 @@ def as_key(key: RadixKey | Sequence[int], extra_key: Hashable | None = None) -> 
         return key
     if isinstance(key, (str, bytes)) or not isinstance(key, Sequence):
         raise InvalidInputError(f"a key must be a RadixKey or a list of ints, got {type(key).__name__}")
-    ids = list(key)
-    if not set(map(type, ids)) <= _INT_TYPES:
-        ids = [_token(t) for t in ids]
-    return RadixKey(ids, extra_key)
+    return RadixKey(list(key), extra_key)
 
 
 def _token(t: object) -> int:

@@ -101,6 +101,20 @@ class LRUList:
         self._link_after(self.head, link)
         self.size += 1
 
+    def insert_by_time(self, node: TreeNode) -> None:
+        """Add ``node`` where its ``last_access_time`` belongs (behind every newer member), so that
+        list order stays time order. Equals :meth:`insert_mru` for the newest node."""
+        link = getattr(node, self.link_attr)
+        if link.prev is not None:
+            raise CacheAssertionError(f"{self.kind} LRU: node {node.id} is already in the list")
+        if not self.holds_value(node):
+            raise CacheAssertionError(f"{self.kind} LRU: node {node.id} has no value for this list")
+        anchor, t = self.head, node.last_access_time
+        while anchor.next is not self.tail and anchor.next.node.last_access_time > t:
+            anchor = anchor.next
+        self._link_after(anchor, link)
+        self.size += 1
+
     def remove_node(self, node: TreeNode) -> None:
         """Take ``node`` out of the list. It must be a member."""
         link = getattr(node, self.link_attr)

@@ -13,6 +13,8 @@ Field names follow SGLang's ``TreeNode`` so that readers can map them one to one
 ``mamba_lock_ref``         device state lock count (this node only)
 ``host_ref_counter``       host KV pin count
 ``host_mamba_ref_counter`` host state pin count
+``tombstone_lock_ref``     locks taken on this node while it had no device state (ours: the B10
+                           guard, so such a lock is never released as a state lock)
 ``hit_count``              insert-time hits (drives write-through)
 ``last_access_time``       value of the cache's access clock; orders nodes in heaps (``__lt__``)
 =========================  ========================================================================
@@ -46,6 +48,7 @@ class TreeNode:
         "mamba_lock_ref",
         "host_ref_counter",
         "host_mamba_ref_counter",
+        "tombstone_lock_ref",
         "hit_count",
         "last_access_time",
         "hash_value",
@@ -67,6 +70,7 @@ class TreeNode:
         self.mamba_lock_ref = 0
         self.host_ref_counter = 0
         self.host_mamba_ref_counter = 0
+        self.tombstone_lock_ref = 0
         self.hit_count = 0
         self.last_access_time = 0.0
         self.hash_value: list | None = None

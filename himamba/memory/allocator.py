@@ -46,8 +46,9 @@ class SlotAllocator:
         return self.capacity - self.available_size()
 
     def is_allocated(self, indices: torch.Tensor) -> torch.Tensor:
-        """Boolean tensor: is each slot currently handed out? (Indices must be in range.)"""
-        return self._in_use[self._pages_of(indices, check=False)].bool()
+        """Boolean tensor, one flag per slot: is it currently handed out? (Indices must be in range.)"""
+        flat = indices.reshape(-1).to(device=self.device, dtype=torch.int64)
+        return self._in_use[flat // self.page_size].bool()
 
     def all_allocated(self, indices: torch.Tensor) -> bool:
         """Are all these slots in range and currently handed out?"""
@@ -82,9 +83,9 @@ class SlotAllocator:
     def free(self, indices: torch.Tensor) -> None:
         """Return slots to the free list. Raises :class:`PoolError` (changing nothing) for a slot
         outside the pool, a slot that is not in use, a slot named twice, or a partial page."""
-        if indices.numel() == 0:
-            return
         pages = self._pages_of(indices, check=True)
+        if pages.numel() == 0:
+            return
         in_use = self._in_use
         # Count each mention down by one: a page named twice, or already free, goes below zero.
         in_use.index_put_((pages,), _MINUS_ONE, accumulate=True)
@@ -93,7 +94,7 @@ class SlotAllocator:
             listed = pages.tolist()
             bad = sorted({p for p in listed if int(in_use[p]) < 1 or listed.count(p) > 1})
             raise PoolError(f"double free: slot(s) {[p * self.page_size for p in bad[:8]]} are not in use (or named twice)")
-        self._released.append(pages)
+        self._released.append(pages.clone())  # never keep the caller's tensor: they may reuse it
         self._available_pages += pages.numel()
 
     def _pages_of(self, indices: torch.Tensor, check: bool) -> torch.Tensor:
@@ -116,7 +117,7 @@ class SlotAllocator:
             pages = rows[:, 0] // ps
             if check and bool((rows != pages.unsqueeze(1) * ps + self._offsets).any()):
                 raise PoolError(f"slots do not form whole aligned pages of {ps}: {flat[:8].tolist()}…")
-        if check:
+        if check and pages.numel():
             lo, hi = pages.aminmax()
             lo, hi = int(lo), int(hi)
             if lo < 0 or hi >= self.num_pages:

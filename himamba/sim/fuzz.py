@@ -1,0 +1,246 @@
+"""The fuzzer: random operation scripts, checked after every step, shrunk when they fail.
+
+``fuzz(seed=..., ops=N, legacy=...)`` generates a script of random operations (see
+:mod:`himamba.sim.ops`) over a small cache, runs it with ``check_invariants`` (and, every
+``integrity_every`` steps, ``check_integrity``) after each operation, and on the first failure
+shrinks the script to a minimal one that still fails the same way (delta debugging). The result's
+``script`` is plain JSON that :func:`replay` runs again.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from himamba.cache.config import CacheConfig
+from himamba.cache.hi_mamba import HiMambaRadixCache
+from himamba.cache.integrity import check_integrity
+from himamba.cache.invariants import check_invariants
+from himamba.cache.mamba import MambaRadixCache
+from himamba.errors import InvalidInputError
+from himamba.sim.ops import OPERATIONS, DriverState, apply
+
+
+@dataclass(frozen=True)
+class FuzzFailure:
+    """How a script failed: at which step, what kind (exception type or invariant id), why."""
+
+    step: int
+    kind: str
+    message: str
+
+    def signature(self) -> str:
+        return self.kind
+
+
+@dataclass
+class FuzzReport:
+    """Outcome of a run: operations done, per-kind counts, time, and the failure if any."""
+
+    ops_run: int
+    seconds: float
+    counts: dict[str, int]
+    failure: FuzzFailure | None = None
+    script: dict | None = None
+    shrunk: dict | None = None
+    extras: dict = field(default_factory=dict)
+
+    @property
+    def ops_per_s(self) -> float:
+        return self.ops_run / self.seconds if self.seconds else float("inf")
+
+
+# -- scripts ----------------------------------------------------------------------------------------
+def default_config(page_size: int = 1, write_policy: str = "write_through", legacy: Iterable[str] = (),
+                   storage: bool = True) -> dict:
+    """Small pools, so that every kind of eviction happens often."""
+    return {
+        "device": "cpu", "page_size": page_size, "device_kv_tokens": 48 * page_size,
+        "host_kv_tokens": 96 * page_size, "device_mamba_slots": 6, "host_mamba_slots": 10,
+        "write_policy": write_policy, "legacy": sorted(legacy), "enable_storage": storage,
+    }
+
+
+def make_cache(script: dict):
+    """Build the cache a script names."""
+    cfg = CacheConfig(**{**script["config"], "legacy": frozenset(script["config"].get("legacy", ()))})
+    if script.get("cache", "tiered") == "device":
+        return MambaRadixCache(cfg)
+    return HiMambaRadixCache(cfg, manual_acks=script.get("manual_acks", False))
+
+
+def generate_ops(seed: int, n: int, page_size: int = 1, vocab: int = 40) -> list[dict]:
+    """``n`` random operations over sequences with shared prefixes (a few system prompts,
+    multi-turn growth, short random branches)."""
+    rng = random.Random(seed)
+    ps = page_size
+
+    def block(k: int) -> list[int]:
+        return [rng.randrange(1, vocab) for _ in range(k * ps)]
+
+    prompts = [block(rng.randint(1, 3)) for _ in range(4)]
+    seqs: list[list[int]] = []
+    weights = {"request": 10, "chunked": 2, "match": 4, "lock": 3, "unlock": 3, "evict": 3,
+               "evict_mamba": 2, "evict_host": 2, "evict_mamba_host": 2, "ack": 4, "events": 4,
+               "load": 3, "pin": 1, "unpin": 1, "prefetch": 1, "prefetch_done": 1}
+    kinds, w = zip(*weights.items(), strict=True)
+    ops = []
+    for i in range(n):
+        kind = rng.choices(kinds, w)[0]
+        if kind in ("request", "chunked"):
+            base = rng.choice(seqs) if seqs and rng.random() < 0.6 else rng.choice(prompts)
+            tokens = base + block(rng.randint(0 if kind == "request" else 2, 3))
+            if not tokens:
+                tokens = block(1)
+            seqs = (seqs + [tokens])[-24:]
+            op = {"op": kind, "tokens": tokens}
+            if kind == "chunked":
+                op["chunk"] = ps * rng.randint(1, 2)
+        elif kind in ("match", "lock", "load", "pin"):
+            if not seqs:
+                continue
+            t = rng.choice(seqs)
+            cut = len(t) if kind != "match" else rng.randint(1, len(t))
+            op = {"op": kind, "tokens": t[:cut]}
+            if kind == "load":
+                op["quota"] = rng.choice([None, 4, 64])
+            if kind == "pin":
+                op["mamba"] = rng.random() < 0.5
+        elif kind in ("unlock", "unpin", "ack"):
+            op = {"op": kind, "k": rng.randrange(1 << 16)}
+        elif kind in ("evict", "evict_host"):
+            op = {"op": kind, "n": rng.randint(1, 12 * ps)}
+        elif kind in ("evict_mamba", "evict_mamba_host"):
+            op = {"op": kind, "n": rng.randint(1, 3)}
+        elif kind == "prefetch":
+            if not seqs:
+                continue
+            t = rng.choice(seqs) + block(rng.randint(1, 2))
+            op = {"op": kind, "tokens": t, "split": ps * rng.randint(0, len(t) // ps - 1), "req": f"p{i}"}
+        else:
+            op = {"op": kind}
+        ops.append(op)
+    return ops
+
+
+def make_script(seed: int, n: int, *, page_size: int = 1, write_policy: str = "write_through",
+                legacy: Iterable[str] = (), manual_acks: bool = True, cache: str = "tiered",
+                storage: bool = True) -> dict:
+    return {
+        "cache": cache, "manual_acks": manual_acks, "seed": seed,
+        "config": default_config(page_size, write_policy, legacy, storage and cache == "tiered"),
+        "ops": generate_ops(seed, n, page_size),
+    }
+
+
+# -- running ------------------------------------------------------------------------------------------
+def run_script(script: dict, integrity_every: int = 1, progress: Callable[[int], None] | None = None,
+               stop_at_failure: bool = True) -> FuzzReport:
+    """Run a script, checking after every operation. Stops at the first failure."""
+    cache = make_cache(script)
+    state = DriverState()
+    start = time.perf_counter()
+    failure = None
+    i = -1
+    for i, op in enumerate(script["ops"]):
+        failure = _step(cache, state, op, i, integrity_every)
+        if progress is not None:
+            progress(i)
+        if failure is not None and stop_at_failure:
+            break
+    return FuzzReport(i + 1, time.perf_counter() - start, dict(state.counts), failure, script)
+
+
+def _step(cache, state: DriverState, op: dict, i: int, integrity_every: int) -> FuzzFailure | None:
+    try:
+        apply(cache, state, op)
+    except InvalidInputError as exc:  # a script can only be invalid through a broken tree
+        return FuzzFailure(i, type(exc).__name__, str(exc))
+    except (AssertionError, RuntimeError, KeyError, IndexError) as exc:
+        return FuzzFailure(i, type(exc).__name__, f"{exc}")
+    violations = check_invariants(cache, held_kv=0, held_states=0)
+    if not violations and integrity_every and i % integrity_every == 0:
+        violations = check_integrity(cache)
+    if violations:
+        first = violations[0]
+        return FuzzFailure(i, first.invariant, "; ".join(map(str, violations[:3])))
+    return None
+
+
+def replay(script: dict | str | Path, integrity_every: int = 1) -> FuzzReport:
+    """Run a saved script (a dict, a JSON string or a path to a JSON file)."""
+    if isinstance(script, Path) or (isinstance(script, str) and not script.lstrip().startswith("{")):
+        script = json.loads(Path(script).read_text(encoding="utf-8"))
+    elif isinstance(script, str):
+        script = json.loads(script)
+    check_script(script)
+    return run_script(script, integrity_every)
+
+
+def check_script(script: object) -> None:
+    """Raise InvalidInputError with one clear sentence unless ``script`` is a well-formed script."""
+    if not isinstance(script, dict):
+        raise InvalidInputError(f"a script is a JSON object, got {type(script).__name__}")
+    if script.get("cache", "tiered") not in ("tiered", "device"):
+        raise InvalidInputError(f"script 'cache' must be 'tiered' or 'device', got {script.get('cache')!r}")
+    if not isinstance(script.get("config"), dict):
+        raise InvalidInputError("script has no 'config' object")
+    ops = script.get("ops")
+    if not isinstance(ops, list):
+        raise InvalidInputError("script has no 'ops' list")
+    for i, op in enumerate(ops):
+        if not isinstance(op, dict) or op.get("op") not in OPERATIONS:
+            raise InvalidInputError(f"script op {i}: unknown operation {op!r}")
+        for key in ("tokens",):
+            if key in op and not (isinstance(op[key], list) and all(type(t) is int for t in op[key])):
+                raise InvalidInputError(f"script op {i}: '{key}' must be a list of ints")
+        for key in ("n", "k", "chunk", "split"):
+            if key in op and (type(op[key]) is not int or op[key] < 0):
+                raise InvalidInputError(f"script op {i}: '{key}' must be a non-negative int")
+
+
+# -- shrinking ----------------------------------------------------------------------------------------
+def shrink(script: dict, failure: FuzzFailure, max_runs: int = 2000) -> dict:
+    """Delta-debug ``script['ops']`` to a minimal list that fails with the same signature."""
+    ops = script["ops"][: failure.step + 1]
+    runs = 0
+
+    def fails(candidate: list[dict]) -> bool:
+        nonlocal runs
+        runs += 1
+        report = run_script({**script, "ops": candidate}, integrity_every=1)
+        return report.failure is not None and report.failure.signature() == failure.signature()
+
+    n = 2
+    while len(ops) >= 2 and runs < max_runs:
+        size = max(1, len(ops) // n)
+        reduced = False
+        for start in range(0, len(ops), size):
+            candidate = ops[:start] + ops[start + size :]
+            if candidate and fails(candidate):
+                ops = candidate
+                n = max(n - 1, 2)
+                reduced = True
+                break
+        if not reduced:
+            if size == 1:
+                break
+            n = min(len(ops), n * 2)
+    return {**script, "ops": ops}
+
+
+def fuzz(seed: int = 0, ops: int = 10_000, *, page_size: int = 1, write_policy: str = "write_through",
+         legacy: Iterable[str] = (), manual_acks: bool = True, cache: str = "tiered",
+         integrity_every: int = 1, do_shrink: bool = True,
+         progress: Callable[[int], None] | None = None) -> FuzzReport:
+    """Generate and run one random script; on failure, shrink it (``report.shrunk``)."""
+    script = make_script(seed, ops, page_size=page_size, write_policy=write_policy, legacy=legacy,
+                         manual_acks=manual_acks, cache=cache)
+    report = run_script(script, integrity_every, progress)
+    if report.failure is not None and do_shrink:
+        report.shrunk = shrink(script, report.failure)
+    return report

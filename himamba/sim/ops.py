@@ -1,0 +1,180 @@
+"""The fuzzer's operations: each a JSON-able dict that one function applies to a cache.
+
+A script is ``{"cache": "tiered" | "device", "config": {...CacheConfig fields...},
+"manual_acks": bool, "ops": [{"op": name, ...}, ...]}``. Operations name concrete tokens, so a
+script replays the same way anywhere. Operations that refer to earlier state (``unlock`` the k-th
+held lock, complete the k-th ack in flight) pick modulo what exists and do nothing when nothing
+does, so any sub-list of a script is still a valid script (that is what shrinking needs).
+
+Every request-like operation completes within itself (allocate, insert, release), so between
+operations the driver holds no pool slots, only locks and pins.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from himamba.cache.results import Request
+from himamba.core.node import TreeNode
+from himamba.errors import InvalidInputError
+from himamba.memory.content import write_kv, write_state
+
+
+@dataclass
+class DriverState:
+    """What the driver holds between operations."""
+
+    locks: list[TreeNode] = field(default_factory=list)
+    pins: list[TreeNode] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def _request(cache, tokens: list[int]) -> None:
+    """Serve one request: match, lock, allocate (evicting on shortage), insert, unlock."""
+    m = cache.match_prefix(tokens)
+    n = len(m.device_indices)
+    node = m.last_device_node
+    cache.inc_lock_ref(node)
+    try:
+        need = len(tokens) - n
+        if cache.kv_pool.available_size() < need:
+            cache.evict(need - cache.kv_pool.available_size())
+        if cache.mamba_pool.available_size() < 1:
+            cache.evict_mamba(1)
+        new = cache.kv_pool.alloc(need)
+        if new is None:
+            return
+        slot = cache.mamba_pool.alloc(1)
+        if slot is None:
+            cache.kv_pool.free(new)
+            return
+        write_kv(cache.kv_pool, new, tokens[n:], n)
+        write_state(cache.mamba_pool, slot, tokens)
+        result = cache.insert(tokens, torch.cat((m.device_indices, new)), slot, prev_prefix_len=n)
+        if result.mamba_exist:
+            cache.mamba_pool.free(slot)
+    finally:
+        cache.dec_lock_ref(node)
+
+
+def _chunked(cache, tokens: list[int], chunk: int) -> None:
+    """A chunked prefill: cache_unfinished_req per chunk, then cache_finished_req."""
+    ps = cache.page_size
+    chunk = max(ps, chunk - chunk % ps)
+    m = cache.match_prefix(tokens)
+    n = len(m.device_indices)
+    cache.inc_lock_ref(m.last_device_node)
+    need = len(tokens) - n
+    if cache.kv_pool.available_size() < need:
+        cache.evict(need - cache.kv_pool.available_size())
+    if cache.mamba_pool.available_size() < 2:
+        cache.evict_mamba(2)
+    new = cache.kv_pool.alloc(need)
+    slot = cache.mamba_pool.alloc(1)
+    if new is None or slot is None:
+        if new is not None:
+            cache.kv_pool.free(new)
+        if slot is not None:
+            cache.mamba_pool.free(slot)
+        cache.dec_lock_ref(m.last_device_node)
+        return
+    write_kv(cache.kv_pool, new, tokens[n:], n)
+    req = Request(list(tokens), torch.cat((m.device_indices, new)), slot, last_node=m.last_device_node,
+                  cache_protected_len=n)
+    track = cache.config.extra_buffer
+    if track:
+        req.mamba_track_idx = cache.mamba_pool.alloc(1)
+        if req.mamba_track_idx is None:
+            cache.cache_finished_req(req, is_insert=False)
+            return
+    fill = n
+    while fill < len(tokens) - chunk:
+        fill += chunk
+        req.fill_len = fill
+        write_state(cache.mamba_pool, req.mamba_pool_idx, tokens[:fill])
+        if track:
+            write_state(cache.mamba_pool, req.mamba_track_idx, tokens[:fill])
+            req.mamba_last_track_seqlen = fill
+        try:
+            cache.cache_unfinished_req(req, chunked=True)
+        except InvalidInputError:  # no state slot could be freed: finish early
+            break
+    req.fill_len = None
+    write_state(cache.mamba_pool, req.mamba_pool_idx, tokens)
+    if track:
+        write_state(cache.mamba_pool, req.mamba_track_idx, tokens)
+        req.mamba_last_track_seqlen = len(tokens)
+    cache.cache_finished_req(req)
+
+
+def apply(cache, state: DriverState, op: dict) -> None:
+    """Apply one operation (see the module docstring)."""
+    kind = op["op"]
+    state.counts[kind] = state.counts.get(kind, 0) + 1
+    tiered = getattr(cache, "tiered", False)
+    if kind == "request":
+        _request(cache, op["tokens"])
+    elif kind == "chunked":
+        _chunked(cache, op["tokens"], op["chunk"])
+    elif kind == "match":
+        cache.match_prefix(op["tokens"])
+    elif kind == "lock":
+        node = cache.match_prefix(op["tokens"]).last_device_node
+        cache.inc_lock_ref(node)
+        state.locks.append(node)
+    elif kind == "unlock":
+        if state.locks:
+            cache.dec_lock_ref(state.locks.pop(op["k"] % len(state.locks)))
+    elif kind == "evict":
+        cache.evict(op["n"])
+    elif kind == "evict_mamba":
+        cache.evict_mamba(op["n"])
+    elif not tiered:
+        return
+    elif kind == "evict_host":
+        cache.evict_host(op["n"])
+    elif kind == "evict_mamba_host":
+        cache.evict_mamba_host(op["n"])
+    elif kind == "ack":
+        in_flight = cache.cache_controller.in_flight()
+        if in_flight and cache.cache_controller.manual_acks:
+            cache.cache_controller.complete(in_flight[op["k"] % len(in_flight)])
+        if cache.storage is not None and cache.storage.ops and cache.storage.manual_acks:
+            cache.storage.complete(cache.storage.ops[op["k"] % len(cache.storage.ops)])
+    elif kind == "events":
+        cache.ready_to_load_host_cache()
+        cache.check_hicache_events()
+    elif kind == "load":
+        m = cache.match_prefix(op["tokens"])
+        cache.init_load_back(m.best_match_node, mem_quota=op.get("quota"))
+    elif kind == "pin":
+        node = cache.match_prefix(op["tokens"]).last_host_node
+        if node is not cache.root_node:
+            mamba = bool(op.get("mamba", False)) and node.mamba_host_value is not None
+            cache.protect_host(node, mamba=mamba)
+            state.pins.append((node, mamba))
+    elif kind == "unpin":
+        if state.pins:
+            node, mamba = state.pins.pop(op["k"] % len(state.pins))
+            cache.release_host(node, mamba=mamba)
+    elif kind == "prefetch":
+        if cache.storage is not None:
+            tokens = op["tokens"]
+            cache.storage.store_prefix(tokens)
+            m = cache.match_prefix(tokens[: op["split"]])
+            anchor = m.last_host_node
+            depth = len(cache.path_tokens(anchor))
+            if op["req"] not in cache.ongoing_prefetch:
+                cache.prefetch_from_storage(op["req"], anchor, tokens[depth:])
+    elif kind == "prefetch_done":
+        if cache.storage is not None:
+            for req_id in list(cache.ongoing_prefetch):
+                cache.check_prefetch_progress(req_id)
+    else:
+        raise InvalidInputError(f"unknown fuzz operation {kind!r}")
+
+
+OPERATIONS = ("request", "chunked", "match", "lock", "unlock", "evict", "evict_mamba", "evict_host",
+              "evict_mamba_host", "ack", "events", "load", "pin", "unpin", "prefetch", "prefetch_done")
