@@ -31,6 +31,8 @@ class BackupMixin(HiTreeBase):
 
         Without ``write_back`` the copy is skipped unless the parent is root or backed up
         (contiguity, #22062; legacy B4 drops the check), and the node is locked until the ack.
+        During the one ``evict_host`` retry the node is locked, so that the cascade of a host
+        child's eviction cannot delete the node being written (upstream has no such guard).
         """
         self._check_in_tree(node)
         if node is self.root_node or node.value is None:
@@ -53,7 +55,13 @@ class BackupMixin(HiTreeBase):
         state = StateTransfer(node.mamba_host_value, node.mamba_value) if node.mamba_value is not None else None
         host = cc.write(node.value, node.id, state)
         if host is None:
-            self.evict_host(len(node.value))
+            # Host eviction may delete this node's host children; its cascade must not then
+            # delete the node being written (a childless tombstone by then): lock it meanwhile.
+            self._inc_lock_ref(node)
+            try:
+                self.evict_host(len(node.value))
+            finally:
+                self._dec_lock_ref(node)
             state = StateTransfer(node.mamba_host_value, node.mamba_value) if node.mamba_value is not None else None
             host = cc.write(node.value, node.id, state)
         if host is None:
@@ -167,6 +175,10 @@ class BackupMixin(HiTreeBase):
         restored; by default only the threshold is lifted) or when device memory cannot be found.
         On success the chain is on device and ``node`` stays locked until ``loading_check``.
 
+        While device room is made, ``node``'s host KV and host state are pinned, so that the
+        evictions this may cause (through write-back writes and host evictions) cannot free the
+        host copies being loaded; upstream has no such guard.
+
         Loaded nodes enter the device LRU lists at the place their access times give (upstream
         inserts at the MRU end, which breaks list/time order when ``node`` is not the node the
         last match retimed most recently, e.g. ``best_match_node`` above a deeper usable node).
@@ -195,9 +207,11 @@ class BackupMixin(HiTreeBase):
             if self.events.active:
                 self.events.emit(EventKind.LOAD_ISSUED, f"load of #{node.id} skipped ({n} host tokens; threshold {self.load_back_threshold}, quota {mem_quota})", (node.id,), skipped=True)
             return None
-        guard = bool(chain) and node.host_ref_counter == 0
-        if guard:  # keep the chain's host leaf from being host-evicted while we make room
-            self._protect_host_node(node, False)
+        # Making room (device evictions, write-back writes, host evictions) must not take the
+        # host copies this load reads: pin them meanwhile (a guard of ours; see the docstring).
+        guard = bool(chain) or restore
+        if guard:
+            self._protect_host_node(node, protect_mamba=restore)
         try:
             device = self._load(node, host, restore, req)
             if device is None and n:
@@ -205,7 +219,7 @@ class BackupMixin(HiTreeBase):
                 device = self._load(node, host, restore, req)
         finally:
             if guard:
-                self._release_host_node(node, False)
+                self._release_host_node(node, release_mamba=restore)
         self._dec_lock_ref(anchor)
         if device is None:
             return None

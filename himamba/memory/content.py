@@ -46,6 +46,42 @@ def kv_content(
     return base.to(spec.kv_dtype), ((base + 101) % _MOD).to(spec.kv_dtype)
 
 
+def kv_content_at(
+    spec: ModelSpec, token_ids: torch.Tensor, positions: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Like :func:`kv_content` for arbitrary (token, position) pairs given as int64 tensors."""
+    n = token_ids.numel()
+    device = token_ids.device
+    tok = token_ids.view(1, n, 1, 1)
+    pos = positions.view(1, n, 1, 1)
+    layer = torch.arange(spec.num_full_layers, dtype=torch.int64, device=device).view(-1, 1, 1, 1)
+    elem = torch.arange(spec.kv_heads * spec.head_dim, dtype=torch.int64, device=device).view(
+        1, 1, spec.kv_heads, spec.head_dim
+    )
+    base = (tok * 7 + pos * 13 + layer * 29 + elem * 3) % _MOD
+    return base.to(spec.kv_dtype), ((base + 101) % _MOD).to(spec.kv_dtype)
+
+
+def state_content_many(
+    spec: ModelSpec, fingerprints: Sequence[int], device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Conv ``[mamba_layers, n, ...]`` and SSM ``[mamba_layers, n, ...]`` for n fingerprints."""
+    fp = list(fingerprints)
+    digits = torch.tensor([[f % _MOD, (f // _MOD) % _MOD, (f // _MOD**2) % _MOD] for f in fp],
+                          dtype=torch.int64, device=device).view(len(fp), 3)
+
+    def block(shape: Sequence[int], salt: int) -> torch.Tensor:
+        numel = 1
+        for d in shape:
+            numel *= d
+        elem = torch.arange(numel, dtype=torch.int64, device=device)
+        layer = torch.arange(spec.num_mamba_layers, dtype=torch.int64, device=device).view(-1, 1, 1)
+        vals = (digits[:, elem % 3].unsqueeze(0) + elem * 5 + layer * 31 + salt) % _MOD
+        return vals.view(spec.num_mamba_layers, len(fp), *shape)
+
+    return block(spec.conv_shape, 0).to(spec.conv_dtype), block(spec.ssm_shape, 17).to(spec.ssm_dtype)
+
+
 def state_content(
     spec: ModelSpec, fingerprint: int, device: torch.device | str = "cpu"
 ) -> tuple[torch.Tensor, torch.Tensor]:

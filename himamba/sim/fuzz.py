@@ -139,10 +139,18 @@ def make_script(seed: int, n: int, *, page_size: int = 1, write_policy: str = "w
 
 # -- running ------------------------------------------------------------------------------------------
 def run_script(script: dict, integrity_every: int = 1, progress: Callable[[int], None] | None = None,
-               stop_at_failure: bool = True) -> FuzzReport:
-    """Run a script, checking after every operation. Stops at the first failure."""
+               stop_at_failure: bool = True, count_events: bool = False) -> FuzzReport:
+    """Run a script, checking after every operation. Stops at the first failure.
+
+    With ``count_events`` the report's ``extras["events"]`` counts the cache's events by kind
+    (slower: every event is built)."""
     cache = make_cache(script)
     state = DriverState()
+    events: dict[str, int] = {}
+    if count_events:
+        def count(event) -> None:
+            events[event.kind.value] = events.get(event.kind.value, 0) + 1
+        cache.events.subscribe(count)
     start = time.perf_counter()
     failure = None
     i = -1
@@ -152,7 +160,10 @@ def run_script(script: dict, integrity_every: int = 1, progress: Callable[[int],
             progress(i)
         if failure is not None and stop_at_failure:
             break
-    return FuzzReport(i + 1, time.perf_counter() - start, dict(state.counts), failure, script)
+    report = FuzzReport(i + 1, time.perf_counter() - start, dict(state.counts), failure, script)
+    if count_events:
+        report.extras["events"] = events
+    return report
 
 
 def _step(cache, state: DriverState, op: dict, i: int, integrity_every: int) -> FuzzFailure | None:
@@ -235,12 +246,12 @@ def shrink(script: dict, failure: FuzzFailure, max_runs: int = 2000) -> dict:
 
 def fuzz(seed: int = 0, ops: int = 10_000, *, page_size: int = 1, write_policy: str = "write_through",
          legacy: Iterable[str] = (), manual_acks: bool = True, cache: str = "tiered",
-         integrity_every: int = 1, do_shrink: bool = True,
+         integrity_every: int = 1, do_shrink: bool = True, count_events: bool = False,
          progress: Callable[[int], None] | None = None) -> FuzzReport:
     """Generate and run one random script; on failure, shrink it (``report.shrunk``)."""
     script = make_script(seed, ops, page_size=page_size, write_policy=write_policy, legacy=legacy,
                          manual_acks=manual_acks, cache=cache)
-    report = run_script(script, integrity_every, progress)
+    report = run_script(script, integrity_every, progress, count_events=count_events)
     if report.failure is not None and do_shrink:
         report.shrunk = shrink(script, report.failure)
     return report
