@@ -53,24 +53,40 @@ def load_trace(path: str) -> list[tuple[int, list[int]]]:
     return reqs
 
 
-def make_cache(tiered: bool) -> hm.MambaRadixCache:
+def make_cache(tiered: bool, write_policy: str = "write_through") -> hm.MambaRadixCache:
+    """The protocol's cache; the tiered one gets a host tier twice the device size."""
     if tiered:
-        raise SystemExit("--tiered needs HiMambaRadixCache, which this version does not have yet")
+        cfg = hm.CacheConfig(device="cpu", host_kv_tokens=2 * PROTOCOL["device_kv_tokens"],
+                             host_mamba_slots=2 * PROTOCOL["device_mamba_slots"], write_policy=write_policy, **PROTOCOL)
+        return hm.HiMambaRadixCache(cfg)
     return hm.MambaRadixCache(hm.CacheConfig(device="cpu", **PROTOCOL))
 
 
 def replay(cache, reqs: list[tuple[int, list[int]]]) -> dict:
     """Run the protocol once; returns the figures (timings included)."""
     kv_pool, state_pool = cache.kv_pool, cache.mamba_pool
-    matched_total = prompt_total = ops = evicted_tokens = evicted_states = 0
+    tiered = getattr(cache, "tiered", False)
+    matched_total = prompt_total = ops = evicted_tokens = evicted_states = host_hit_tokens = 0
     start = time.perf_counter()
     for i, (plen, tokens) in enumerate(reqs):
-        m = cache.match_prefix(RadixKey(tokens[:plen]))
+        full = RadixKey(tokens)
+        m = cache.match_prefix(full[:plen])
         ops += 1
-        matched = len(m.device_indices)
+        prefix = m.device_indices
+        node = m.last_device_node
+        if tiered:
+            if m.host_hit_length > 0:
+                loaded, last = cache.init_load_back(m.best_match_node)
+                ops += 1
+                if len(loaded):
+                    prefix = torch.cat((prefix, loaded))
+                    host_hit_tokens += len(loaded)
+                    node = last
+                cache.ready_to_load_host_cache()
+            cache.check_hicache_events()
+        matched = len(prefix)
         matched_total += matched
         prompt_total += plen
-        node = m.last_device_node
         cache.inc_lock_ref(node)
         need = len(tokens) - matched
         new = kv_pool.alloc(need)
@@ -87,8 +103,8 @@ def replay(cache, reqs: list[tuple[int, list[int]]]) -> dict:
             slot = state_pool.alloc(1)
             if slot is None:
                 raise RuntimeError(f"request {i}: cannot allocate a state slot after eviction")
-        value = torch.cat((m.device_indices, new)) if matched else new
-        result = cache.insert(RadixKey(tokens), value, slot, prev_prefix_len=matched)
+        value = torch.cat((prefix, new)) if matched else new
+        result = cache.insert(full, value, slot, prev_prefix_len=matched)
         ops += 1
         if result.mamba_exist:
             state_pool.free(slot)
@@ -102,12 +118,15 @@ def replay(cache, reqs: list[tuple[int, list[int]]]) -> dict:
             if want > 0:
                 evicted_states += cache.evict_mamba(want)
                 ops += 1
+    if tiered:
+        cache.writing_check(write_back=True)
+        cache.loading_check()
     elapsed = time.perf_counter() - start
     accounting_ok = (
         kv_pool.available_size() + cache.full_evictable_size() + cache.full_protected_size() == kv_pool.capacity
         and state_pool.available_size() + cache.mamba_evictable_size() + cache.mamba_protected_size() == state_pool.capacity
     )
-    return {
+    figures = {
         "requests": len(reqs),
         "seconds": round(elapsed, 3),
         "requests_per_s": round(len(reqs) / elapsed, 1),
@@ -118,6 +137,16 @@ def replay(cache, reqs: list[tuple[int, list[int]]]) -> dict:
         "accounting_ok": accounting_ok,
         "violations": len(hm.check_invariants(cache, held_kv=0, held_states=0)),
     }
+    if tiered:
+        cc = cache.cache_controller
+        figures.update({
+            "host_hit_tokens": host_hit_tokens,
+            "bytes_device_to_host": cc.bytes_device_to_host,
+            "bytes_host_to_device": cc.bytes_host_to_device,
+            "host_kv_used": cache.host_kv_pool.used_size(),
+            "write_policy": cache.config.write_policy,
+        })
+    return figures
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -126,12 +155,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tiered", action="store_true", help="replay through HiMambaRadixCache (host tier 2x device)")
     ap.add_argument("--repeat", type=int, default=3, help="runs; the reported speed is the median")
     ap.add_argument("--limit", type=int, default=None, help="replay only the first N requests")
+    ap.add_argument("--write-policy", default="write_through", help="tiered cache's write policy")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     reqs = load_trace(args.trace)[: args.limit]
     gc.collect()
     gc.freeze()  # the trace's millions of ints are long-lived: keep the collector off them
-    runs = [replay(make_cache(args.tiered), reqs) for _ in range(max(1, args.repeat))]
+    runs = [replay(make_cache(args.tiered, args.write_policy), reqs) for _ in range(max(1, args.repeat))]
     best = dict(runs[-1])
     best["requests_per_s"] = statistics.median(r["requests_per_s"] for r in runs)
     best["tree_ops_per_s"] = statistics.median(r["tree_ops_per_s"] for r in runs)

@@ -1110,17 +1110,14 @@ def test_scenario_34_leaf_removed_by_a_cascade_inside_a_write_is_skipped():
     assert used(cache) == (0, 0, 3, 1)
 
 
-@pytest.mark.xfail(strict=True, raises=(hm.PoolError, AssertionError), reason=(
-    "library bug: the write-back write of the device leaf being evicted host-evicts its only "
-    "(host) child, the cascade deletes the leaf itself, and the retried write and the demotion "
-    "then use its freed device slots: PoolError 'double free' and 3 leaked host KV slots"))
-def test_scenario_34_leaf_removed_by_the_cascade_of_its_own_write():
-    """Stale entry, worst case: the leaf being evicted is the one the cascade removes. write_back
-    with host KV for 4 tokens; P[1,2,3] is a device tombstone whose only child C[4,5] is host-only
-    (2 host tokens), so P is a device leaf. evict(3) pops P; writing P back needs 3 host tokens,
-    so the write host-evicts C, and the cascade deletes P (childless, stateless, unpinned) in the
-    middle of P's own eviction. Expected: evict finishes, the cache is healthy and P's 3 device
-    tokens are free (whether P was deleted or demoted)."""
+def test_scenario_34_leaf_whose_own_write_host_evicts_its_only_child():
+    """Stale entry, worst case: the leaf being evicted is the node the cascade would remove.
+    write_back with host KV for 4 tokens; P[1,2,3] is a device tombstone whose only child C[4,5]
+    is host-only (2 host tokens), so P is a device leaf. evict(3) pops P; writing P back needs 3
+    host tokens, so the write host-evicts C — P is childless and stateless then, but locked for
+    its own write, so the cascade stops at P. The retry writes P and P is demoted: a stateless
+    host leaf (tolerated I6, it is in Lh). (Before the write lock, the cascade deleted P and the
+    demotion double-freed its device slots.)"""
     cache = hi_cache(host_kv_tokens=4)
     put(cache, [1, 2, 3])
     put(cache, [1, 2, 3, 4, 5])
@@ -1131,7 +1128,17 @@ def test_scenario_34_leaf_removed_by_the_cascade_of_its_own_write():
     assert tiers(p) == ("D", "-") and tiers(c) == ("H", "h")
     assert ld(cache) == {p.id} and lh(cache) == {c.id} and used(cache) == (3, 0, 2, 1)
 
-    cache.evict(3)
+    seen, stop = record(cache, {hm.EventKind.HOST_LEAF_EVICTED, hm.EventKind.NODE_DELETED,
+                                hm.EventKind.DEMOTED, hm.EventKind.LEAF_EVICTED})
+    assert cache.evict(3) == 3
+    stop()
     assert_healthy(cache)
-    assert not in_tree(cache, c)
-    assert used(cache)[:2] == (0, 0) and counters(cache) == (0, 0, 0, 0)
+    assert [(e.kind, e.nodes[0]) for e in seen] == [(hm.EventKind.HOST_LEAF_EVICTED, c.id),
+                                                   (hm.EventKind.DEMOTED, p.id)]
+    assert not in_tree(cache, c) and in_tree(cache, p) and p.children == {}
+    assert tiers(p) == ("H", "-") and locks(p) == (0, 0, 0, 0)
+    assert ld(cache) == set() and lh(cache) == {p.id}
+    assert counters(cache) == (0, 0, 0, 0) and used(cache) == (0, 0, 3, 0)
+    assert cache.evict_host(1) == 3
+    assert_healthy(cache)
+    assert cache.num_nodes() == 0 and used(cache) == (0, 0, 0, 0)

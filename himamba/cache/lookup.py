@@ -201,10 +201,9 @@ class LookupMixin(TreeBase):
             raise InvalidInputError("mamba_value must be a 1-element int64 tensor naming a device state slot")
         if not 0 <= prev_prefix_len <= len(key):
             raise InvalidInputError(f"prev_prefix_len={prev_prefix_len} is outside 0..{len(key)}")
-        if not self.kv_pool.allocator.all_allocated(value):
-            raise InvalidInputError("value names device KV slots that are not allocated")
-        if len(value) > 1 and int(torch.unique(value).numel()) != len(value):
-            raise InvalidInputError("value names the same device KV slot more than once")
+        problem = self.kv_pool.allocator.problem_with(value)
+        if problem is not None:
+            raise InvalidInputError(f"value {problem} (device KV)")
         if mamba_value is not None and not self.mamba_pool.allocator.all_allocated(mamba_value):
             raise InvalidInputError("mamba_value names a state slot that is not allocated")
 

@@ -52,11 +52,34 @@ class SlotAllocator:
 
     def all_allocated(self, indices: torch.Tensor) -> bool:
         """Are all these slots in range and currently handed out?"""
+        if self.page_size == 1 and isinstance(indices, torch.Tensor) and indices.numel() == 1 \
+                and indices.dtype is torch.int64:
+            i = int(indices)
+            return 0 <= i < self.num_pages and int(self._in_use[i]) == 1
         try:
             pages = self._pages_of(indices, check=True)
         except PoolError:
             return False
         return pages.numel() == 0 or bool(self._in_use[pages].all())
+
+    def problem_with(self, indices: torch.Tensor) -> str | None:
+        """Why these slots cannot be handed to the tree as one owner's (out of range, not
+        allocated, named twice, partial pages), or ``None`` when they can. Changes nothing."""
+        try:
+            pages = self._pages_of(indices, check=True)
+        except PoolError as exc:
+            return str(exc)
+        if pages.numel() == 0:
+            return None
+        in_use = self._in_use
+        in_use.index_put_((pages,), _PLUS_ONE, accumulate=True)
+        lo, hi = in_use[pages].aminmax()
+        in_use.index_put_((pages,), _MINUS_ONE, accumulate=True)
+        if int(lo) < 2:
+            return "names slots that are not allocated"
+        if int(hi) > 2:
+            return "names the same slot more than once"
+        return None
 
     # -- alloc / free --------------------------------------------------------------------------
     def alloc(self, n: int) -> torch.Tensor | None:

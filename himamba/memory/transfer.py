@@ -250,9 +250,18 @@ class TransferController:
         else:
             self.bytes_host_to_device += nbytes
         if not self.cuda:
+            ps = src_kv.page_size
             for src, s_idx, dst, d_idx in pairs:
-                if s_idx.numel():
-                    dst[:, d_idx] = src[:, s_idx]
+                n = s_idx.numel()
+                if n == 1:  # one big slot (a state): a plain slice copy is ~10x faster
+                    dst[:, int(d_idx)].copy_(src[:, int(s_idx)])
+                elif n and ps > 1 and n % ps == 0 and src.shape[1] % ps == 0 and dst.shape[1] % ps == 0:
+                    # KV rows come in whole aligned pages: copy page blocks, not single rows
+                    src_pages = src.view(src.shape[0], -1, ps, *src.shape[2:])
+                    dst_pages = dst.view(dst.shape[0], -1, ps, *dst.shape[2:])
+                    dst_pages.index_copy_(1, d_idx[::ps] // ps, src_pages.index_select(1, s_idx[::ps] // ps))
+                elif n:
+                    dst.index_copy_(1, d_idx, src.index_select(1, s_idx))
             return
         self._copy_cuda(pairs, ack, to_host)
 
