@@ -152,9 +152,9 @@ class HiEvictionMixin(DeviceEvictionMixin, HiTreeBase):
         self.evictable_full_device_leaves.discard(node)
         self.evictable_full_host_leaves.discard(node)
         self._detach(node)
+        self._refresh_leaf_status(node.parent)
         if self.events.active:
             self.events.emit(EventKind.HOST_LEAF_EVICTED, f"host leaf #{node.id}{preview(node.key.token_ids)} deleted: freed {n} host tokens", (node.id,))
-        self._refresh_leaf_status(node.parent)
         cascaded, survivor = self._iteratively_delete_tombstone_leaf(node)
         return n + cascaded, survivor
 

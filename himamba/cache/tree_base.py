@@ -21,6 +21,7 @@ from himamba.core.node import TreeNode
 from himamba.errors import CacheAssertionError, InvalidInputError, LockError
 from himamba.memory.device import resolve_device
 from himamba.memory.pools import KVPool, MambaPool
+from himamba.observe.display import Displayable
 from himamba.observe.events import EventBus, EventKind, operation
 
 
@@ -32,7 +33,7 @@ def _has_device_state(node: TreeNode) -> bool:
     return node.mamba_value is not None
 
 
-class TreeBase:
+class TreeBase(Displayable):
     """Shared state and primitives of :class:`MambaRadixCache` and the tiered cache.
 
     Build with a :class:`CacheConfig` or keyword overrides of one:
