@@ -24,6 +24,17 @@ from himamba.errors import (
 )
 from himamba.memory.model import ModelSpec
 from himamba.observe.events import Event, EventKind
+from himamba.observe.recorder import Recorder, Step
+from himamba.observe.snapshot import Snapshot
+from himamba.viz import (
+    Stepper,
+    counters_table,
+    diff_table,
+    lru_table,
+    node_table,
+    render,
+    to_svg,
+)
 
 __version__ = "0.1.0"
 
@@ -43,10 +54,20 @@ __all__ = [
     "ModelSpec",
     "PoolError",
     "RadixKey",
+    "Recorder",
     "Request",
+    "Snapshot",
+    "Step",
+    "Stepper",
     "TreeNode",
     "Violation",
     "check_integrity",
     "check_invariants",
+    "counters_table",
+    "diff_table",
+    "lru_table",
+    "node_table",
+    "render",
+    "to_svg",
     "__version__",
 ]

@@ -1215,10 +1215,6 @@ def test_explicit_write_through_backup_under_write_back_is_unlocked_by_its_ack()
     assert locks(a) == (0, 0, 0, 0) and cache.ongoing_write_through == {}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "library bug: a write-back eviction drains every write ack with writing_check(write_back=True), "
-    "which never unlocks; the ack of an explicit write_backup(A) (which locked A) is consumed there, "
-    "so A stays locked (fl=1, ml=1) forever with nothing in flight"))
 def test_explicit_backup_lock_survives_a_write_back_eviction_drain():
     """Same explicit write_backup(A) under write_back, but before its ack is processed another
     leaf B is evicted; the eviction's blocking drain also consumes A's ack. Expected: A's lock
@@ -1250,16 +1246,12 @@ def start_in_flight(cache, what: str) -> None:
         assert cache.prefetch_from_storage("r", cache.root_node, [9, 8, 7, 6]) == 4
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "library bug: reset() keeps the transfer controller's queued/in-flight acks and forgets "
-    "ongoing_prefetch without freeing its host slots: stale acks name nodes of the old tree (I12), "
-    "a queued load later writes old content into device slots the new tree owns (INTEGRITY), and "
-    "prefetch host KV/state slots leak (POOL)"))
 @pytest.mark.parametrize("what", ["write", "load", "prefetch"])
 def test_reset_with_a_transfer_in_flight(what):
     """reset() while a transfer is in flight must either refuse (InvalidInputError, nothing
-    changed) or cancel it: afterwards the cache is healthy, and a new tree filling every device
-    slot keeps its bytes when the stale load would have been issued."""
+    changed) or finish/cancel it: afterwards the cache is healthy (no stale ack, no leaked
+    prefetch slot), and a new tree filling every device slot keeps its bytes when the dropped
+    load would have been issued."""
     cache = hi_cache(manual_acks=True, enable_storage=True)
     put(cache, [1, 2, 3])
     start_in_flight(cache, what)
@@ -1277,3 +1269,30 @@ def test_reset_with_a_transfer_in_flight(what):
         cache.cache_controller.complete(ack)
     cache.check_hicache_events()
     assert_healthy(cache)
+
+
+# -- beyond the scenarios: a lock taken while the node is on host only ---------------------------------
+@pytest.mark.parametrize("how", ["load_back", "unevict"])
+def test_lock_taken_on_a_host_only_node_stays_balanced_when_it_returns_to_device(how):
+    """Scenario 17's chain A→B on host; a holder locks B while B is host-only (nothing on device
+    to protect). Then B returns to device — through init_load_back(B) (locked until its ack) or
+    through an insert of [1..5] that adopts request slots (unevict). The holder's release must
+    leave every lock balanced: the load stays locked until its ack, nothing goes negative, and
+    the release itself succeeds."""
+    cache = hi_cache()
+    a, b = demote_chain(cache)
+    assert cache.inc_lock_ref(b) == 0
+    assert_healthy(cache)
+    if how == "load_back":
+        device, node = cache.init_load_back(b)
+        assert node is b and device.numel() == 5
+    else:
+        put(cache, [1, 2, 3, 4, 5], reuse=False)
+    assert tiers(a)[0] == tiers(b)[0] == "DH"
+    assert_healthy(cache)
+    cache.dec_lock_ref(b)
+    assert_healthy(cache)
+    cache.ready_to_load_host_cache()
+    cache.loading_check()
+    assert_healthy(cache)
+    assert locks(a) == locks(b) == (0, 0, 0, 0)

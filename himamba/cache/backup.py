@@ -76,6 +76,7 @@ class BackupMixin(HiTreeBase):
         self.ongoing_write_through[node.id] = node
         if not write_back:
             self._inc_lock_ref(node)
+            self._locked_writes.add(node.id)
         if self.events.active:
             what = "KV and state" if state is not None else "KV only (no device state)"
             self.events.emit(EventKind.WRITE_ISSUED, f"#{node.id}{preview(node.key.token_ids)} backed up to host: {what}, {len(host)} tokens", (node.id,))
@@ -84,29 +85,33 @@ class BackupMixin(HiTreeBase):
     @operation("writing_check")
     def writing_check(self, write_back: bool = False) -> int:
         """Process finished write acks in order: release the write-through lock and start the
-        storage backup. ``write_back=True`` waits for (and completes) every ack in flight and
-        takes no lock off (write-back never locked). Returns acks processed."""
+        storage backup. ``write_back=True`` waits for (and completes) every ack in flight; write-back
+        writes never locked, and a locked write drained this way is unlocked too (upstream's
+        blocking drain unlocks nothing, which only matters if a locked write was in flight).
+        Returns acks processed."""
         queue = self.cache_controller.ack_write_queue
         done = 0
         if write_back:
             while queue:
-                self._finish_write(queue.popleft(), unlock=False)
+                self._finish_write(queue.popleft())
                 done += 1
             return done
         if not self.ongoing_write_through:
             return 0
         while queue and queue[0].done():
-            self._finish_write(queue.popleft(), unlock=True)
+            self._finish_write(queue.popleft())
             done += 1
         return done
 
-    def _finish_write(self, ack, unlock: bool) -> None:
+    def _finish_write(self, ack) -> None:
         ack.wait()
         for node_id in ack.node_ids:
             node = self.ongoing_write_through.pop(node_id, None)
             if node is None:
                 continue
+            unlock = node_id in self._locked_writes
             if unlock:
+                self._locked_writes.discard(node_id)
                 self._dec_lock_ref(node)
             if self.events.active:
                 self.events.emit(EventKind.WRITE_ACKED, f"write of #{node.id} acknowledged" + (" (unlocked)" if unlock else ""), (node.id,))

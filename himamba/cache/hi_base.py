@@ -46,11 +46,32 @@ class HiTreeBase(TreeBase):
         super()._init_tree()
         self.evictable_full_host_leaves: set[TreeNode] = set()
         self.ongoing_write_through: dict[int, TreeNode] = {}
+        self._locked_writes: set[int] = set()  # ids in ongoing_write_through whose write locked
         self.ongoing_load_back: dict[int, TreeNode] = {}
         self.ongoing_prefetch: dict[object, tuple] = {}
         self.ongoing_backup: dict[int, tuple[TreeNode, bool]] = {}
         self.write_through_threshold = 1 if cfg.write_policy == "write_through" else 2
         self.load_back_threshold = cfg.load_back_threshold
+
+    @operation("reset")
+    def reset(self) -> None:
+        """Finish or drop everything in flight, free every slot the tree owns, start empty.
+
+        Issued copies are waited for (so nothing lands later in reused slots); queued loads are
+        dropped unissued; prefetch slots are freed; storage contents are kept."""
+        cc = self.cache_controller
+        cc.pending_loads.clear()
+        for queue in (cc.ack_write_queue, cc.ack_load_queue):
+            while queue:
+                queue.popleft().wait()
+        for entry in self.ongoing_prefetch.values():
+            self.host_kv_pool.free(entry[2])
+            if entry[4] is not None:
+                self.host_mamba_pool.free(entry[4])
+        storage = getattr(self, "storage", None)
+        if storage is not None:
+            storage.ops.clear()
+        super().reset()
 
     def _evict_mamba_host_for_controller(self, n: int) -> int:
         return self.evict_mamba_host(n)

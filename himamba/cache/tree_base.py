@@ -201,6 +201,8 @@ class TreeBase(Displayable):
                     delta -= n
                     leaves.discard(x)
                 x.full_lock_ref += 1
+            else:
+                x.evicted_lock_ref += 1
             x = x.parent
         if self.events.active:
             self.events.emit(EventKind.LOCK, f"lock #{node.id} and its ancestors (protected {-delta} tokens)", (node.id,))
@@ -213,7 +215,9 @@ class TreeBase(Displayable):
         only when ``node`` has a device state with ``mamba_lock_ref > 0`` (upstream HiMamba's
         tolerance), and locks that were taken while the node had no state are released first, so
         a state attached in between (an insert onto a tombstone, a load-back restore) is never
-        unlocked by someone else's release (hazard B10; legacy ``B10`` restores upstream). Raises :class:`LockError`, changing nothing, if any device
+        unlocked by someone else's release; likewise a lock whose walk skipped a node with KV off
+        device is not released from that node once its KV came back (hazard B10; legacy ``B10``
+        restores upstream). Raises :class:`LockError`, changing nothing, if any device
         node on the path is not locked. Returns ``delta`` >= 0: tokens that became evictable."""
         self._check_releasable(node)
         return self._dec_lock_ref(node)
@@ -223,7 +227,7 @@ class TreeBase(Displayable):
         self._check_in_tree(node)
         x = node
         while x is not self.root_node:
-            if x.value is not None and x.full_lock_ref <= 0:
+            if x.value is not None and x.full_lock_ref <= 0 and x.evicted_lock_ref == 0:
                 raise LockError(f"dec_lock_ref(#{node.id}): node #{x.id} has full_lock_ref 0 (released more often than locked)")
             x = x.parent
 
@@ -231,7 +235,8 @@ class TreeBase(Displayable):
         root = self.root_node
         if node is root:
             return 0
-        if node.tombstone_lock_ref > 0 and not self.config.has_legacy("B10"):
+        guard = not self.config.has_legacy("B10")
+        if node.tombstone_lock_ref > 0 and guard:
             node.tombstone_lock_ref -= 1
         elif node.mamba_value is not None and node.mamba_lock_ref > 0:
             if node.mamba_lock_ref == 1:
@@ -241,7 +246,9 @@ class TreeBase(Displayable):
         delta = 0
         x = node
         while x is not root:
-            if x.value is not None:
+            if x.evicted_lock_ref > 0 and (guard or x.value is None):
+                x.evicted_lock_ref -= 1
+            elif x.value is not None:
                 if x.full_lock_ref == 1:
                     n = x.value.shape[0]
                     self.full_evictable_size_ += n

@@ -15,6 +15,9 @@ Field names follow SGLang's ``TreeNode`` so that readers can map them one to one
 ``host_mamba_ref_counter`` host state pin count
 ``tombstone_lock_ref``     locks taken on this node while it had no device state (ours: the B10
                            guard, so such a lock is never released as a state lock)
+``evicted_lock_ref``       locks whose walk passed this node while its KV was off device (ours:
+                           the same guard for KV, so such a lock is not released from a node
+                           that came back to device in between)
 ``hit_count``              insert-time hits (drives write-through)
 ``last_access_time``       value of the cache's access clock; orders nodes in heaps (``__lt__``)
 =========================  ========================================================================
@@ -49,6 +52,7 @@ class TreeNode:
         "host_ref_counter",
         "host_mamba_ref_counter",
         "tombstone_lock_ref",
+        "evicted_lock_ref",
         "hit_count",
         "last_access_time",
         "hash_value",
@@ -71,6 +75,7 @@ class TreeNode:
         self.host_ref_counter = 0
         self.host_mamba_ref_counter = 0
         self.tombstone_lock_ref = 0
+        self.evicted_lock_ref = 0
         self.hit_count = 0
         self.last_access_time = 0.0
         self.hash_value: list | None = None

@@ -104,6 +104,8 @@ class TransferController:
         self._ids = itertools.count()
         self.bytes_device_to_host = 0
         self.bytes_host_to_device = 0
+        self.writes_issued = 0
+        self.loads_issued = 0
         self.cuda = device_kv.device.type == "cuda"
         if self.cuda:
             self.write_stream = torch.cuda.Stream(device=device_kv.device)
@@ -139,6 +141,7 @@ class TransferController:
         ack = Ack(next(self._ids), "write", [node_id], len(device_idx), int(state is not None), manual=self.manual_acks)
         self._copy(self.device_kv, device_idx, self.host_kv, host_idx, [state] if state else [], ack, to_host=True)
         self.ack_write_queue.append(ack)
+        self.writes_issued += 1
         return host_idx
 
     # -- host -> device --------------------------------------------------------------------------
@@ -184,6 +187,7 @@ class TransferController:
             ack, issue = self.pending_loads.pop(0)
             issue()
             self.ack_load_queue.append(ack)
+            self.loads_issued += 1
             started += 1
         return started
 

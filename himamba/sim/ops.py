@@ -22,6 +22,10 @@ from himamba.errors import InvalidInputError
 from himamba.memory.content import write_kv, write_state
 
 
+class OracleError(AssertionError):
+    """The driver saw behaviour the reference forbids that no invariant covers (e.g. B2)."""
+
+
 @dataclass
 class DriverState:
     """What the driver holds between operations."""
@@ -97,16 +101,24 @@ def _chunked(cache, tokens: list[int], chunk: int) -> None:
         if track:
             write_state(cache.mamba_pool, req.mamba_track_idx, tokens[:fill])
             req.mamba_last_track_seqlen = fill
+        writes = _writes(cache)
         try:
             cache.cache_unfinished_req(req, chunked=True)
         except InvalidInputError:  # no state slot could be freed: finish early
             break
+        if _writes(cache) != writes and cache.config.write_policy != "write_back":
+            raise OracleError("a chunk of a chunked prefill was written to host (chunked inserts must not count hits)")
     req.fill_len = None
     write_state(cache.mamba_pool, req.mamba_pool_idx, tokens)
     if track:
         write_state(cache.mamba_pool, req.mamba_track_idx, tokens)
         req.mamba_last_track_seqlen = len(tokens)
     cache.cache_finished_req(req)
+
+
+def _writes(cache) -> int:
+    controller = getattr(cache, "cache_controller", None)
+    return controller.writes_issued if controller is not None else 0
 
 
 def apply(cache, state: DriverState, op: dict) -> None:

@@ -1,0 +1,149 @@
+"""SimRequest and PackedWorkload: what a simulated client sends, in plain and in compact form.
+
+A :class:`SimRequest` is one request of a workload: the prompt tokens, the output tokens the
+model will generate (decode appends them one batch at a time), an optional ``session`` (requests
+of one session — the turns of a chat, the steps of an agent loop — run one at a time, in order)
+and an id. Workload generators return ``list[SimRequest]``.
+
+A :class:`PackedWorkload` stores the same requests in three numpy arrays (all tokens back to back,
+request offsets, prompt lengths, sessions): a 2,000-request trace of 2.3 M tokens takes ~9 MB
+instead of ~80 MB of Python ints, so it is cheap to ship to sweep workers once. Indexing it
+builds the :class:`SimRequest` on demand.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from himamba.errors import InvalidInputError
+
+
+@dataclass(frozen=True, slots=True)
+class SimRequest:
+    """One request: ``prompt`` tokens, the ``output`` tokens it will generate, its ``session``
+    (``None``: independent) and ``rid`` (the generators number requests 0, 1, ...)."""
+
+    prompt: tuple[int, ...]
+    output: tuple[int, ...] = ()
+    session: int | None = None
+    rid: int = 0
+
+    @classmethod
+    def make(cls, prompt: Sequence[int], output: int | Sequence[int] = 0, session: int | None = None,
+             rid: int = 0, vocab: int = 32000) -> SimRequest:
+        """Build a request; ``output`` may be a token list or a length, in which case the tokens
+        are drawn deterministically from ``(rid, prompt length, output length)``."""
+        prompt = tuple(_check_tokens(prompt, "prompt"))
+        if isinstance(output, int) and not isinstance(output, bool):
+            if output < 0:
+                raise InvalidInputError(f"output length must be >= 0, got {output}")
+            rng = random.Random(hash((rid, len(prompt), output)))
+            output = tuple(rng.randrange(1, vocab) for _ in range(output))
+        else:
+            output = tuple(_check_tokens(output, "output"))
+        return cls(prompt, output, session, rid)
+
+    @property
+    def prompt_len(self) -> int:
+        return len(self.prompt)
+
+    @property
+    def tokens(self) -> list[int]:
+        """Prompt followed by output (what the shared trace format calls ``tokens``)."""
+        return [*self.prompt, *self.output]
+
+    def __len__(self) -> int:
+        return len(self.prompt) + len(self.output)
+
+
+def _check_tokens(tokens: Iterable[int], what: str) -> list[int]:
+    out = list(tokens)
+    for i, t in enumerate(out):
+        if type(t) is not int or t < 0:
+            raise InvalidInputError(f"{what}[{i}] is {t!r}: token ids must be non-negative ints")
+    return out
+
+
+class PackedWorkload(Sequence[SimRequest]):
+    """Requests stored compactly (numpy arrays); a read-only sequence of :class:`SimRequest`.
+
+    ``tokens`` (int32, all requests back to back), ``starts`` (int64, ``len + 1`` offsets),
+    ``prompt_lens`` (int32) and ``sessions`` (int64, ``-1`` for none). Picklable and small.
+    """
+
+    __slots__ = ("prompt_lens", "sessions", "starts", "tokens")
+
+    def __init__(self, tokens: np.ndarray, starts: np.ndarray, prompt_lens: np.ndarray, sessions: np.ndarray) -> None:
+        if len(starts) != len(prompt_lens) + 1 or len(sessions) != len(prompt_lens):
+            raise InvalidInputError("packed workload arrays have inconsistent lengths")
+        self.tokens, self.starts, self.prompt_lens, self.sessions = tokens, starts, prompt_lens, sessions
+
+    def __len__(self) -> int:
+        return len(self.prompt_lens)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(f"request {i} out of range ({len(self)} requests)")
+        s, e, p = int(self.starts[i]), int(self.starts[i + 1]), int(self.prompt_lens[i])
+        seq = self.tokens[s:e].tolist()
+        session = int(self.sessions[i])
+        return SimRequest(tuple(seq[:p]), tuple(seq[p:]), None if session < 0 else session, i)
+
+    def __iter__(self) -> Iterator[SimRequest]:
+        for i in range(len(self)):
+            yield self[i]
+
+    @property
+    def total_tokens(self) -> int:
+        return int(self.starts[-1])
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in (self.tokens, self.starts, self.prompt_lens, self.sessions))
+
+    def __repr__(self) -> str:
+        return f"PackedWorkload({len(self)} requests, {self.total_tokens} tokens, {self.nbytes / 2**20:.1f} MiB)"
+
+
+def pack(requests: Iterable[SimRequest]) -> PackedWorkload:
+    """The compact form of ``requests`` (a PackedWorkload is returned as is). Token ids must fit
+    in int32."""
+    if isinstance(requests, PackedWorkload):
+        return requests
+    reqs = list(requests)
+    lengths = np.fromiter((len(r) for r in reqs), dtype=np.int64, count=len(reqs))
+    starts = np.zeros(len(reqs) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=starts[1:])
+    tokens = np.empty(int(starts[-1]), dtype=np.int32)
+    for r, s in zip(reqs, starts[:-1].tolist(), strict=True):
+        seq = r.tokens
+        if seq and max(seq) > np.iinfo(np.int32).max:
+            raise InvalidInputError(f"request {r.rid}: token ids above 2**31-1 cannot be packed")
+        tokens[s : s + len(seq)] = seq
+    prompt_lens = np.fromiter((r.prompt_len for r in reqs), dtype=np.int32, count=len(reqs))
+    sessions = np.fromiter((-1 if r.session is None else r.session for r in reqs), dtype=np.int64, count=len(reqs))
+    return PackedWorkload(tokens, starts, prompt_lens, sessions)
+
+
+def describe(requests: Iterable[SimRequest]) -> dict[str, int]:
+    """Size figures of a workload: requests, prompt / output / total tokens, distinct sessions,
+    longest request."""
+    n = prompt = output = longest = 0
+    sessions: set[int] = set()
+    for r in requests:
+        n += 1
+        prompt += r.prompt_len
+        output += len(r.output)
+        longest = max(longest, len(r))
+        if r.session is not None:
+            sessions.add(r.session)
+    return {"requests": n, "prompt_tokens": prompt, "output_tokens": output, "total_tokens": prompt + output,
+            "sessions": len(sessions), "longest": longest}

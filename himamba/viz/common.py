@@ -1,0 +1,65 @@
+"""What every viz module needs: turning a cache, Snapshot or Step into a Snapshot, node kinds,
+LRU positions and short key texts. Everything here reads Snapshots only (never live nodes).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from himamba.observe.recorder import Step
+from himamba.observe.snapshot import NodeView, Snapshot, take
+
+#: Short prefixes of the LRU lists, used in labels ("f2 m1 h3") and tables.
+LRU_SHORT = {"full": "f", "mamba": "m", "host_mamba": "h"}
+
+#: Lists whose order must equal time order (reference I9 covers device lists only).
+TIME_ORDERED_LISTS = ("full", "mamba")
+
+#: Node kinds, in the order the legend shows them.
+KINDS = ("root", "device", "tombstone", "host-only", "full tombstone")
+
+
+def as_snapshot(obj: Any) -> Snapshot:
+    """The Snapshot behind ``obj``: a Snapshot as is, a Step's snapshot (the state after it),
+    or a fresh :func:`~himamba.observe.snapshot.take` of a live cache. Raises ``TypeError``
+    for anything else."""
+    if isinstance(obj, Snapshot):
+        return obj
+    if isinstance(obj, Step):
+        return obj.snapshot
+    if hasattr(obj, "root_node") and hasattr(obj, "full_lru_list"):
+        return take(obj)
+    raise TypeError(f"expected a cache, a Snapshot or a Step, got {type(obj).__name__}")
+
+
+def node_kind(v: NodeView) -> str:
+    """One of :data:`KINDS`: ``device`` (KV and state on device), ``tombstone`` (KV on device,
+    state only on host), ``host-only`` (KV and state only on host), ``full tombstone`` (no
+    state on either tier, whatever its KV tier) or ``root``."""
+    if v.is_root:
+        return "root"
+    if not v.state_device and not v.state_host:
+        return "full tombstone"
+    if v.state_device:
+        return "device"
+    return "tombstone" if v.kv_device else "host-only"
+
+
+def lru_positions(snap: Snapshot) -> dict[str, dict[int, int]]:
+    """For each LRU list: node id -> 1-based position from the MRU end (1 = most recent)."""
+    return {name: {nid: i + 1 for i, nid in enumerate(ids)} for name, ids in snap.lru.items()}
+
+
+def key_text(key: tuple[int, ...], limit: int = 6) -> str:
+    """``[1,2,3]`` or ``[1,2,3,4,…,9]`` (first ``limit-1`` tokens, an ellipsis, the last)."""
+    if len(key) <= limit:
+        return "[" + ",".join(map(str, key)) + "]"
+    return "[" + ",".join(map(str, key[: limit - 1])) + ",…," + str(key[-1]) + "]"
+
+
+def depths(snap: Snapshot) -> dict[int, int]:
+    """Node id -> depth (root 0). Snapshots list parents before children."""
+    out: dict[int, int] = {}
+    for n in snap.nodes:
+        out[n.id] = 0 if n.parent is None else out[n.parent] + 1
+    return out

@@ -1,0 +1,134 @@
+"""Style: colours, borders, markers and the HTML-like labels of the tree render, and its legend.
+
+One place decides how a node looks, so the legend can never disagree with the boxes:
+
+* fill colour = node kind (:func:`himamba.viz.common.node_kind`);
+* border: red and thick = locked (``fl > 0`` or ``ml > 0``), purple double = pinned
+  (``hr > 0`` or ``hmr > 0``), both = red double; text markers ``LOCK`` / ``PIN`` too;
+* an orange header = changed by the step shown; dashed grey = a ghost (deleted by the step);
+* ``Ld`` / ``Lh`` = member of the evictable device / host leaf set; ``f2 m1 h3`` = positions
+  in the full / mamba / host-mamba LRU lists (1 = most recently used).
+Fonts may lack emoji, so every marker is plain text.
+"""
+
+from __future__ import annotations
+
+from html import escape
+
+from himamba.observe.snapshot import NodeView
+from himamba.viz.common import LRU_SHORT, key_text, node_kind
+
+FONT = "Helvetica"
+
+FILL = {
+    "root": "#ffffff",
+    "device": "#b7e4c7",
+    "tombstone": "#fde68a",
+    "host-only": "#bfdbfe",
+    "full tombstone": "#d1d5db",
+}
+KIND_TEXT = {
+    "device": "device: KV and state on device",
+    "tombstone": "tombstone: KV on device, state only on host",
+    "host-only": "host-only: KV and state only on host",
+    "full tombstone": "full tombstone: no state on either tier",
+}
+BORDER = "#374151"
+LOCK_COLOR = "#dc2626"
+PIN_COLOR = "#7c3aed"
+HIGHLIGHT = "#fb923c"
+GHOST = "#9ca3af"
+COLLAPSED_FILL = "#f3f4f6"
+
+
+def node_attrs(v: NodeView) -> dict[str, str]:
+    """Graphviz node attributes: fill by kind; border by lock / pin."""
+    attrs = {"fillcolor": FILL[node_kind(v)], "color": BORDER, "penwidth": "1"}
+    if v.locked:
+        attrs.update(color=LOCK_COLOR, penwidth="3")
+    if v.pinned:
+        attrs.update(peripheries="2", penwidth="2.5" if not v.locked else "3")
+        if not v.locked:
+            attrs["color"] = PIN_COLOR
+    return attrs
+
+
+def _row(text: str, bgcolor: str | None = None) -> str:
+    bg = f' BGCOLOR="{bgcolor}"' if bgcolor else ""
+    return f"<TR><TD{bg}>{text}</TD></TR>"
+
+
+def node_label(v: NodeView, *, highlighted: bool = False, ranks: str = "",
+               ghost: bool = False) -> str:
+    """An HTML-like label: id, key preview and length; tiers; counters; markers; LRU ranks."""
+    head_bg = HIGHLIGHT if highlighted else None
+    if v.is_root:
+        rows = [_row("<B>root</B>", head_bg)]
+    else:
+        head = f"<B>#{v.id}</B> {escape(key_text(v.key))} {len(v.key)} tok"
+        rows = [
+            _row(head, head_bg),
+            _row(f"KV={v.kv_tier} M={v.state_tier}"),
+            _row(f"fl={v.full_lock_ref} ml={v.mamba_lock_ref} hr={v.host_ref_counter} "
+                 f"hmr={v.host_mamba_ref_counter}"),
+        ]
+        marks = []
+        if ghost:
+            marks.append("DELETED")
+        if v.locked:
+            marks.append(f'<FONT COLOR="{LOCK_COLOR}"><B>LOCK</B></FONT>')
+        if v.pinned:
+            marks.append(f'<FONT COLOR="{PIN_COLOR}"><B>PIN</B></FONT>')
+        if v.device_leaf:
+            marks.append("Ld")
+        if v.host_leaf:
+            marks.append("Lh")
+        if marks:
+            rows.append(_row(" ".join(marks)))
+        if ranks:
+            rows.append(_row(ranks))
+    return '<<TABLE BORDER="0" CELLBORDER="0" CELLSPACING="0" CELLPADDING="1">' + "".join(rows) + "</TABLE>>"
+
+
+def ranks_text(v: NodeView, positions: dict[str, dict[int, int]]) -> str:
+    """``f2 m1 h3``: the node's 1-based position in each LRU list it belongs to."""
+    return " ".join(f"{LRU_SHORT.get(name, name)}{pos[v.id]}" for name, pos in positions.items() if v.id in pos)
+
+
+def ghost_attrs() -> dict[str, str]:
+    return {"style": "dashed,filled", "fillcolor": "#f9fafb", "color": GHOST, "fontcolor": GHOST, "penwidth": "1"}
+
+
+def collapsed_label(n_hidden: int) -> str:
+    return f"… {n_hidden} more node{'s' if n_hidden != 1 else ''}"
+
+
+def collapsed_attrs() -> dict[str, str]:
+    return {"shape": "note", "style": "filled", "fillcolor": COLLAPSED_FILL, "color": GHOST, "fontcolor": "#4b5563"}
+
+
+def title_label(lines: list[str]) -> str:
+    """The graph title: the first line bold, the others plain."""
+    parts = [f"<B>{escape(lines[0], quote=False)}</B>"] + [escape(x, quote=False) for x in lines[1:]]
+    return "<" + '<BR ALIGN="LEFT"/>'.join(parts) + '<BR ALIGN="LEFT"/>>'
+
+
+def legend_label() -> str:
+    """One HTML table showing every fill, border and marker, and how to read a label."""
+    def cell(text: str, **attrs: str) -> str:
+        extra = "".join(f' {k.upper()}="{val}"' for k, val in attrs.items())
+        return f"<TD{extra}>{text}</TD>"
+
+    rows = [f"<TR>{cell(KIND_TEXT[k], bgcolor=FILL[k], border='1')}</TR>" for k in KIND_TEXT]
+    rows += [
+        f"<TR>{cell('<B>LOCK</B> red border: fl&gt;0 or ml&gt;0', border='3', color=LOCK_COLOR)}</TR>",
+        f"<TR>{cell('<B>PIN</B> purple double border: hr&gt;0 or hmr&gt;0', border='2', color=PIN_COLOR)}</TR>",
+        f"<TR>{cell('orange header: changed by this step', bgcolor=HIGHLIGHT, border='1')}</TR>",
+        f"<TR>{cell('dashed grey: deleted by this step (ghost)', border='1', color=GHOST, style='dashed')}</TR>",
+        f"<TR>{cell('… N more nodes: collapsed subtrees', bgcolor=COLLAPSED_FILL, border='1')}</TR>",
+        "<TR><TD>#id [key] tokens · KV tier D/H · state tier d/h (- none)</TD></TR>",
+        "<TR><TD>fl ml: device locks · hr hmr: host pins</TD></TR>",
+        "<TR><TD>Ld / Lh: evictable device / host leaf · f m h: LRU position (1 = MRU)</TD></TR>",
+    ]
+    return ('<<TABLE BORDER="0" CELLBORDER="0" CELLSPACING="3" CELLPADDING="3">'
+            + "".join(rows) + "</TABLE>>")
