@@ -22,9 +22,12 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
 	@touch $(STAMP)
 
-# The graphviz Python package needs the `dot` program.
+# The graphviz Python package needs the `dot` program; the browser test needs Debian's chromium.
+# Set SKIP_BROWSER=1 to skip installing chromium (the browser test then skips itself).
+APT_PKGS := $(if $(shell command -v dot),,graphviz) $(if $(SKIP_BROWSER),,$(if $(wildcard /usr/bin/chromium),,chromium))
 system-deps:
-	@command -v dot >/dev/null || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q graphviz; }
+	@if [ -n "$(strip $(APT_PKGS))" ]; then \
+		$(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q --no-install-recommends $(APT_PKGS); fi
 
 lab: venv system-deps
 	$(BIN)/jupyter lab --notebook-dir=notebooks $(ROOT_FLAG)

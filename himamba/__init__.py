@@ -26,6 +26,7 @@ from himamba.memory.model import ModelSpec
 from himamba.observe.events import Event, EventKind
 from himamba.observe.recorder import Recorder, Step
 from himamba.observe.snapshot import Snapshot
+from himamba.sim.ops import serve
 from himamba.viz import (
     Stepper,
     counters_table,
@@ -68,6 +69,7 @@ __all__ = [
     "lru_table",
     "node_table",
     "render",
+    "serve",
     "to_svg",
     "__version__",
 ]

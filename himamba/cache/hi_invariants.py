@@ -57,8 +57,8 @@ def check_host_invariants(cache, nodes: list[TreeNode], out: list[Violation]) ->
     prefetch_states = [entry[4] for entry in cache.ongoing_prefetch.values() if entry[4] is not None]
     _check_pool(out, "host KV", cache.host_kv_pool,
                 [n.host_value for n in nodes if n.host_value is not None and n is not root] + prefetch_kv,
-                0, sum(len(n.host_value) for n in nodes if n.host_value is not None and n is not root)
-                + sum(len(t) for t in prefetch_kv))
+                0, sum(n.host_value.shape[0] for n in nodes if n.host_value is not None and n is not root)
+                + sum(t.shape[0] for t in prefetch_kv))
     _check_pool(out, "host state", cache.host_mamba_pool,
                 [n.mamba_host_value for n in nodes if n.mamba_host_value is not None] + prefetch_states,
                 0, sum(1 for n in nodes if n.mamba_host_value is not None) + len(prefetch_states))

@@ -97,12 +97,12 @@ def _check_nodes(cache, nodes: list[TreeNode], out: list[Violation]) -> None:
         k = len(n.key)
         for name in ("value", "host_value"):
             v = getattr(n, name)
-            if v is not None and (v.dim() != 1 or len(v) != k or v.dtype != torch.int64):
+            if v is not None and (v.shape != (k,) or v.dtype != torch.int64):
                 out.append(Violation("I2", n.id, f"{name} has shape {tuple(v.shape)} ({v.dtype}) for a {k}-token key"))
         for name in ("mamba_value", "mamba_host_value"):
             v = getattr(n, name)
-            if v is not None and v.numel() != 1:
-                out.append(Violation("I2", n.id, f"{name} has {v.numel()} elements, expected 1"))
+            if v is not None and v.shape != (1,):
+                out.append(Violation("I2", n.id, f"{name} has shape {tuple(v.shape)}, expected (1,)"))
         if n.value is None and n.host_value is None:
             out.append(Violation("I3", n.id, "KV on no tier (evicted and not backed up) but still in the tree"))
         if n.value is not None and n.parent is not root and n.parent.value is None:
@@ -174,9 +174,9 @@ def _check_counters(cache, nodes: list[TreeNode], out: list[Violation]) -> None:
             continue
         if n.value is not None:
             if n.full_lock_ref == 0:
-                fe += len(n.value)
+                fe += n.value.shape[0]
             else:
-                fp += len(n.value)
+                fp += n.value.shape[0]
         if n.mamba_value is not None:
             if n.mamba_lock_ref == 0:
                 me += 1
@@ -194,12 +194,17 @@ def _check_counters(cache, nodes: list[TreeNode], out: list[Violation]) -> None:
 
 def _check_pool(out: list[Violation], label: str, pool, owned: list[torch.Tensor], held: int | None, counted: int) -> None:
     """POOL: slots owned by the tree are allocated and owned once; accounting balances."""
-    total = sum(int(v.numel()) for v in owned)
+    alloc = pool.allocator
+    total = 0
     if owned:
-        flat = torch.cat([v.reshape(-1) for v in owned])
-        if int(torch.unique(flat).numel()) != total:
+        flat = torch.cat(owned) if len(owned) > 1 else owned[0]
+        total = int(flat.numel())
+        pages = flat if alloc.page_size == 1 else flat // alloc.page_size
+        counts = torch.bincount(pages, minlength=alloc.num_pages)
+        owners_per_page = alloc.page_size if alloc.page_size > 1 else 1
+        if int(counts.max()) > owners_per_page:
             out.append(Violation("POOL", None, f"{label}: a slot is owned by two nodes"))
-        if not bool(pool.allocator.is_allocated(flat).all()):
+        if bool(((counts > 0) & (alloc._in_use == 0)).any()):
             out.append(Violation("POOL", None, f"{label}: the tree owns slots the pool considers free"))
     used = pool.used_size()
     if total != counted:

@@ -215,33 +215,80 @@ def check_script(script: object) -> None:
 
 
 # -- shrinking ----------------------------------------------------------------------------------------
-def shrink(script: dict, failure: FuzzFailure, max_runs: int = 2000) -> dict:
-    """Delta-debug ``script['ops']`` to a minimal list that fails with the same signature."""
-    ops = script["ops"][: failure.step + 1]
+def shrink(script: dict, failure: FuzzFailure, max_runs: int = 3000) -> dict:
+    """Reduce ``script`` to a small one that still fails with the same signature.
+
+    Alternates delta debugging over the operation list (remove chunks, then single operations)
+    with simplifying single operations (shorter token lists, smaller numbers, "complete every
+    ack" instead of one), until neither changes anything or ``max_runs`` replays were spent.
+    """
+    integrity = 1 if failure.kind == "INTEGRITY" else 0
     runs = 0
 
     def fails(candidate: list[dict]) -> bool:
         nonlocal runs
         runs += 1
-        report = run_script({**script, "ops": candidate}, integrity_every=1)
+        report = run_script({**script, "ops": candidate}, integrity_every=integrity)
         return report.failure is not None and report.failure.signature() == failure.signature()
 
+    ops = script["ops"][: failure.step + 1]
+    while runs < max_runs:
+        before = list(ops)
+        ops = _ddmin(ops, fails, lambda: runs < max_runs)
+        ops = _simplify(ops, fails, lambda: runs < max_runs, script["config"].get("page_size", 1))
+        if ops == before:
+            break
+    return {**script, "ops": ops}
+
+
+def _ddmin(ops: list[dict], fails: Callable[[list[dict]], bool], budget: Callable[[], bool]) -> list[dict]:
     n = 2
-    while len(ops) >= 2 and runs < max_runs:
+    while len(ops) >= 2 and budget():
         size = max(1, len(ops) // n)
-        reduced = False
         for start in range(0, len(ops), size):
             candidate = ops[:start] + ops[start + size :]
             if candidate and fails(candidate):
                 ops = candidate
                 n = max(n - 1, 2)
-                reduced = True
                 break
-        if not reduced:
+        else:
             if size == 1:
                 break
             n = min(len(ops), n * 2)
-    return {**script, "ops": ops}
+    return ops
+
+
+def _variants(op: dict, page_size: int) -> list[dict]:
+    """Simpler versions of one operation, simplest first."""
+    out = []
+    if op["op"] == "ack":
+        out.append({"op": "ack_all"})
+    tokens = op.get("tokens")
+    if tokens and len(tokens) > page_size:
+        for keep in (page_size, len(tokens) // 2 - (len(tokens) // 2) % page_size, len(tokens) - page_size):
+            if 0 < keep < len(tokens):
+                variant = {**op, "tokens": tokens[:keep]}
+                if "split" in op:
+                    variant["split"] = min(op["split"], max(0, keep - page_size))
+                out.append(variant)
+    for key, low in (("n", 1), ("k", 0), ("chunk", page_size), ("split", 0), ("quota", None)):
+        if key in op and op[key] != low:
+            out.append({**op, key: low})
+    return out
+
+
+def _simplify(ops: list[dict], fails: Callable[[list[dict]], bool], budget: Callable[[], bool],
+              page_size: int) -> list[dict]:
+    i = 0
+    while i < len(ops) and budget():
+        for variant in _variants(ops[i], page_size):
+            candidate = ops[:i] + [variant] + ops[i + 1 :]
+            if fails(candidate):
+                ops = candidate
+                break
+        else:
+            i += 1
+    return ops
 
 
 def fuzz(seed: int = 0, ops: int = 10_000, *, page_size: int = 1, write_policy: str = "write_through",

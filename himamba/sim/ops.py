@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from himamba.cache.results import Request
+from himamba.cache.results import InsertResult, Request
+from himamba.core.key import RadixKey
 from himamba.core.node import TreeNode
 from himamba.errors import InvalidInputError
 from himamba.memory.content import write_kv, write_state
@@ -35,11 +36,23 @@ class DriverState:
     counts: dict[str, int] = field(default_factory=dict)
 
 
-def _request(cache, tokens: list[int]) -> None:
-    """Serve one request: match, lock, allocate (evicting on shortage), insert, unlock."""
+def serve(cache, tokens: list[int] | RadixKey) -> InsertResult | None:
+    """Serve one request the way a scheduler would, with real KV and state content.
+
+    match_prefix -> (tiered: load back a host hit) -> lock -> allocate KV for the new tokens
+    and one state slot (evicting on shortage) -> fill them -> insert -> free the state slot if
+    the tree already had one -> unlock. Returns the insert's result, or ``None`` when memory
+    could not be found (nothing changes then but evictions). Acks are left to the caller.
+    """
+    tokens = list(tokens.token_ids if isinstance(tokens, RadixKey) else tokens)
     m = cache.match_prefix(tokens)
-    n = len(m.device_indices)
-    node = m.last_device_node
+    prefix, node = m.device_indices, m.last_device_node
+    if getattr(cache, "tiered", False) and m.host_hit_length > 0:
+        loaded, last = cache.init_load_back(m.best_match_node)
+        if len(loaded):
+            prefix, node = torch.cat((prefix, loaded)), last
+        cache.ready_to_load_host_cache()
+    n = len(prefix)
     cache.inc_lock_ref(node)
     try:
         need = len(tokens) - n
@@ -49,16 +62,17 @@ def _request(cache, tokens: list[int]) -> None:
             cache.evict_mamba(1)
         new = cache.kv_pool.alloc(need)
         if new is None:
-            return
+            return None
         slot = cache.mamba_pool.alloc(1)
         if slot is None:
             cache.kv_pool.free(new)
-            return
+            return None
         write_kv(cache.kv_pool, new, tokens[n:], n)
         write_state(cache.mamba_pool, slot, tokens)
-        result = cache.insert(tokens, torch.cat((m.device_indices, new)), slot, prev_prefix_len=n)
+        result = cache.insert(tokens, torch.cat((prefix, new)), slot, prev_prefix_len=n)
         if result.mamba_exist:
             cache.mamba_pool.free(slot)
+        return result
     finally:
         cache.dec_lock_ref(node)
 
@@ -127,7 +141,7 @@ def apply(cache, state: DriverState, op: dict) -> None:
     state.counts[kind] = state.counts.get(kind, 0) + 1
     tiered = getattr(cache, "tiered", False)
     if kind == "request":
-        _request(cache, op["tokens"])
+        serve(cache, op["tokens"])
     elif kind == "chunked":
         _chunked(cache, op["tokens"], op["chunk"])
     elif kind == "match":
@@ -155,6 +169,9 @@ def apply(cache, state: DriverState, op: dict) -> None:
             cache.cache_controller.complete(in_flight[op["k"] % len(in_flight)])
         if cache.storage is not None and cache.storage.ops and cache.storage.manual_acks:
             cache.storage.complete(cache.storage.ops[op["k"] % len(cache.storage.ops)])
+    elif kind == "ack_all":
+        for ack in cache.cache_controller.in_flight():
+            cache.cache_controller.complete(ack)
     elif kind == "events":
         cache.ready_to_load_host_cache()
         cache.check_hicache_events()
@@ -189,4 +206,4 @@ def apply(cache, state: DriverState, op: dict) -> None:
 
 
 OPERATIONS = ("request", "chunked", "match", "lock", "unlock", "evict", "evict_mamba", "evict_host",
-              "evict_mamba_host", "ack", "events", "load", "pin", "unpin", "prefetch", "prefetch_done")
+              "evict_mamba_host", "ack", "ack_all", "events", "load", "pin", "unpin", "prefetch", "prefetch_done")

@@ -26,7 +26,8 @@ from himamba.viz.tables import lru_table, style_lru
 
 
 class Stepper:
-    """Widgets over ``steps`` (a Recorder or a sequence of Steps).
+    """Widgets over ``steps`` (a Recorder or a sequence of Steps), as they are when the Stepper
+    is built (steps recorded later need a new Stepper).
 
     ``render_kw`` is passed to :func:`himamba.viz.graph.render` (e.g. ``lru_rank=True``,
     ``max_nodes=60``, ``legend=False``); ``show_lru=False`` leaves the LRU table out.
@@ -53,7 +54,7 @@ class Stepper:
                                         continuous_update=False, layout=widgets.Layout(width="60%"))
         widgets.link((self.play, "value"), (self.slider, "value"))
         self.info_html = widgets.HTML()
-        self.tree_html = widgets.HTML()
+        self.tree_html = widgets.HTML(layout=widgets.Layout(overflow="auto", max_width="100%"))
         self.lru_html = widgets.HTML()
         self.prev_button.on_click(lambda _b: self.prev())
         self.next_button.on_click(lambda _b: self.next())

@@ -1,0 +1,215 @@
+"""Simulation metrics: one row per engine step, one per request, and run totals, as pandas frames.
+
+Per step (:data:`STEP_COLUMNS`):
+
+* traffic — ``admitted``, ``finished``, ``retracted``, ``waiting``, ``running``, tokens computed
+  (``prefill_tokens``, ``decode_tokens``);
+* reuse — ``prompt_tokens`` of the admitted requests, ``device_hit_tokens`` (matched on device),
+  ``host_hit_tokens`` (loaded back from host), ``state_hits_device`` / ``state_hits_host``
+  (requests that started from a cached state, on device or restored from host), ``load_backs``;
+* evictions (from :class:`~himamba.sim.probe.EvictionProbe`) — tokens and states freed per tier,
+  demotions, tombstones, cascade deletions (all zero when the engine runs without the probe);
+* transfers — ``bytes_device_to_host`` / ``bytes_host_to_device`` moved during the step;
+* occupancy at the end of the step — slots in use per pool (``*_used``, requests included) and
+  device KV / states owned by the tree (``*_cached``).
+
+Per request (:data:`REQUEST_COLUMNS`): lengths, the cached prefix it started from and how much of
+it was loaded back, the steps it was admitted and finished, how often it was retracted. A
+retracted request is admitted again; its row describes the last admission, while the step
+columns count every admission.
+
+:func:`totals` sums the flow columns, keeps the last occupancy and its peak, and adds hit rates.
+Plot helpers return a :class:`matplotlib.figure.Figure` (already closed in pyplot, so a notebook
+shows it once when it is the cell's value).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from himamba.sim.probe import FIELDS as EVICTION_FIELDS
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from matplotlib.figure import Figure
+
+TRAFFIC = ("waiting", "running", "admitted", "finished", "retracted", "prefill_tokens", "decode_tokens")
+REUSE = ("prompt_tokens", "device_hit_tokens", "host_hit_tokens", "state_hits_device", "state_hits_host", "load_backs")
+TRANSFERS = ("bytes_device_to_host", "bytes_host_to_device")
+OCCUPANCY = ("device_kv_used", "device_kv_cached", "device_states_used", "device_states_cached",
+             "host_kv_used", "host_states_used")
+STEP_COLUMNS = ("step", *TRAFFIC, *REUSE, *EVICTION_FIELDS, *TRANSFERS, *OCCUPANCY)
+FLOWS = tuple(c for c in STEP_COLUMNS if c not in ("step", "waiting", "running", *OCCUPANCY))
+REQUEST_COLUMNS = ("rid", "session", "prompt_len", "total_len", "cached_tokens", "host_loaded_tokens",
+                   "state_from_host", "admitted_step", "finished_step", "retractions")
+
+
+class SimMetrics:
+    """Accumulates step rows and request records; totals are kept even when rows are not.
+
+    ``keep_steps`` / ``keep_requests`` = False keeps only the running totals (what a sweep needs).
+    """
+
+    def __init__(self, keep_steps: bool = True, keep_requests: bool = True) -> None:
+        self.keep_steps, self.keep_requests = keep_steps, keep_requests
+        self.step_rows: list[tuple] = []
+        self.request_rows: list[tuple] = []
+        self._sums: dict[str, int] = dict.fromkeys(FLOWS, 0)
+        self._last: dict[str, int] = dict.fromkeys(OCCUPANCY, 0)
+        self._peak: dict[str, int] = dict.fromkeys(OCCUPANCY, 0)
+        self.steps_run = 0
+        self.requests_done = 0
+
+    def add_step(self, row: dict[str, int]) -> None:
+        """Record one step (a dict with every key of :data:`STEP_COLUMNS`)."""
+        self.steps_run += 1
+        sums, last, peak = self._sums, self._last, self._peak
+        for c in FLOWS:
+            sums[c] += row[c]
+        for c in OCCUPANCY:
+            v = row[c]
+            last[c] = v
+            if v > peak[c]:
+                peak[c] = v
+        if self.keep_steps:
+            self.step_rows.append(tuple(row[c] for c in STEP_COLUMNS))
+
+    def add_request(self, record: dict[str, Any]) -> None:
+        """Record one finished request (a dict with every key of :data:`REQUEST_COLUMNS`)."""
+        self.requests_done += 1
+        if self.keep_requests:
+            self.request_rows.append(tuple(record[c] for c in REQUEST_COLUMNS))
+
+    # -- frames ---------------------------------------------------------------------------------
+    @property
+    def steps(self) -> pd.DataFrame:
+        """One row per step (empty unless ``keep_steps``), indexed by step number."""
+        import pandas as pd
+
+        return pd.DataFrame(self.step_rows, columns=list(STEP_COLUMNS)).set_index("step")
+
+    @property
+    def requests(self) -> pd.DataFrame:
+        """One row per finished request (empty unless ``keep_requests``)."""
+        import pandas as pd
+
+        return pd.DataFrame(self.request_rows, columns=list(REQUEST_COLUMNS))
+
+    def totals(self) -> dict[str, float]:
+        """Run totals: every flow summed, final and peak occupancy, hit rates."""
+        out: dict[str, float] = {"steps": self.steps_run, "requests": self.requests_done, **self._sums}
+        out.update({f"final_{c}": v for c, v in self._last.items()})
+        out.update({f"peak_{c}": v for c, v in self._peak.items()})
+        prompt = self._sums["prompt_tokens"]
+        dev, host = self._sums["device_hit_tokens"], self._sums["host_hit_tokens"]
+        out["device_hit_rate"] = dev / prompt if prompt else 0.0
+        out["host_hit_rate"] = host / prompt if prompt else 0.0
+        out["hit_rate"] = (dev + host) / prompt if prompt else 0.0
+        admitted = self._sums["admitted"]
+        states = self._sums["state_hits_device"] + self._sums["state_hits_host"]
+        out["state_hit_rate"] = states / admitted if admitted else 0.0
+        return out
+
+    def totals_frame(self) -> pd.DataFrame:
+        """:meth:`totals` as a one-row DataFrame."""
+        import pandas as pd
+
+        return pd.DataFrame([self.totals()])
+
+
+def totals(metrics: SimMetrics) -> dict[str, float]:
+    """Same as ``metrics.totals()``."""
+    return metrics.totals()
+
+
+# -- plots ----------------------------------------------------------------------------------------------
+def _subplots(nrows: int, title: str, height: float = 2.4):
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(nrows, 1, figsize=(8, height * nrows), sharex=True, squeeze=False)
+    fig.suptitle(title)
+    plt.close(fig)
+    return fig, [row[0] for row in axes]
+
+
+def plot_occupancy(steps: pd.DataFrame, title: str = "pool occupancy") -> Figure:
+    """Device KV, device states, and (if any) host KV and host states over steps: slots in use
+    and, on device, slots owned by the tree."""
+    host = bool(steps["host_kv_used"].any()) if len(steps) else False
+    fig, axes = _subplots(3 if host else 2, title)
+    axes[0].plot(steps.index, steps["device_kv_used"], label="in use")
+    axes[0].plot(steps.index, steps["device_kv_cached"], label="owned by the tree")
+    axes[0].set_ylabel("device KV tokens")
+    axes[1].plot(steps.index, steps["device_states_used"], label="in use")
+    axes[1].plot(steps.index, steps["device_states_cached"], label="owned by the tree")
+    axes[1].set_ylabel("device states")
+    if host:
+        axes[2].plot(steps.index, steps["host_kv_used"], label="host KV tokens")
+        twin = axes[2].twinx()
+        twin.plot(steps.index, steps["host_states_used"], color="C3", label="host states")
+        twin.set_ylabel("host states")
+        axes[2].set_ylabel("host KV tokens")
+    for ax in axes:
+        ax.legend(loc="upper left", fontsize="small")
+    axes[-1].set_xlabel("step")
+    return fig
+
+
+def plot_hits(steps: pd.DataFrame, window: int = 50, title: str = "prefix reuse") -> Figure:
+    """Rolling hit rates (device matches and host load-backs, as shares of prompt tokens) over
+    ``window`` steps."""
+    fig, axes = _subplots(1, title, height=3.2)
+    ax = axes[0]
+    prompt = steps["prompt_tokens"].rolling(window, min_periods=1).sum().where(lambda s: s > 0)
+    for col, label in (("device_hit_tokens", "device hits"), ("host_hit_tokens", "host hits (loaded back)")):
+        ax.plot(steps.index, steps[col].rolling(window, min_periods=1).sum() / prompt, label=label)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel(f"share of prompt tokens ({window}-step window)")
+    ax.set_xlabel("step")
+    ax.legend(loc="upper left", fontsize="small")
+    return fig
+
+
+def plot_evictions(steps: pd.DataFrame, title: str = "evictions (cumulative)") -> Figure:
+    """Cumulative tokens and states evicted per tier, demotions included."""
+    fig, axes = _subplots(2, title)
+    for col, label in (("evicted_device_tokens", "device KV"), ("demoted_tokens", "of which demoted to host"),
+                       ("cascade_device_tokens", "of which by the cascade"), ("evicted_host_tokens", "host KV")):
+        axes[0].plot(steps.index, steps[col].cumsum(), label=label)
+    axes[0].set_ylabel("tokens")
+    for col, label in (("evicted_device_states", "device states"), ("tombstones", "of which tombstoned"),
+                       ("evicted_host_states", "host states")):
+        axes[1].plot(steps.index, steps[col].cumsum(), label=label)
+    axes[1].set_ylabel("states")
+    for ax in axes:
+        ax.legend(loc="upper left", fontsize="small")
+    axes[-1].set_xlabel("step")
+    return fig
+
+
+def plot_transfers(steps: pd.DataFrame, title: str = "bytes moved (cumulative)") -> Figure:
+    """Cumulative bytes copied device -> host and host -> device."""
+    fig, axes = _subplots(1, title, height=3.2)
+    ax = axes[0]
+    ax.plot(steps.index, steps["bytes_device_to_host"].cumsum() / 2**20, label="device -> host")
+    ax.plot(steps.index, steps["bytes_host_to_device"].cumsum() / 2**20, label="host -> device")
+    ax.set_ylabel("MiB")
+    ax.set_xlabel("step")
+    ax.legend(loc="upper left", fontsize="small")
+    return fig
+
+
+def plot_sweep(frame: pd.DataFrame, x: str, y: str = "hit_rate", hue: str | None = None,
+               title: str | None = None) -> Figure:
+    """One line of ``y`` against ``x`` per value of ``hue`` (a sweep's result frame)."""
+    fig, axes = _subplots(1, title or f"{y} by {x}", height=3.6)
+    ax = axes[0]
+    groups = [(None, frame)] if hue is None else list(frame.groupby(hue, sort=True))
+    for key, group in groups:
+        g = group.sort_values(x)
+        ax.plot(g[x], g[y], marker="o", label=None if hue is None else f"{hue}={key}")
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    if hue is not None:
+        ax.legend(fontsize="small")
+    return fig

@@ -1,0 +1,118 @@
+"""JSON-lines import and export of workloads, including the shared trace format.
+
+Two line formats, told apart per line:
+
+* **trace** (``../shared/bench/multiturn_trace.py``): ``{"prompt_len": int, "tokens": [...]}``
+  where ``tokens`` is prompt + output and ``1 <= prompt_len <= len(tokens)``;
+* **native**: ``{"prompt": [...], "output": [...] | "output_len": int, "session": int?,
+  "rid": int?}`` (``output_len`` draws the output tokens deterministically).
+
+:func:`load_jsonl` rejects the first malformed line with a :class:`TraceFormatError` (a
+``ValueError``) whose message names the file and line and says what is wrong: not JSON, not an
+object, a missing key, a token that is not a non-negative int (bools and floats included), a
+``prompt_len`` out of range. Blank lines are skipped; a file without requests is an error.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+from himamba.errors import InvalidInputError
+from himamba.sim.request import SimRequest
+
+FORMATS = ("native", "trace")
+
+
+class TraceFormatError(InvalidInputError):
+    """A workload file has a malformed line (the message names the file and the line)."""
+
+
+def load_jsonl(path: str | Path) -> list[SimRequest]:
+    """Read a workload written in either line format; requests are numbered by line order."""
+    path = Path(path)
+    out: list[SimRequest] = []
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise TraceFormatError(f"{where}: not valid JSON ({exc.msg})") from None
+            out.append(_parse(rec, where, len(out)))
+    if not out:
+        raise TraceFormatError(f"{path}: no requests in the file")
+    return out
+
+
+def save_jsonl(requests: Iterable[SimRequest], path: str | Path, format: str = "native") -> Path:
+    """Write ``requests`` one per line, in ``"native"`` (keeps sessions and ids) or ``"trace"``
+    format (the shared one: ``prompt_len`` and ``tokens`` only). Returns the path."""
+    if format not in FORMATS:
+        raise InvalidInputError(f"format must be one of {FORMATS}, got {format!r}")
+    path = Path(path)
+    with path.open("w", encoding="utf-8") as fh:
+        for r in requests:
+            if format == "trace":
+                if r.prompt_len == 0:
+                    raise InvalidInputError(f"request {r.rid} has an empty prompt: the trace format needs prompt_len >= 1")
+                rec = {"prompt_len": r.prompt_len, "tokens": r.tokens}
+            else:
+                rec = {"prompt": list(r.prompt), "output": list(r.output), "rid": r.rid}
+                if r.session is not None:
+                    rec["session"] = r.session
+            fh.write(json.dumps(rec, separators=(",", ":")) + "\n")
+    return path
+
+
+def _parse(rec: object, where: str, index: int) -> SimRequest:
+    if not isinstance(rec, dict):
+        raise TraceFormatError(f"{where}: a request line must be a JSON object, got {type(rec).__name__}")
+    if "prompt_len" in rec or "tokens" in rec:
+        return _parse_trace(rec, where, index)
+    if "prompt" in rec:
+        return _parse_native(rec, where, index)
+    raise TraceFormatError(f"{where}: neither a trace record (prompt_len, tokens) nor a native one (prompt, output)")
+
+
+def _parse_trace(rec: dict, where: str, index: int) -> SimRequest:
+    for key in ("prompt_len", "tokens"):
+        if key not in rec:
+            raise TraceFormatError(f"{where}: trace record lacks {key!r}")
+    tokens = _tokens(rec["tokens"], "tokens", where)
+    plen = rec["prompt_len"]
+    if type(plen) is not int:
+        raise TraceFormatError(f"{where}: prompt_len must be an int, got {plen!r}")
+    if not 1 <= plen <= len(tokens):
+        raise TraceFormatError(f"{where}: prompt_len {plen} is out of range 1..{len(tokens)} (the number of tokens)")
+    return SimRequest(tuple(tokens[:plen]), tuple(tokens[plen:]), None, index)
+
+
+def _parse_native(rec: dict, where: str, index: int) -> SimRequest:
+    prompt = _tokens(rec["prompt"], "prompt", where)
+    session = rec.get("session")
+    if session is not None and type(session) is not int:
+        raise TraceFormatError(f"{where}: session must be an int or null, got {session!r}")
+    rid = rec.get("rid", index)
+    if type(rid) is not int:
+        raise TraceFormatError(f"{where}: rid must be an int, got {rid!r}")
+    if "output" in rec:
+        return SimRequest(tuple(prompt), tuple(_tokens(rec["output"], "output", where)), session, rid)
+    n = rec.get("output_len", 0)
+    if type(n) is not int or n < 0:
+        raise TraceFormatError(f"{where}: output_len must be a non-negative int, got {n!r}")
+    return SimRequest.make(prompt, n, session, rid)
+
+
+def _tokens(value: object, key: str, where: str) -> list[int]:
+    if not isinstance(value, list):
+        raise TraceFormatError(f"{where}: {key!r} must be a list of token ids, got {type(value).__name__}")
+    if set(map(type, value)) <= {int} and (not value or min(value) >= 0):
+        return value
+    for i, t in enumerate(value):
+        if type(t) is not int or t < 0:
+            raise TraceFormatError(f"{where}: {key}[{i}] is {t!r}: token ids must be non-negative ints")
+    return value
