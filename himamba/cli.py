@@ -1,9 +1,186 @@
-"""The ``himamba`` command line (see ``himamba --help``)."""
+"""The ``himamba`` command line: demo, fuzz, replay and bench.
+
+    himamba demo OUT_DIR            B1 scenario: an SVG per step and an index.html
+    himamba fuzz --legacy B1        random operations until an invariant breaks; prints the
+                                    shrunk script; exit 1 on a failure, 0 on a clean run
+    himamba replay SCRIPT.json      run a saved script again, printing its steps
+    himamba bench replay|transfer|render [ARGS...]
+
+Errors in what you pass print one line (``himamba: error: ...``) and exit with status 2.
+"""
 
 from __future__ import annotations
 
+import argparse
+import html
+import json
+import runpy
+import sys
+from pathlib import Path
+
+from himamba.cache.legacy import LEGACY_BUGS, normalize_legacy
+from himamba.errors import HiMambaError
+
+BENCHES = ("replay", "transfer", "render")
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="himamba", description="Explore SGLang's tiered Mamba radix cache.")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = sub.add_parser("demo", help="replay bug B1 and write an SVG per step plus an HTML page",
+                          description="Run the B1 scenario (reference section 5) with the legacy switch on and off; "
+                                      "write one SVG per recorded step and an index.html under OUT_DIR.")
+    demo.add_argument("out_dir", type=Path, help="folder to write (created if missing)")
+
+    fuzz = sub.add_parser("fuzz", help="random operations with every check; shrink the first failure",
+                          description="Run random operation scripts against the tiered cache, checking invariants "
+                                      "after every operation. On a failure, print the shrunk script as JSON and exit 1.")
+    fuzz.add_argument("--legacy", action="append", default=[], metavar="NAME",
+                      help="turn a legacy bug back on (id or alias; repeatable): " + ", ".join(LEGACY_BUGS))
+    fuzz.add_argument("--ops", type=int, default=10_000, help="operations to run (default 10000)")
+    fuzz.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    fuzz.add_argument("--policy", default=None, help="write policy (default: write_back for B7, else write_through)")
+    fuzz.add_argument("--page-size", type=int, default=1, help="page size (default 1)")
+    fuzz.add_argument("--cache", choices=("tiered", "device"), default="tiered", help="which cache (default tiered)")
+    fuzz.add_argument("--out", type=Path, default=None, help="also write the shrunk script to this file")
+    fuzz.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    replay = sub.add_parser("replay", help="run a saved script again and print its steps",
+                            description="Run a script written by `himamba fuzz --out` (or by hand) and print each "
+                                        "recorded step; exit 1 if it fails.")
+    replay.add_argument("script", type=Path, help="JSON script file")
+    replay.add_argument("--svg", type=Path, default=None, metavar="DIR", help="write an SVG of every step here")
+
+    bench = sub.add_parser("bench", help="run a benchmark from bench/",
+                           description="Run one of the benchmarks in the repository's bench/ folder; "
+                                       "arguments after the name go to it.")
+    bench.add_argument("name", choices=BENCHES, help="which benchmark")
+    bench.add_argument("args", nargs=argparse.REMAINDER, help="its arguments (see its --help)")
+    return ap
+
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; the sub-commands are added in :mod:`himamba.cli`."""
-    print("himamba: no sub-commands yet")
+    ap = _parser()
+    args = ap.parse_args(argv)
+    try:
+        return {"demo": _demo, "fuzz": _fuzz, "replay": _replay, "bench": _bench}[args.command](args)
+    except (HiMambaError, ValueError, OSError) as exc:
+        print(f"himamba: error: {exc}", file=sys.stderr)
+        return 2
+
+
+# -- demo ----------------------------------------------------------------------------------------
+def _demo(args: argparse.Namespace) -> int:
+    from himamba.sim.scenarios import b1_replay
+    from himamba.viz.graph import to_svg
+
+    out: Path = args.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    sections = []
+    for legacy in (True, False):
+        run = b1_replay(legacy)
+        tag = "legacy" if legacy else "fixed"
+        items = []
+        for step in run.recorder.steps:
+            name = f"{tag}_{step.index:03d}.svg"
+            (out / name).write_text(to_svg(step), encoding="utf-8")
+            items.append(f'<li><p><b>{step.index}</b> {html.escape(step.op)}: {html.escape(step.text)}</p>'
+                         f'<img src="{name}" alt="step {step.index}"></li>')
+        ending = f"ended with {run.error!r}" if run.error else "ended cleanly"
+        title = "B1 switch on (old code)" if legacy else "B1 fixed (default)"
+        sections.append(f"<h2>{title}: {len(run.recorder.steps)} steps, {html.escape(ending)}</h2>"
+                        f"<ol start=0>{''.join(items)}</ol>")
+        print(f"{title}: {len(run.recorder.steps)} steps, {ending}")
+    page = ("<!doctype html><html><head><meta charset='utf-8'><title>himamba: bug B1 step by step</title>"
+            "<style>body{font-family:sans-serif;max-width:1100px;margin:auto} li{margin-bottom:2em} "
+            "img{max-width:100%;border:1px solid #ccc}</style></head><body>"
+            "<h1>Bug B1: the tombstone cascade and a host-pinned node</h1>" + "".join(sections) + "</body></html>")
+    (out / "index.html").write_text(page, encoding="utf-8")
+    print(f"wrote {out / 'index.html'}")
     return 0
+
+
+# -- fuzz ----------------------------------------------------------------------------------------
+def _fuzz(args: argparse.Namespace) -> int:
+    from himamba.sim.fuzz import fuzz
+
+    if args.ops < 1:
+        raise ValueError(f"--ops must be at least 1, got {args.ops}")
+    if args.page_size < 1:
+        raise ValueError(f"--page-size must be at least 1, got {args.page_size}")
+    legacy = normalize_legacy(args.legacy)
+    policy = args.policy or ("write_back" if "B7" in legacy else "write_through")
+    bar = None
+    progress = None
+    if not args.no_progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=args.ops, unit="op", file=sys.stderr, leave=False)
+        progress = lambda i: bar.update(1)  # noqa: E731
+    try:
+        report = fuzz(seed=args.seed, ops=args.ops, page_size=args.page_size, write_policy=policy,
+                      legacy=legacy, cache=args.cache, integrity_every=1, progress=progress)
+    finally:
+        if bar is not None:
+            bar.close()
+    print(f"{report.ops_run} operations in {report.seconds:.1f} s ({report.ops_per_s:,.0f} ops/s), "
+          f"legacy={sorted(legacy) or 'none'}, policy={policy}")
+    if report.failure is None:
+        print("clean: no invariant violation, no integrity error")
+        return 0
+    f = report.failure
+    print(f"FAILED at operation {f.step + 1}: {f.kind}: {f.message}")
+    shrunk = report.shrunk
+    print(f"shrunk to {len(shrunk['ops'])} operations:")
+    print(json.dumps(shrunk, indent=1))
+    if args.out is not None:
+        args.out.write_text(json.dumps(shrunk, indent=1), encoding="utf-8")
+        print(f"wrote {args.out}")
+    return 1
+
+
+# -- replay --------------------------------------------------------------------------------------
+def _replay(args: argparse.Namespace) -> int:
+    from himamba.observe.recorder import Recorder
+    from himamba.sim.fuzz import check_script, make_cache, run_ops_recorded
+
+    try:
+        script = json.loads(args.script.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{args.script}: not JSON ({exc.msg} at line {exc.lineno})") from None
+    check_script(script)
+    cache = make_cache(script)
+    rec = Recorder(cache, skip={"lock", "unlock", "op_begin", "op_end"})
+    failure = run_ops_recorded(cache, script["ops"], rec)
+    for step in rec.steps:
+        print(f"[{step.index}] op {step.op_index} {step.op}: {step.text}")
+    if args.svg is not None:
+        from himamba.viz.graph import to_svg
+
+        args.svg.mkdir(parents=True, exist_ok=True)
+        for step in rec.steps:
+            (args.svg / f"step_{step.index:03d}.svg").write_text(to_svg(step), encoding="utf-8")
+        print(f"wrote {len(rec.steps)} SVG files to {args.svg}")
+    if failure is None:
+        print(f"replayed {len(script['ops'])} operations: clean")
+        return 0
+    print(f"FAILED at operation {failure.step + 1}: {failure.kind}: {failure.message}")
+    return 1
+
+
+# -- bench ---------------------------------------------------------------------------------------
+def _bench(args: argparse.Namespace) -> int:
+    path = Path(__file__).resolve().parents[1] / "bench" / f"{args.name}.py"
+    if not path.exists():
+        raise ValueError(f"benchmark {path} not found (run from a source checkout of himamba)")
+    sys.argv = [str(path), *args.args]
+    try:
+        runpy.run_path(str(path), run_name="__main__")
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

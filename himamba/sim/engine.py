@@ -263,6 +263,7 @@ class Engine:
         tokens = [*item.prompt, *item.output]
         total_end = len(tokens) - len(tokens) % ps
         if total_end == 0:
+            row["admitted"] += 1
             self._record(item, row, {"prompt_len": 0, "total_len": 0, "cached_tokens": 0, "host_loaded_tokens": 0,
                                      "state_from_host": False, "admitted_step": self.step_index})
             return True

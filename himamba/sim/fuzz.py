@@ -182,6 +182,18 @@ def _step(cache, state: DriverState, op: dict, i: int, integrity_every: int) -> 
     return None
 
 
+def run_ops_recorded(cache, ops: list[dict], recorder) -> FuzzFailure | None:
+    """Apply ``ops`` to ``cache`` under ``recorder``, checking invariants after each; the first
+    failure (or ``None``)."""
+    state = DriverState()
+    with recorder:
+        for i, op in enumerate(ops):
+            failure = _step(cache, state, op, i, integrity_every=1)
+            if failure is not None:
+                return failure
+    return None
+
+
 def replay(script: dict | str | Path, integrity_every: int = 1) -> FuzzReport:
     """Run a saved script (a dict, a JSON string or a path to a JSON file)."""
     if isinstance(script, Path) or (isinstance(script, str) and not script.lstrip().startswith("{")):

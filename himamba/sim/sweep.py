@@ -31,6 +31,7 @@ import logging
 import resource
 import sys
 import time
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -119,12 +120,13 @@ def run_config(index: int, params: dict[str, Any], workload: PackedWorkload, pro
 def sweep(grid: Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]],
           workload: Sequence[SimRequest] | PackedWorkload | str | Path, *, client=None, address: str | None = None,
           base: Mapping[str, Any] | None = None, n_workers: int = 2, memory_limit: str | int = "1GiB",
-          probe: bool = True, progress: bool = False) -> pd.DataFrame:
+          probe: bool = True, progress: bool | None = None) -> pd.DataFrame:
     """One replay of ``workload`` per configuration of ``grid``; returns one row per
     configuration: its parameters, then every total of :meth:`SimMetrics.totals`, ``violations``
     and ``integrity_violations`` (checked at the end), ``seconds``, ``worker_peak_rss_mb`` and
     ``error`` (None when it ran). ``workload`` may be a list of requests, a PackedWorkload or a
     JSON-lines file. ``probe=False`` skips eviction counting (faster; eviction columns are 0).
+    ``progress``: a tqdm bar over configurations (default: shown from 8 configurations on).
     """
     import pandas as pd
 
@@ -139,9 +141,10 @@ def sweep(grid: Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]],
     client, owned = _connect(client, address, n_workers, memory_limit)
     try:
         shipped = client.scatter(packed, broadcast=True)
-        futures = [client.submit(run_config, i, p, shipped, probe, pure=False, key=f"himamba-sweep-{i}-{id(configs)}")
+        tag = uuid.uuid4().hex[:12]
+        futures = [client.submit(run_config, i, p, shipped, probe, pure=False, key=f"himamba-sweep-{tag}-{i}")
                    for i, p in enumerate(configs)]
-        rows = _gather(futures, progress)
+        rows = _gather(futures, len(configs) >= 8 if progress is None else progress)
     finally:
         for c in owned:
             c.close()
