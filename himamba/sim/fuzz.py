@@ -9,6 +9,7 @@ shrinks the script to a minimal one that still fails the same way (delta debuggi
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import time
@@ -67,6 +68,10 @@ def default_config(page_size: int = 1, write_policy: str = "write_through", lega
 
 def make_cache(script: dict):
     """Build the cache a script names."""
+    known = {f.name for f in dataclasses.fields(CacheConfig)}
+    unknown = sorted(set(script["config"]) - known)
+    if unknown:
+        raise InvalidInputError(f"script config has unknown field(s) {unknown}; known: {sorted(known)}")
     cfg = CacheConfig(**{**script["config"], "legacy": frozenset(script["config"].get("legacy", ()))})
     if script.get("cache", "tiered") == "device":
         return MambaRadixCache(cfg)
@@ -88,8 +93,9 @@ def generate_ops(seed: int, n: int, page_size: int = 1, vocab: int = 40) -> list
                "evict_mamba": 2, "evict_host": 2, "evict_mamba_host": 2, "ack": 4, "events": 4,
                "load": 3, "pin": 1, "unpin": 1, "prefetch": 1, "prefetch_done": 1}
     kinds, w = zip(*weights.items(), strict=True)
-    ops = []
-    for i in range(n):
+    ops: list[dict] = []
+    while len(ops) < n:
+        i = len(ops)
         kind = rng.choices(kinds, w)[0]
         if kind in ("request", "chunked"):
             base = rng.choice(seqs) if seqs and rng.random() < 0.6 else rng.choice(prompts)

@@ -1,0 +1,138 @@
+"""The ``himamba`` command line, and the bad files and arguments it must refuse in one line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from himamba.cli import main
+from himamba.sim.fuzz import make_script
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.mark.parametrize("command", ["demo", "fuzz", "replay", "bench"])
+def test_every_command_has_help(capsys, command: str) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main([command, "--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    assert text.startswith("usage: himamba " + command) and len(text.splitlines()) > 4
+
+
+def test_demo_writes_one_svg_per_step_and_a_page(capsys, tmp_path: Path) -> None:
+    code, out, _ = run(capsys, "demo", str(tmp_path / "b1"))
+    assert code == 0
+    svgs = sorted((tmp_path / "b1").glob("*.svg"))
+    page = (tmp_path / "b1" / "index.html").read_text()
+    assert any(p.name.startswith("legacy_") for p in svgs) and any(p.name.startswith("fixed_") for p in svgs)
+    assert page.count("<img") == len(svgs)
+    assert "parent does not have child key" in page and "host pin" in page
+    assert "B1 switch on (old code)" in out and "ended cleanly" in out
+
+
+def test_fuzz_clean_run_exits_0(capsys) -> None:
+    code, out, _ = run(capsys, "fuzz", "--ops", "300", "--seed", "3", "--no-progress")
+    assert code == 0 and "clean" in out and "300 operations" in out
+
+
+def test_fuzz_finds_b3_shrinks_it_and_replay_reproduces_it(capsys, tmp_path: Path) -> None:
+    script = tmp_path / "b3.json"
+    code, out, _ = run(capsys, "fuzz", "--legacy", "B3", "--ops", "3000", "--no-progress", "--out", str(script))
+    assert code == 1 and "FAILED" in out and "I9" in out
+    saved = json.loads(script.read_text())
+    assert 1 <= len(saved["ops"]) <= 12 and saved["config"]["legacy"] == ["B3"]
+    code, out, _ = run(capsys, "replay", str(script), "--svg", str(tmp_path / "svg"))
+    assert code == 1 and "I9" in out
+    assert len(list((tmp_path / "svg").glob("step_*.svg"))) == out.count("\n[")+ (1 if out.startswith("[") else 0)
+
+
+def test_replay_of_a_clean_script_exits_0(capsys, tmp_path: Path) -> None:
+    path = tmp_path / "clean.json"
+    path.write_text(json.dumps(make_script(1, 40)))
+    code, out, _ = run(capsys, "replay", str(path))
+    assert code == 0 and "replayed 40 operations: clean" in out
+
+
+def test_bench_replay_runs_on_a_tiny_trace(capsys, tmp_path: Path) -> None:
+    trace = tmp_path / "t.jsonl"
+    trace.write_text("\n".join(json.dumps({"prompt_len": 3, "tokens": [1, 2, 3, i, i + 1]}) for i in range(5, 25)))
+    code, out, _ = run(capsys, "bench", "replay", "--trace", str(trace), "--repeat", "1")
+    assert code == 0
+    figures = json.loads(out.strip().splitlines()[-1])
+    assert figures["requests"] == 20 and figures["accounting_ok"] is True
+
+
+# -- bad input: one clear line, exit status 2 ------------------------------------------------------
+def _script(**changes) -> dict:
+    script = make_script(0, 5)
+    script.update(changes)
+    return script
+
+
+BAD_SCRIPTS = {
+    "not json": "{ops: [",
+    "json list": "[1, 2, 3]",
+    "unknown cache": json.dumps(_script(cache="gpu-cache")),
+    "no config": json.dumps({k: v for k, v in _script().items() if k != "config"}),
+    "ops not a list": json.dumps(_script(ops={"op": "match"})),
+    "unknown operation": json.dumps(_script(ops=[{"op": "teleport"}])),
+    "tokens not ints": json.dumps(_script(ops=[{"op": "request", "tokens": [1, "two", 3]}])),
+    "float tokens": json.dumps(_script(ops=[{"op": "match", "tokens": [1.5]}])),
+    "negative evict": json.dumps(_script(ops=[{"op": "evict", "n": -4}])),
+    "unknown legacy": json.dumps(_script(config={**_script()["config"], "legacy": ["B42"]})),
+    "capacity below a page": json.dumps(_script(config={**_script()["config"], "page_size": 4, "device_kv_tokens": 2})),
+    "bad write policy": json.dumps(_script(config={**_script()["config"], "write_policy": "write_sideways"})),
+    "unknown config field": json.dumps(_script(config={**_script()["config"], "gpu_count": 8})),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_SCRIPTS))
+def test_bad_replay_scripts_give_one_clear_line(capsys, tmp_path: Path, name: str) -> None:
+    path = tmp_path / "bad.json"
+    path.write_text(BAD_SCRIPTS[name])
+    code, out, err = run(capsys, "replay", str(path))
+    assert code == 2 and out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("himamba: error: "), err
+
+
+BAD_ARGS = {
+    "missing script": ["replay", "/nonexistent/script.json"],
+    "zero ops": ["fuzz", "--ops", "0"],
+    "unknown legacy": ["fuzz", "--legacy", "B99", "--ops", "10"],
+    "bad page size": ["fuzz", "--page-size", "0", "--ops", "10"],
+    "bad policy": ["fuzz", "--policy", "write_sideways", "--ops", "10", "--no-progress"],
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_ARGS))
+def test_bad_arguments_give_one_clear_line(capsys, name: str) -> None:
+    code, out, err = run(capsys, *BAD_ARGS[name])
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("himamba: error: "), err
+
+
+BAD_TRACES = {
+    "non-integer tokens": '{"prompt_len": 2, "tokens": [1, "x", 3]}',
+    "float tokens": '{"prompt_len": 2, "tokens": [1, 2.5, 3]}',
+    "prompt longer than tokens": '{"prompt_len": 9, "tokens": [1, 2, 3]}',
+    "missing field": '{"tokens": [1, 2, 3]}',
+    "not json": "prompt_len=3 tokens=1,2,3",
+    "empty file": "",
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_TRACES))
+def test_bad_trace_files_give_one_clear_line(capsys, tmp_path: Path, name: str) -> None:
+    trace = tmp_path / "bad.jsonl"
+    trace.write_text(BAD_TRACES[name])
+    code, out, err = run(capsys, "bench", "replay", "--trace", str(trace), "--repeat", "1")
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "bad.jsonl" in lines[0], err
