@@ -25,7 +25,7 @@ from himamba.errors import (
 from himamba.memory.model import ModelSpec
 from himamba.observe.events import Event, EventKind
 from himamba.observe.recorder import Recorder, Step
-from himamba.observe.snapshot import Snapshot
+from himamba.observe.snapshot import Snapshot, diff, take
 from himamba.sim.ops import serve
 from himamba.viz import (
     Stepper,
@@ -65,11 +65,13 @@ __all__ = [
     "check_integrity",
     "check_invariants",
     "counters_table",
+    "diff",
     "diff_table",
     "lru_table",
     "node_table",
     "render",
     "serve",
+    "take",
     "to_svg",
     "__version__",
 ]

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from himamba.cache.config import CacheConfig
-from himamba.core.key import RadixKey
+from himamba.core.key import RadixKey, as_key
 from himamba.core.lru import LRUList
 from himamba.core.node import TreeNode
 from himamba.errors import CacheAssertionError, InvalidInputError, LockError
@@ -121,6 +121,19 @@ class TreeBase(Displayable):
             if node.id == node_id:
                 return node
         raise KeyError(f"no node #{node_id} in the tree")
+
+    def node_at(self, tokens) -> TreeNode | None:
+        """The node whose edge ends exactly after ``tokens`` (a list or RadixKey), or ``None``.
+
+        A pure lookup: no split, no LRU refresh, no retiming (unlike ``match_prefix``)."""
+        key = as_key(tokens)
+        node, ps = self.root_node, self.page_size
+        while len(key):
+            child = node.children.get(key.child_key(ps)) if len(key) >= ps else None
+            if child is None or len(child.key) > len(key) or child.key.match(key, ps) != len(child.key):
+                return None
+            node, key = child, key[len(child.key):]
+        return node
 
     def path_tokens(self, node: TreeNode) -> list[int]:
         """All tokens from the root down to the end of ``node``."""

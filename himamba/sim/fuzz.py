@@ -60,8 +60,8 @@ def default_config(page_size: int = 1, write_policy: str = "write_through", lega
                    storage: bool = True) -> dict:
     """Small pools, so that every kind of eviction happens often."""
     return {
-        "device": "cpu", "page_size": page_size, "device_kv_tokens": 48 * page_size,
-        "host_kv_tokens": 96 * page_size, "device_mamba_slots": 6, "host_mamba_slots": 10,
+        "device": "cpu", "page_size": page_size, "device_kv_tokens": 32 * page_size,
+        "host_kv_tokens": 40 * page_size, "device_mamba_slots": 4, "host_mamba_slots": 6,
         "write_policy": write_policy, "legacy": sorted(legacy), "enable_storage": storage,
     }
 
@@ -99,6 +99,8 @@ def generate_ops(seed: int, n: int, page_size: int = 1, vocab: int = 40) -> list
         kind = rng.choices(kinds, w)[0]
         if kind in ("request", "chunked"):
             base = rng.choice(seqs) if seqs and rng.random() < 0.6 else rng.choice(prompts)
+            if len(base) > 16 * ps:  # keep requests well inside the small pools
+                base = rng.choice(prompts)
             tokens = base + block(rng.randint(0 if kind == "request" else 2, 3))
             if not tokens:
                 tokens = block(1)

@@ -123,7 +123,7 @@ def legend_label() -> str:
     rows += [
         f"<TR>{cell('<B>LOCK</B> red border: fl&gt;0 or ml&gt;0', border='3', color=LOCK_COLOR)}</TR>",
         f"<TR>{cell('<B>PIN</B> purple double border: hr&gt;0 or hmr&gt;0', border='2', color=PIN_COLOR)}</TR>",
-        f"<TR>{cell('orange header: changed by this step', bgcolor=HIGHLIGHT, border='1')}</TR>",
+        f"<TR>{cell('orange header: highlighted (changed by this step)', bgcolor=HIGHLIGHT, border='1')}</TR>",
         f"<TR>{cell('dashed grey: deleted by this step (ghost)', border='1', color=GHOST, style='dashed')}</TR>",
         f"<TR>{cell('… N more nodes: collapsed subtrees', bgcolor=COLLAPSED_FILL, border='1')}</TR>",
         "<TR><TD>#id [key] tokens · KV tier D/H · state tier d/h (- none)</TD></TR>",
