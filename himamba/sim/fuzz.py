@@ -57,11 +57,14 @@ class FuzzReport:
 
 # -- scripts ----------------------------------------------------------------------------------------
 def default_config(page_size: int = 1, write_policy: str = "write_through", legacy: Iterable[str] = (),
-                   storage: bool = True) -> dict:
-    """Small pools, so that every kind of eviction happens often."""
+                   storage: bool = True, seed: int = 0) -> dict:
+    """Small pools, so that every kind of eviction happens often. The host tier's size varies
+    with the seed (from half the device's to twice it): a small host makes backups fail."""
+    rng = random.Random(f"pools-{seed}")
     return {
         "device": "cpu", "page_size": page_size, "device_kv_tokens": 32 * page_size,
-        "host_kv_tokens": 40 * page_size, "device_mamba_slots": 4, "host_mamba_slots": 6,
+        "host_kv_tokens": rng.choice((16, 24, 40, 64)) * page_size, "device_mamba_slots": 4,
+        "host_mamba_slots": rng.choice((4, 6, 10)),
         "write_policy": write_policy, "legacy": sorted(legacy), "enable_storage": storage,
     }
 
@@ -140,7 +143,7 @@ def make_script(seed: int, n: int, *, page_size: int = 1, write_policy: str = "w
                 storage: bool = True) -> dict:
     return {
         "cache": cache, "manual_acks": manual_acks, "seed": seed,
-        "config": default_config(page_size, write_policy, legacy, storage and cache == "tiered"),
+        "config": default_config(page_size, write_policy, legacy, storage and cache == "tiered", seed),
         "ops": generate_ops(seed, n, page_size),
     }
 
