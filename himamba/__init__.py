@@ -26,6 +26,7 @@ from himamba.memory.model import ModelSpec
 from himamba.observe.events import Event, EventKind
 from himamba.observe.recorder import Recorder, Step
 from himamba.observe.snapshot import Snapshot, diff, take
+from himamba.sim.engine import Engine
 from himamba.sim.ops import serve
 from himamba.viz import (
     Stepper,
@@ -43,6 +44,7 @@ __all__ = [
     "LEGACY_BUGS",
     "CacheAssertionError",
     "CacheConfig",
+    "Engine",
     "Event",
     "EventKind",
     "HiMambaError",

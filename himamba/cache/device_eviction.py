@@ -35,21 +35,26 @@ class DeviceEvictionMixin(TreeBase):
         """
         if not isinstance(num_tokens, int) or num_tokens < 0:
             raise InvalidInputError(f"evict(num_tokens) needs a non-negative int, got {num_tokens!r}")
-        leaves = self.evictable_full_device_leaves
+        return self._evict_leaves_by_time(self.evictable_full_device_leaves, self._evict_device_leaf, num_tokens)
+
+    def _evict_leaves_by_time(self, leaves: set[TreeNode], evict_one, budget: int) -> int:
+        """The eviction loop shared by ``evict`` and ``evict_host``: pop the oldest leaf of
+        ``leaves`` (skipping stale heap entries), ``evict_one`` it, and queue the deepest
+        surviving ancestor if it became a leaf; stop once the counts reach ``budget``."""
         heap = [(n.last_access_time, n.id, n) for n in leaves]
         heapq.heapify(heap)
-        freed = 0
-        while freed < num_tokens and heap:
+        counted = 0
+        while counted < budget and heap:
             _, _, x = heapq.heappop(heap)
             if x not in leaves:
                 if self.events.active:
                     self.events.emit(EventKind.CASCADE, f"skip stale heap entry #{x.id} (no longer an evictable leaf)", (x.id,))
                 continue
-            tokens, survivor = self._evict_device_leaf(x)
-            freed += tokens
+            n, survivor = evict_one(x)
+            counted += n
             if survivor in leaves:
                 heapq.heappush(heap, (survivor.last_access_time, survivor.id, survivor))
-        return freed
+        return counted
 
     def _evict_device_leaf(self, node: TreeNode) -> tuple[int, TreeNode]:
         """Remove one evictable device leaf. Returns (device tokens freed, the deepest surviving

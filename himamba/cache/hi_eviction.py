@@ -13,8 +13,6 @@ childless tombstone as a leaf that ordinary eviction removes later (SGLang's uni
 
 from __future__ import annotations
 
-import heapq
-
 from himamba.cache.device_eviction import DeviceEvictionMixin
 from himamba.cache.hi_base import HiTreeBase
 from himamba.core.key import preview
@@ -125,18 +123,7 @@ class HiEvictionMixin(DeviceEvictionMixin, HiTreeBase):
         if not isinstance(num_tokens, int) or num_tokens < 0:
             raise InvalidInputError(f"evict_host(num_tokens) needs a non-negative int, got {num_tokens!r}")
         before = self.host_kv_pool.available_size()
-        leaves = self.evictable_full_host_leaves
-        heap = [(n.last_access_time, n.id, n) for n in leaves]
-        heapq.heapify(heap)
-        counted = 0
-        while counted < num_tokens and heap:
-            _, _, x = heapq.heappop(heap)
-            if x not in leaves:
-                continue
-            n, survivor = self._evict_host_leaf(x)
-            counted += n
-            if survivor in leaves:
-                heapq.heappush(heap, (survivor.last_access_time, survivor.id, survivor))
+        self._evict_leaves_by_time(self.evictable_full_host_leaves, self._evict_host_leaf, num_tokens)
         return self.host_kv_pool.available_size() - before
 
     def _evict_host_leaf(self, node: TreeNode) -> tuple[int, TreeNode]:

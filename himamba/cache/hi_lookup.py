@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 
 from himamba.cache.hi_base import HiTreeBase
-from himamba.cache.lookup import ANCESTOR_TIME_STEP, LookupMixin
+from himamba.cache.lookup import LookupMixin
 from himamba.cache.results import MatchResult, Request
 from himamba.core.key import RadixKey, as_key, preview
 from himamba.core.node import TreeNode
@@ -66,10 +66,11 @@ class HiLookupMixin(LookupMixin, HiTreeBase):
         if len(segs) > best_len:
             chunk = self.config.mamba_cache_chunk_size
             branching = (sum(len(s) for s in segs) // chunk) * chunk or None
-        last_device, host_hit = best, 0
-        while last_device is not root and last_device.value is None:
-            host_hit += len(last_device.host_value)
-            last_device = last_device.parent
+        last_device = self._deepest_on_device(best)
+        host_hit, x = 0, best
+        while x is not last_device:
+            host_hit += len(x.host_value)
+            x = x.parent
         last_host = best
         while last_host is not root and last_host.host_value is None:
             last_host = last_host.parent
@@ -78,24 +79,6 @@ class HiLookupMixin(LookupMixin, HiTreeBase):
         if cow_mamba and req is not None and best.mamba_value is not None:
             self._copy_state_to_request(best, req)
         return MatchResult(indices, last_device, last_host, last_host, max(host_hit, state_only), branching)
-
-    def _touch_match(self, best: TreeNode) -> None:
-        root = self.root_node
-        if best is root:
-            return
-        on_device = best
-        while on_device is not root and on_device.value is None:
-            on_device = on_device.parent
-        self.full_lru_list.reset_node_and_parents_mru(on_device, root)
-        self.mamba_lru_list.reset_node_and_parents_mru(best, root)
-        t = self.tick()
-        x, k = best, 0
-        while x is not root:
-            x.last_access_time = t - k * ANCESTOR_TIME_STEP
-            x = x.parent
-            k += 1
-        if self.events.active:
-            self.events.emit(EventKind.LRU_REFRESH, f"match refreshes #{best.id} and its {k - 1} ancestor(s)", (best.id,))
 
     # -- split ---------------------------------------------------------------------------------
     def _after_split(self, upper: TreeNode, child: TreeNode) -> None:

@@ -77,7 +77,7 @@ class LookupMixin(TreeBase):
         root = self.root_node
         if best is root:
             return
-        self.full_lru_list.reset_node_and_parents_mru(best, root)
+        self.full_lru_list.reset_node_and_parents_mru(self._deepest_on_device(best), root)
         self.mamba_lru_list.reset_node_and_parents_mru(best, root)
         t = self.tick()
         x, k = best, 0
@@ -87,6 +87,12 @@ class LookupMixin(TreeBase):
             k += 1
         if self.events.active:
             self.events.emit(EventKind.LRU_REFRESH, f"match refreshes #{best.id} and its {k - 1} ancestor(s)", (best.id,))
+
+    def _deepest_on_device(self, node: TreeNode) -> TreeNode:
+        """``node`` or its nearest ancestor whose KV is on device (the root at worst)."""
+        while node is not self.root_node and node.value is None:
+            node = node.parent
+        return node
 
     def _copy_state_to_request(self, best: TreeNode, req: Request) -> None:
         if req.mamba_pool_idx is None:

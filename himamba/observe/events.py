@@ -12,6 +12,7 @@ inside it), so a recorder can group steps by the public call that caused them.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -133,6 +134,11 @@ def _describe_result(result: Any) -> str:
 
 
 def _short(value: Any) -> str:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        fields = ", ".join(f"{f.name}={_short(getattr(value, f.name))}" for f in dataclasses.fields(value))
+        return f"{type(value).__name__}({fields})"
+    if isinstance(value, tuple):
+        return "(" + ", ".join(_short(v) for v in value) + ")"
     node_id = getattr(value, "id", None)
     if node_id is not None and hasattr(value, "children"):
         return f"node #{node_id}"
