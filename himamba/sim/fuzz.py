@@ -81,9 +81,24 @@ def make_cache(script: dict):
     return HiMambaRadixCache(cfg, manual_acks=script.get("manual_acks", False))
 
 
-def generate_ops(seed: int, n: int, page_size: int = 1, vocab: int = 40) -> list[dict]:
+# Settings that make one legacy bug reachable quickly (the bug's trigger needs them): a host tier
+# smaller than the device (B4: backups fail), the selective policy (B6: device nodes stay
+# un-backed-up under prefetches), write-back (B7), and for B8 write-back with many locks on exact
+# nodes and many evictions (a locked tombstone must lose its children, then adopt a state).
+TARGET_PROFILES: dict[str, dict] = {
+    "B4": {"config": {"host_kv_tokens": 16}},
+    "B6": {"config": {"write_policy": "write_through_selective"}},
+    "B7": {"config": {"write_policy": "write_back"}},
+    "B8": {"config": {"write_policy": "write_back"},
+           "weights": {"lock": 8, "unlock": 1, "evict_mamba": 6, "evict": 5, "evict_host": 5, "load": 0}},
+}
+
+
+def generate_ops(seed: int, n: int, page_size: int = 1, vocab: int = 40,
+                 weights: dict[str, int] | None = None) -> list[dict]:
     """``n`` random operations over sequences with shared prefixes (a few system prompts,
-    multi-turn growth, short random branches)."""
+    multi-turn growth, short random branches). ``weights`` overrides how often each kind is
+    drawn."""
     rng = random.Random(seed)
     ps = page_size
 
@@ -92,9 +107,11 @@ def generate_ops(seed: int, n: int, page_size: int = 1, vocab: int = 40) -> list
 
     prompts = [block(rng.randint(1, 3)) for _ in range(4)]
     seqs: list[list[int]] = []
+    overrides = weights
     weights = {"request": 10, "chunked": 2, "match": 4, "lock": 3, "unlock": 3, "evict": 3,
                "evict_mamba": 2, "evict_host": 2, "evict_mamba_host": 2, "ack": 4, "events": 4,
                "load": 3, "pin": 1, "unpin": 1, "prefetch": 1, "prefetch_done": 1}
+    weights.update(overrides or {})
     kinds, w = zip(*weights.items(), strict=True)
     ops: list[dict] = []
     while len(ops) < n:
@@ -121,6 +138,8 @@ def generate_ops(seed: int, n: int, page_size: int = 1, vocab: int = 40) -> list
                 op["quota"] = rng.choice([None, 4, 64])
             if kind == "pin":
                 op["mamba"] = rng.random() < 0.5
+            if kind == "lock":
+                op["exact"] = rng.random() < 0.5
         elif kind in ("unlock", "unpin", "ack"):
             op = {"op": kind, "k": rng.randrange(1 << 16)}
         elif kind in ("evict", "evict_host"):
@@ -138,13 +157,21 @@ def generate_ops(seed: int, n: int, page_size: int = 1, vocab: int = 40) -> list
     return ops
 
 
-def make_script(seed: int, n: int, *, page_size: int = 1, write_policy: str = "write_through",
+def make_script(seed: int, n: int, *, page_size: int = 1, write_policy: str | None = None,
                 legacy: Iterable[str] = (), manual_acks: bool = True, cache: str = "tiered",
-                storage: bool = True) -> dict:
+                storage: bool = True, profile: bool = True) -> dict:
+    """A random script. With ``profile``, a single legacy switch brings its
+    :data:`TARGET_PROFILES` settings (an explicit ``write_policy`` still wins)."""
+    legacy = sorted(legacy)
+    prof = TARGET_PROFILES.get(legacy[0], {}) if profile and len(legacy) == 1 else {}
+    config = default_config(page_size, write_policy or "write_through", legacy, storage and cache == "tiered", seed)
+    for key, value in prof.get("config", {}).items():
+        if key == "write_policy" and write_policy is not None:
+            continue
+        config[key] = value * page_size if key.endswith("_tokens") else value
     return {
-        "cache": cache, "manual_acks": manual_acks, "seed": seed,
-        "config": default_config(page_size, write_policy, legacy, storage and cache == "tiered", seed),
-        "ops": generate_ops(seed, n, page_size),
+        "cache": cache, "manual_acks": manual_acks, "seed": seed, "config": config,
+        "ops": generate_ops(seed, n, page_size, weights=prof.get("weights")),
     }
 
 
@@ -314,7 +341,7 @@ def _simplify(ops: list[dict], fails: Callable[[list[dict]], bool], budget: Call
     return ops
 
 
-def fuzz(seed: int = 0, ops: int = 10_000, *, page_size: int = 1, write_policy: str = "write_through",
+def fuzz(seed: int = 0, ops: int = 10_000, *, page_size: int = 1, write_policy: str | None = None,
          legacy: Iterable[str] = (), manual_acks: bool = True, cache: str = "tiered",
          integrity_every: int = 1, do_shrink: bool = True, count_events: bool = False,
          progress: Callable[[int], None] | None = None) -> FuzzReport:

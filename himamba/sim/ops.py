@@ -147,7 +147,8 @@ def apply(cache, state: DriverState, op: dict) -> None:
     elif kind == "match":
         cache.match_prefix(op["tokens"])
     elif kind == "lock":
-        node = cache.match_prefix(op["tokens"]).last_device_node
+        exact = cache.node_at(op["tokens"]) if op.get("exact") else None
+        node = exact if exact is not None and exact.value is not None else cache.match_prefix(op["tokens"]).last_device_node
         cache.inc_lock_ref(node)
         state.locks.append(node)
     elif kind == "unlock":
