@@ -50,7 +50,8 @@ def test_fuzz_finds_b3_shrinks_it_and_replay_reproduces_it(capsys, tmp_path: Pat
     assert 1 <= len(saved["ops"]) <= 12 and saved["config"]["legacy"] == ["B3"]
     code, out, _ = run(capsys, "replay", str(script), "--svg", str(tmp_path / "svg"))
     assert code == 1 and "I9" in out
-    assert len(list((tmp_path / "svg").glob("step_*.svg"))) == out.count("\n[")+ (1 if out.startswith("[") else 0)
+    steps = [line for line in out.splitlines() if line.startswith("[")]
+    assert steps and len(list((tmp_path / "svg").glob("step_*.svg"))) == len(steps)
 
 
 def test_replay_of_a_clean_script_exits_0(capsys, tmp_path: Path) -> None:

@@ -81,16 +81,18 @@ def make_cache(script: dict):
     return HiMambaRadixCache(cfg, manual_acks=script.get("manual_acks", False))
 
 
-# Settings that make one legacy bug reachable quickly (the bug's trigger needs them): a host tier
-# smaller than the device (B4: backups fail), the selective policy (B6: device nodes stay
-# un-backed-up under prefetches), write-back (B7), and for B8 write-back with many locks on exact
-# nodes and many evictions (a locked tombstone must lose its children, then adopt a state).
+# Settings that make one legacy bug reachable quickly (the bug's trigger needs them): tiny pools
+# (B1: pins, evictions and host pressure meet early), a host tier smaller than the device (B4:
+# backups fail), the selective policy (B6: device nodes stay
+# un-backed-up under prefetches), write-back (B7), and for B8 few state slots, many locks and many
+# evictions (a locked stateless node must lose its children, then adopt a state).
 TARGET_PROFILES: dict[str, dict] = {
+    "B1": {"config": {"device_kv_tokens": 16, "host_kv_tokens": 16, "device_mamba_slots": 3}},
     "B4": {"config": {"host_kv_tokens": 16}},
     "B6": {"config": {"write_policy": "write_through_selective"}},
     "B7": {"config": {"write_policy": "write_back"}},
-    "B8": {"config": {"write_policy": "write_back"},
-           "weights": {"lock": 8, "unlock": 1, "evict_mamba": 6, "evict": 5, "evict_host": 5, "load": 0}},
+    "B8": {"config": {"device_mamba_slots": 3, "device_kv_tokens": 24},
+           "weights": {"lock": 5, "unlock": 5, "evict_mamba": 8, "evict": 6, "evict_host": 4, "ack": 1, "events": 2}},
 }
 
 
@@ -131,7 +133,8 @@ def generate_ops(seed: int, n: int, page_size: int = 1, vocab: int = 40,
         elif kind in ("match", "lock", "load", "pin"):
             if not seqs:
                 continue
-            t = rng.choice(seqs)
+            # locks also go to shared prompts, which end at split nodes that hold no state
+            t = rng.choice(prompts) if kind == "lock" and rng.random() < 0.3 else rng.choice(seqs)
             cut = len(t) if kind != "match" else rng.randint(1, len(t))
             op = {"op": kind, "tokens": t[:cut]}
             if kind == "load":
