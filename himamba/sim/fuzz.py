@@ -84,15 +84,17 @@ def make_cache(script: dict):
 # Settings that make one legacy bug reachable quickly (the bug's trigger needs them): tiny pools
 # (B1: pins, evictions and host pressure meet early), a host tier smaller than the device (B4:
 # backups fail), the selective policy (B6: device nodes stay
-# un-backed-up under prefetches), write-back (B7), and for B8 few state slots, many locks and many
-# evictions (a locked stateless node must lose its children, then adopt a state).
+# un-backed-up under prefetches), write-back (B7), and for B8 the selective policy (a split node's
+# backup locks it while it has no state), two state slots, rare acks and many evictions (the locked
+# node must lose its children, then adopt a state).
 TARGET_PROFILES: dict[str, dict] = {
     "B1": {"config": {"device_kv_tokens": 16, "host_kv_tokens": 16, "device_mamba_slots": 3}},
     "B4": {"config": {"host_kv_tokens": 16}},
     "B6": {"config": {"write_policy": "write_through_selective"}},
     "B7": {"config": {"write_policy": "write_back"}},
-    "B8": {"config": {"device_mamba_slots": 3, "device_kv_tokens": 24},
-           "weights": {"lock": 5, "unlock": 5, "evict_mamba": 8, "evict": 6, "evict_host": 4, "ack": 1, "events": 2}},
+    "B8": {"config": {"device_mamba_slots": 2, "device_kv_tokens": 24, "write_policy": "write_through_selective"},
+           "weights": {"lock": 5, "unlock": 4, "evict_mamba": 10, "evict": 6, "evict_host": 4, "ack": 1,
+                       "events": 1, "load": 1}},
 }
 
 
