@@ -39,7 +39,7 @@ class DriverState:
 def serve(cache, tokens: list[int] | RadixKey) -> InsertResult | None:
     """Serve one request the way a scheduler would, with real KV and state content.
 
-    match_prefix -> (tiered: load back a host hit) -> lock -> allocate KV for the new tokens
+    match_prefix -> lock -> (tiered: load back a host hit, moving the lock to it) -> allocate KV for the new tokens
     and one state slot (evicting on shortage) -> fill them -> insert -> free the state slot if
     the tree already had one -> unlock. Returns the insert's result, or ``None`` when memory
     could not be found (nothing changes then but evictions). Acks are left to the caller.
@@ -47,13 +47,18 @@ def serve(cache, tokens: list[int] | RadixKey) -> InsertResult | None:
     tokens = list(tokens.token_ids if isinstance(tokens, RadixKey) else tokens)
     m = cache.match_prefix(tokens)
     prefix, node = m.device_indices, m.last_device_node
+    # Lock the matched device prefix first: the load-back below may evict to make room, and
+    # best_match_node (upstream: last_host_node) can sit above the deepest matched device node.
+    cache.inc_lock_ref(node)
     if getattr(cache, "tiered", False) and m.host_hit_length > 0:
         loaded, last = cache.init_load_back(m.best_match_node)
         if len(loaded):
-            prefix, node = torch.cat((prefix, loaded)), last
+            prefix = torch.cat((prefix, loaded))
+            cache.inc_lock_ref(last)
+            cache.dec_lock_ref(node)
+            node = last
         cache.ready_to_load_host_cache()
     n = len(prefix)
-    cache.inc_lock_ref(node)
     try:
         need = len(tokens) - n
         if cache.kv_pool.available_size() < need:
