@@ -93,7 +93,7 @@ TARGET_PROFILES: dict[str, dict] = {
     "B6": {"config": {"write_policy": "write_through_selective"}},
     "B7": {"config": {"write_policy": "write_back"}},
     "B8": {"config": {"device_mamba_slots": 2, "device_kv_tokens": 24, "write_policy": "write_through_selective"},
-           "weights": {"lock": 5, "unlock": 4, "evict_mamba": 10, "evict": 6, "evict_host": 4, "ack": 1,
+           "weights": {"lock": 4, "unlock": 6, "evict_mamba": 10, "evict": 6, "evict_host": 4, "ack": 1,
                        "events": 1, "load": 1}},
 }
 
