@@ -114,11 +114,12 @@ def oracle(cache) -> dict[str, int]:
     if cache.tiered:
         pools.update(host_kv=cache.host_kv_pool, host_states=cache.host_mamba_pool)
     for name, pool in pools.items():
-        def free(idx, _free=pool.free, _name=name):
-            if EVICTING_OPS.intersection(stack):
-                counts[_name] += idx.numel()
-            return _free(idx)
-        pool.free = free
+        for method in ("free", "free_owned"):  # checked and unchecked frees alike
+            def free(idx, _free=getattr(pool, method), _name=name):
+                if EVICTING_OPS.intersection(stack):
+                    counts[_name] += idx.numel()
+                return _free(idx)
+            setattr(pool, method, free)
     return counts
 
 

@@ -68,7 +68,7 @@ class DeviceEvictionMixin(TreeBase):
         if node.children:
             raise CacheAssertionError(f"non-leaf, node.id={node.id}")
         n = node.value.shape[0]
-        self.kv_pool.free(node.value)
+        self.kv_pool.free_owned(node.value)
         if node.full_lock_ref == 0:
             self.full_evictable_size_ -= n
         else:
@@ -90,7 +90,7 @@ class DeviceEvictionMixin(TreeBase):
         """Free ``node``'s device state slot (if any), fix the counters, leave the mamba LRU."""
         if node.mamba_value is None:
             return
-        self.mamba_pool.free(node.mamba_value)
+        self.mamba_pool.free_owned(node.mamba_value)
         if node.mamba_lock_ref == 0:
             self.mamba_evictable_size_ -= 1
         else:
@@ -143,7 +143,7 @@ class DeviceEvictionMixin(TreeBase):
         freed = 0
         if node.value is not None:
             freed = node.value.shape[0]
-            self.kv_pool.free(node.value)
+            self.kv_pool.free_owned(node.value)
             self.full_evictable_size_ -= freed
             self.full_lru_list.remove_node(node)
         self.evictable_full_device_leaves.discard(node)
@@ -192,7 +192,7 @@ class DeviceEvictionMixin(TreeBase):
 
     def _tombstone_internal_node(self, node: TreeNode) -> None:
         """Drop the device state of a node that has children; its KV stays."""
-        self.mamba_pool.free(node.mamba_value)
+        self.mamba_pool.free_owned(node.mamba_value)
         self.mamba_lru_list.remove_node(node)
         self.mamba_evictable_size_ -= 1
         node.mamba_value = None

@@ -252,7 +252,7 @@ class LookupMixin(TreeBase):
         p = len(seg_value)
         if prev_prefix_len < total + p:
             dup = seg_value[max(0, prev_prefix_len - total) :]
-            self.kv_pool.free(dup)
+            self.kv_pool.free_owned(dup)  # checked with the whole value
             if self.events.active:
                 self.events.emit(EventKind.DUPLICATE_FREED, f"#{node.id} already cached: freed {len(dup)} duplicate request slot(s)", (node.id,))
         self._inc_hit_count(node, chunked)

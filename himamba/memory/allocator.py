@@ -120,6 +120,16 @@ class SlotAllocator:
         self._released.append(pages.clone())  # never keep the caller's tensor: they may reuse it
         self._available_pages += pages.numel()
 
+    def free_owned(self, indices: torch.Tensor) -> None:
+        """Return slots known to be allocated and named once (the tree's own, or input already
+        checked with :meth:`problem_with`): no validation, so it is cheap."""
+        pages = indices if self.page_size == 1 else indices[:: self.page_size] // self.page_size
+        if pages.numel() == 0:
+            return
+        self._in_use[pages] = 0
+        self._released.append(pages.clone())
+        self._available_pages += pages.numel()
+
     def _pages_of(self, indices: torch.Tensor, check: bool) -> torch.Tensor:
         if type(indices) is not torch.Tensor and not isinstance(indices, torch.Tensor):
             raise PoolError(f"indices must be a tensor of slot ids, got {type(indices).__name__}")

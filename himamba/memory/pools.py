@@ -40,6 +40,10 @@ class _Pool:
         """Return slots; double and foreign frees raise and change nothing."""
         self.allocator.free(indices)
 
+    def free_owned(self, indices: torch.Tensor) -> None:
+        """Return slots the caller knows are allocated and distinct (unchecked, cheap)."""
+        self.allocator.free_owned(indices)
+
     def available_size(self) -> int:
         return self.allocator.available_size()
 

@@ -209,12 +209,12 @@ class TransferController:
     # -- freeing ---------------------------------------------------------------------------------
     def evict_device(self, device_idx: torch.Tensor) -> int:
         """Free device KV slots; returns how many."""
-        self.device_kv.free(device_idx)
+        self.device_kv.free_owned(device_idx)
         return len(device_idx)
 
     def evict_host(self, host_idx: torch.Tensor) -> int:
         """Free host KV slots; returns how many."""
-        self.host_kv.free(host_idx)
+        self.host_kv.free_owned(host_idx)
         return len(host_idx)
 
     # -- acks ------------------------------------------------------------------------------------
