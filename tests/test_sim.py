@@ -115,7 +115,9 @@ def oracle(cache) -> dict[str, int]:
         pools.update(host_kv=cache.host_kv_pool, host_states=cache.host_mamba_pool)
     for name, pool in pools.items():
         for method in ("free", "free_owned"):  # checked and unchecked frees alike
-            def free(idx, _free=getattr(pool, method), _name=name):
+            original = getattr(pool, method)
+
+            def free(idx, _free=original, _name=name):
                 if EVICTING_OPS.intersection(stack):
                     counts[_name] += idx.numel()
                 return _free(idx)
