@@ -291,6 +291,8 @@ def shrink(script: dict, failure: FuzzFailure, max_runs: int = 3000) -> dict:
         before = list(ops)
         ops = _ddmin(ops, fails, lambda: runs < max_runs)
         ops = _simplify(ops, fails, lambda: runs < max_runs, script["config"].get("page_size", 1))
+        if ops == before and len(ops) <= 24:
+            ops = _drop_pairs(ops, fails, lambda: runs < max_runs)
         if ops == before:
             break
     return {**script, "ops": ops}
@@ -310,6 +312,19 @@ def _ddmin(ops: list[dict], fails: Callable[[list[dict]], bool], budget: Callabl
             if size == 1:
                 break
             n = min(len(ops), n * 2)
+    return ops
+
+
+def _drop_pairs(ops: list[dict], fails: Callable[[list[dict]], bool], budget: Callable[[], bool]) -> list[dict]:
+    """Try removing two operations at once (a pair can be needed only together: a lock and its
+    unlock, a pin and its release)."""
+    for i in range(len(ops)):
+        for j in range(i + 1, len(ops)):
+            if not budget():
+                return ops
+            candidate = ops[:i] + ops[i + 1 : j] + ops[j + 1 :]
+            if candidate and fails(candidate):
+                return candidate
     return ops
 
 
