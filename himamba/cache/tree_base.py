@@ -148,10 +148,13 @@ class TreeBase(Displayable):
         if not isinstance(node, TreeNode):
             raise InvalidInputError(f"expected a TreeNode, got {type(node).__name__}")
         ps = self.page_size
+        root = self.root_node
         x = node
-        while x is not self.root_node:
+        while x is not root:
             parent = x.parent
-            if parent is None or parent.children.get(x.key.child_key(ps)) is not x:
+            key = x.key
+            ck = key.token_ids[0] if ps == 1 and key.extra_key is None else key.child_key(ps)
+            if parent is None or parent.children.get(ck) is not x:
                 raise InvalidInputError(f"node #{node.id} is not in this tree (it was deleted or belongs to another cache)")
             x = parent
 
