@@ -153,8 +153,10 @@ class TreeBase(Displayable):
         while x is not root:
             parent = x.parent
             key = x.key
+            if parent is None or not key.token_ids:
+                raise InvalidInputError(f"node #{node.id} is not in this tree (it was deleted or belongs to another cache)")
             ck = key.token_ids[0] if ps == 1 and key.extra_key is None else key.child_key(ps)
-            if parent is None or parent.children.get(ck) is not x:
+            if parent.children.get(ck) is not x:
                 raise InvalidInputError(f"node #{node.id} is not in this tree (it was deleted or belongs to another cache)")
             x = parent
 
