@@ -94,15 +94,17 @@ TARGET_PROFILES: dict[str, dict] = {
     "B7": {"config": {"write_policy": "write_back"}},
     "B8": {"config": {"device_mamba_slots": 2, "device_kv_tokens": 24, "write_policy": "write_through_selective"},
            "weights": {"lock": 4, "unlock": 6, "evict_mamba": 10, "evict": 6, "evict_host": 4, "ack": 1,
-                       "events": 1, "load": 1}},
+                       "events": 1, "load": 1},
+           "shape": {"p_prompt": 0.7, "p_bare": 0.3}},
 }
 
 
 def generate_ops(seed: int, n: int, page_size: int = 1, vocab: int = 40,
-                 weights: dict[str, int] | None = None) -> list[dict]:
+                 weights: dict[str, int] | None = None, p_prompt: float = 0.4, p_bare: float = 0.25) -> list[dict]:
     """``n`` random operations over sequences with shared prefixes (a few system prompts,
     multi-turn growth, short random branches). ``weights`` overrides how often each kind is
-    drawn."""
+    drawn; a request builds on a system prompt with probability ``p_prompt`` (else on an earlier
+    sequence) and repeats its base exactly with probability ``p_bare``."""
     rng = random.Random(seed)
     ps = page_size
 
@@ -122,10 +124,11 @@ def generate_ops(seed: int, n: int, page_size: int = 1, vocab: int = 40,
         i = len(ops)
         kind = rng.choices(kinds, w)[0]
         if kind in ("request", "chunked"):
-            base = rng.choice(seqs) if seqs and rng.random() < 0.6 else rng.choice(prompts)
+            base = rng.choice(seqs) if seqs and rng.random() < 1 - p_prompt else rng.choice(prompts)
             if len(base) > 16 * ps:  # keep requests well inside the small pools
                 base = rng.choice(prompts)
-            tokens = base + block(rng.randint(0 if kind == "request" else 2, 3))
+            extra = 0 if kind == "request" and rng.random() < p_bare else rng.randint(1 if kind == "request" else 2, 3)
+            tokens = base + block(extra)
             if not tokens:
                 tokens = block(1)
             seqs = (seqs + [tokens])[-24:]
@@ -176,7 +179,7 @@ def make_script(seed: int, n: int, *, page_size: int = 1, write_policy: str | No
         config[key] = value * page_size if key.endswith("_tokens") else value
     return {
         "cache": cache, "manual_acks": manual_acks, "seed": seed, "config": config,
-        "ops": generate_ops(seed, n, page_size, weights=prof.get("weights")),
+        "ops": generate_ops(seed, n, page_size, weights=prof.get("weights"), **prof.get("shape", {})),
     }
 
 
