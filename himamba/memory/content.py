@@ -36,14 +36,9 @@ def kv_content(
     """K and V rows, each ``[full_layers, n, kv_heads, head_dim]``, for tokens at positions
     ``start_pos, start_pos + 1, ...``."""
     n = len(token_ids)
-    tok = torch.as_tensor(list(token_ids), dtype=torch.int64, device=device).view(1, n, 1, 1)
-    pos = torch.arange(start_pos, start_pos + n, dtype=torch.int64, device=device).view(1, n, 1, 1)
-    layer = torch.arange(spec.num_full_layers, dtype=torch.int64, device=device).view(-1, 1, 1, 1)
-    elem = torch.arange(spec.kv_heads * spec.head_dim, dtype=torch.int64, device=device).view(
-        1, 1, spec.kv_heads, spec.head_dim
-    )
-    base = (tok * 7 + pos * 13 + layer * 29 + elem * 3) % _MOD
-    return base.to(spec.kv_dtype), ((base + 101) % _MOD).to(spec.kv_dtype)
+    tok = torch.as_tensor(list(token_ids), dtype=torch.int64, device=device)
+    pos = torch.arange(start_pos, start_pos + n, dtype=torch.int64, device=device)
+    return kv_content_at(spec, tok, pos)
 
 
 def kv_content_at(
