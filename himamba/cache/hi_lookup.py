@@ -38,34 +38,11 @@ class HiLookupMixin(LookupMixin, HiTreeBase):
         """
         key = as_key(key)
         root = self.root_node
-        ps = self.page_size
         if len(key) == 0:
             return MatchResult(self._empty_indices, root, root, root)
-        key = key.page_aligned(ps)
-        node, segs, best, best_len = root, [], root, 0
-        while len(key) and (ck := key.child_key(ps)) in node.children:
-            child = node.children[ck]
-            if child.value is None and child.host_value is None:
-                break
-            if node.mamba_value is not None or node.mamba_host_value is not None:
-                best, best_len = node, len(segs)
-            p = child.key.match(key, ps)
-            if p < len(child.key):
-                child = self._split_node(child, p)
-                if child.value is not None:
-                    segs.append(child.value)
-                node = child
-                break
-            if child.value is not None:
-                segs.append(child.value)
-            node, key = child, key[p:]
-        if node.mamba_value is not None or node.mamba_host_value is not None:
-            best, best_len = node, len(segs)
+        segs, best, best_len = self._match_walk(key.page_aligned(self.page_size))
         self._touch_match(best)
-        branching = None
-        if len(segs) > best_len:
-            chunk = self.config.mamba_cache_chunk_size
-            branching = (sum(len(s) for s in segs) // chunk) * chunk or None
+        branching = self._branching_seqlen(segs, best_len)
         last_device = self._deepest_on_device(best)
         host_hit, x = 0, best
         while x is not last_device:

@@ -40,37 +40,51 @@ class LookupMixin(TreeBase):
         """
         key = as_key(key)
         root = self.root_node
-        ps = self.page_size
         if len(key) == 0:
             return MatchResult(self._empty_indices, root, root, root)
-        key = key.page_aligned(ps)
-        node, segs, best, best_len = root, [], root, 0
-        children = root.children
-        while len(key) and (ck := key.child_key(ps)) in children:
-            child = children[ck]
-            if node.mamba_value is not None:
+        segs, best, best_len = self._match_walk(key.page_aligned(self.page_size))
+        self._touch_match(best)
+        indices = torch.cat(segs[:best_len]) if best_len else self._empty_indices
+        if cow_mamba and req is not None and best.mamba_value is not None:
+            self._copy_state_to_request(best, req)
+        return MatchResult(indices, best, best, best, 0, self._branching_seqlen(segs, best_len))
+
+    def _match_walk(self, key: RadixKey) -> tuple[list[torch.Tensor], TreeNode, int]:
+        """Walk ``key`` down the tree (splitting the edge where it ends inside one).
+
+        Returns the device KV segments of the matched nodes on device, the deepest matched node
+        holding a state on some tier (``best``), and how many segments lie above it. The walk
+        stops at a node with KV on no tier (defensive: I3 forbids them)."""
+        ps = self.page_size
+        node = best = self.root_node
+        segs: list[torch.Tensor] = []
+        best_len = 0
+        while len(key) and (ck := key.child_key(ps)) in node.children:
+            child = node.children[ck]
+            if child.value is None and child.host_value is None:
+                break
+            if node.mamba_value is not None or node.mamba_host_value is not None:
                 best, best_len = node, len(segs)
             p = child.key.match(key, ps)
             if p < len(child.key):
                 child = self._split_node(child, p)
-                segs.append(child.value)
+                if child.value is not None:
+                    segs.append(child.value)
                 node = child
                 break
-            segs.append(child.value)
+            if child.value is not None:
+                segs.append(child.value)
             node, key = child, key[p:]
-            children = child.children
-        if node.mamba_value is not None:
+        if node.mamba_value is not None or node.mamba_host_value is not None:
             best, best_len = node, len(segs)
-        self._touch_match(best)
-        indices = torch.cat(segs[:best_len]) if best_len else self._empty_indices
-        branching = None
-        if len(segs) > best_len:
-            total = sum(len(s) for s in segs)
-            chunk = self.config.mamba_cache_chunk_size
-            branching = (total // chunk) * chunk or None
-        if cow_mamba and req is not None and best.mamba_value is not None:
-            self._copy_state_to_request(best, req)
-        return MatchResult(indices, best, best, best, 0, branching)
+        return segs, best, best_len
+
+    def _branching_seqlen(self, segs: list[torch.Tensor], best_len: int) -> int | None:
+        """Where a state checkpoint would make the matched-but-unusable tail reusable."""
+        if len(segs) <= best_len:
+            return None
+        chunk = self.config.mamba_cache_chunk_size
+        return (sum(len(s) for s in segs) // chunk) * chunk or None
 
     def _touch_match(self, best: TreeNode) -> None:
         """LRU refresh and retiming of a match's usable node and its ancestors."""
