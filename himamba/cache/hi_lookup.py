@@ -8,41 +8,26 @@ request's device slots; and each insert-time hit may trigger a write-through bac
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 
 from himamba.cache.hi_base import HiTreeBase
 from himamba.cache.lookup import LookupMixin
-from himamba.cache.results import MatchResult, Request
-from himamba.core.key import RadixKey, as_key, preview
+from himamba.cache.results import MatchResult
+from himamba.core.key import preview
 from himamba.core.node import TreeNode
 from himamba.errors import CacheAssertionError
-from himamba.observe.events import EventKind, operation
+from himamba.observe.events import EventKind
 
 
 class HiLookupMixin(LookupMixin, HiTreeBase):
     """match_prefix, split and insert of the tiered cache."""
 
-    @operation("match_prefix")
-    def match_prefix(
-        self, key: RadixKey | Sequence[int], req: Request | None = None, cow_mamba: bool = False
-    ) -> MatchResult:
-        """Longest usable cached prefix of ``key`` across both tiers.
-
-        ``device_indices`` covers the part on device; ``last_host_node`` is the deepest backed-up
-        node of the usable prefix and ``host_hit_length`` the host tokens above the device part
-        that ``init_load_back`` could restore (1 when only a host state is missing on device).
-        Changes as on the device tree: a split where the match ends, LRU refresh and retiming of
-        the usable node and its ancestors (the full LRU from the deepest on-device one).
-        """
-        key = as_key(key)
+    def _match_result(self, segs: list[torch.Tensor], best: TreeNode, best_len: int) -> MatchResult:
+        """The tiered result: ``device_indices`` covers the part on device; ``last_host_node`` is
+        the deepest backed-up node of the usable prefix (also ``best_match_node``, as upstream)
+        and ``host_hit_length`` the host tokens above the device part that ``init_load_back``
+        could restore (1 when only a host state is missing on device)."""
         root = self.root_node
-        if len(key) == 0:
-            return MatchResult(self._empty_indices, root, root, root)
-        segs, best, best_len = self._match_walk(key.page_aligned(self.page_size))
-        self._touch_match(best)
-        branching = self._branching_seqlen(segs, best_len)
         last_device = self._deepest_on_device(best)
         host_hit, x = 0, best
         while x is not last_device:
@@ -53,9 +38,8 @@ class HiLookupMixin(LookupMixin, HiTreeBase):
             last_host = last_host.parent
         state_only = int(last_host.mamba_host_value is not None and last_host.mamba_value is None)
         indices = torch.cat(segs[:best_len]) if best_len else self._empty_indices
-        if cow_mamba and req is not None and best.mamba_value is not None:
-            self._copy_state_to_request(best, req)
-        return MatchResult(indices, last_device, last_host, last_host, max(host_hit, state_only), branching)
+        return MatchResult(indices, last_device, last_host, last_host, max(host_hit, state_only),
+                           self._branching_seqlen(segs, best_len))
 
     # -- split ---------------------------------------------------------------------------------
     def _after_split(self, upper: TreeNode, child: TreeNode) -> None:

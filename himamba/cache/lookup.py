@@ -30,7 +30,8 @@ class LookupMixin(TreeBase):
     def match_prefix(
         self, key: RadixKey | Sequence[int], req: Request | None = None, cow_mamba: bool = False
     ) -> MatchResult:
-        """Longest usable cached prefix of ``key``.
+        """Longest usable cached prefix of ``key`` (on the tiered cache, across both tiers; see
+        ``_match_result`` there for the host fields).
 
         Changes: may split the edge where the match ends; moves the usable node and its ancestors
         to the MRU end of both LRU lists and retimes them (the k-th ancestor gets ``t - k*1e-5``).
@@ -44,9 +45,14 @@ class LookupMixin(TreeBase):
             return MatchResult(self._empty_indices, root, root, root)
         segs, best, best_len = self._match_walk(key.page_aligned(self.page_size))
         self._touch_match(best)
-        indices = torch.cat(segs[:best_len]) if best_len else self._empty_indices
+        result = self._match_result(segs, best, best_len)
         if cow_mamba and req is not None and best.mamba_value is not None:
             self._copy_state_to_request(best, req)
+        return result
+
+    def _match_result(self, segs: list[torch.Tensor], best: TreeNode, best_len: int) -> MatchResult:
+        """The device tree's result: the usable prefix ends at ``best`` on every count."""
+        indices = torch.cat(segs[:best_len]) if best_len else self._empty_indices
         return MatchResult(indices, best, best, best, 0, self._branching_seqlen(segs, best_len))
 
     def _match_walk(self, key: RadixKey) -> tuple[list[torch.Tensor], TreeNode, int]:

@@ -60,19 +60,10 @@ def serve(cache, tokens: list[int] | RadixKey) -> InsertResult | None:
         cache.ready_to_load_host_cache()
     n = len(prefix)
     try:
-        need = len(tokens) - n
-        if cache.kv_pool.available_size() < need:
-            cache.evict(need - cache.kv_pool.available_size())
-        if cache.mamba_pool.available_size() < 1:
-            cache.evict_mamba(1)
-        new = cache.kv_pool.alloc(need)
-        if new is None:
+        slots = _alloc_request(cache, tokens, n, states=1)
+        if slots is None:
             return None
-        slot = cache.mamba_pool.alloc(1)
-        if slot is None:
-            cache.kv_pool.free(new)
-            return None
-        write_kv(cache.kv_pool, new, tokens[n:], n)
+        new, slot = slots
         write_state(cache.mamba_pool, slot, tokens)
         result = cache.insert(tokens, torch.cat((prefix, new)), slot, prev_prefix_len=n)
         if result.mamba_exist:
@@ -82,6 +73,25 @@ def serve(cache, tokens: list[int] | RadixKey) -> InsertResult | None:
         cache.dec_lock_ref(node)
 
 
+def _alloc_request(cache, tokens: list[int], n: int, states: int):
+    """KV slots for ``tokens[n:]`` (filled with their content) and one state slot, evicting on
+    shortage (room for ``states`` states); ``None``, with nothing held, when memory is short."""
+    need = len(tokens) - n
+    if cache.kv_pool.available_size() < need:
+        cache.evict(need - cache.kv_pool.available_size())
+    if cache.mamba_pool.available_size() < states:
+        cache.evict_mamba(states)
+    new = cache.kv_pool.alloc(need)
+    if new is None:
+        return None
+    slot = cache.mamba_pool.alloc(1)
+    if slot is None:
+        cache.kv_pool.free(new)
+        return None
+    write_kv(cache.kv_pool, new, tokens[n:], n)
+    return new, slot
+
+
 def _chunked(cache, tokens: list[int], chunk: int) -> None:
     """A chunked prefill: cache_unfinished_req per chunk, then cache_finished_req."""
     ps = cache.page_size
@@ -89,21 +99,11 @@ def _chunked(cache, tokens: list[int], chunk: int) -> None:
     m = cache.match_prefix(tokens)
     n = len(m.device_indices)
     cache.inc_lock_ref(m.last_device_node)
-    need = len(tokens) - n
-    if cache.kv_pool.available_size() < need:
-        cache.evict(need - cache.kv_pool.available_size())
-    if cache.mamba_pool.available_size() < 2:
-        cache.evict_mamba(2)
-    new = cache.kv_pool.alloc(need)
-    slot = cache.mamba_pool.alloc(1)
-    if new is None or slot is None:
-        if new is not None:
-            cache.kv_pool.free(new)
-        if slot is not None:
-            cache.mamba_pool.free(slot)
+    slots = _alloc_request(cache, tokens, n, states=2)
+    if slots is None:
         cache.dec_lock_ref(m.last_device_node)
         return
-    write_kv(cache.kv_pool, new, tokens[n:], n)
+    new, slot = slots
     req = Request(list(tokens), torch.cat((m.device_indices, new)), slot, last_node=m.last_device_node,
                   cache_protected_len=n)
     track = cache.config.extra_buffer
