@@ -9,16 +9,24 @@ membership (and the lists' own links), I8 the evictable-leaf set, I9 LRU order e
 order, I10 size counters, I11 lock arithmetic, and POOL: tree-owned slots are allocated, owned
 once, and free + evictable + protected (+ slots held by requests, when given) = capacity.
 The tiered cache adds the host rules (see :mod:`himamba.cache.hi_invariants`).
+
+The check is one pass over the tree (:func:`_scan`) that applies every per-node rule and
+collects what the whole-cache rules need (counter sums, the leaf set it should find, the slots
+the tree owns, how many members each LRU list should have); then one walk per LRU list and one
+vectorised count per pool. The fuzzer runs it after every operation, so it is written for speed:
+the healthy path builds no messages and no per-list dictionaries.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from himamba.core.lru import LRUList
 from himamba.core.node import TreeNode
+
+_INT64 = torch.int64
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +42,27 @@ class Violation:
         return f"{self.invariant}{where}: {self.message}"
 
 
+@dataclass(slots=True)
+class TreeScan:
+    """What one pass over the tree found (see :func:`_scan`)."""
+
+    nodes: list[TreeNode]
+    in_tree: set[TreeNode]
+    device_leaves: set[TreeNode] = field(default_factory=set)
+    host_leaves: set[TreeNode] = field(default_factory=set)
+    kv: list[torch.Tensor] = field(default_factory=list)
+    states: list[torch.Tensor] = field(default_factory=list)
+    host_kv: list[torch.Tensor] = field(default_factory=list)
+    host_states: list[torch.Tensor] = field(default_factory=list)
+    full_evictable: int = 0
+    full_protected: int = 0
+    mamba_evictable: int = 0
+    mamba_protected: int = 0
+    host_lru_members: int = 0
+    host_tokens: int = 0
+    host_state_nodes: int = 0
+
+
 def check_invariants(cache, held_kv: int | None = None, held_states: int | None = None) -> list[Violation]:
     """All violations of the cache's invariants.
 
@@ -42,170 +71,272 @@ def check_invariants(cache, held_kv: int | None = None, held_states: int | None 
     otherwise the tree's slots must only not exceed what the pools handed out.
     """
     out: list[Violation] = []
-    nodes = _walk(cache, out)
-    _check_nodes(cache, nodes, out)
-    _check_lru(cache, cache.full_lru_list, [n for n in nodes if n.value is not None and n is not cache.root_node], out)
-    _check_lru(cache, cache.mamba_lru_list, [n for n in nodes if n.mamba_value is not None], out)
-    _check_leaf_set(cache, nodes, out)
-    _check_counters(cache, nodes, out)
-    _check_pool(out, "device KV", cache.kv_pool, [n.value for n in nodes if n.value is not None and n is not cache.root_node],
-                held_kv, cache.full_evictable_size_ + cache.full_protected_size_)
-    _check_pool(out, "device state", cache.mamba_pool, [n.mamba_value for n in nodes if n.mamba_value is not None],
-                held_states, cache.mamba_evictable_size_ + cache.mamba_protected_size_)
-    if getattr(cache, "tiered", False):
+    root = cache.root_node
+    tiered = getattr(cache, "tiered", False)
+    scan = _scan(cache, tiered, out)
+    _check_lru(cache.full_lru_list, scan, "value", len(scan.kv), out, root=root)
+    _check_lru(cache.mamba_lru_list, scan, "mamba_value", len(scan.states), out)
+    _check_leaf_set(cache.evictable_full_device_leaves, scan.device_leaves, "device", out)
+    _check_counters(cache, scan, out)
+    _check_pool(out, "device KV", cache.kv_pool, scan.kv, held_kv, cache.full_evictable_size_ + cache.full_protected_size_,
+                scan.nodes[1:], "value")
+    _check_pool(out, "device state", cache.mamba_pool, scan.states, held_states,
+                cache.mamba_evictable_size_ + cache.mamba_protected_size_, scan.nodes, "mamba_value")
+    if tiered:
         from himamba.cache.hi_invariants import check_host_invariants
 
-        check_host_invariants(cache, nodes, out)
+        check_host_invariants(cache, scan, out)
     return out
 
 
-def _walk(cache, out: list[Violation]) -> list[TreeNode]:
-    """Nodes reachable from the root (each once); I1 link checks on the way."""
-    ps = cache.page_size
+def _scan(cache, tiered: bool, out: list[Violation]) -> TreeScan:
+    """One depth-first pass from the root. Per node: I1 (links, keys, reached once), I2, I3, I4,
+    I5, I11 and, on the tiered cache, the host rules I3, I6, I11 (pins) and I13. Collects the
+    leaf sets the cache should hold, the counters' sums, and the (well-formed) slot tensors owned
+    on each pool. A child is checked against the parent it was reached from."""
     root = cache.root_node
-    nodes, seen, stack = [], set(), [root]
+    ps = cache.page_size
     if len(root.key) != 0 or root.parent is not None:
         out.append(Violation("I1", root.id, "root must have an empty key and no parent"))
-    while stack:
-        node = stack.pop()
-        if node.id in seen:
-            out.append(Violation("I1", node.id, "node reached twice (cycle or shared child)"))
-            continue
-        seen.add(node.id)
-        nodes.append(node)
-        for ck, child in node.children.items():
-            if child.parent is not node:
-                out.append(Violation("I1", child.id, f"parent link points to #{getattr(child.parent, 'id', None)}, not #{node.id}"))
-            if len(child.key) == 0:
-                out.append(Violation("I1", child.id, "empty key"))
-                continue
-            if len(child.key) % ps:
-                out.append(Violation("I1", child.id, f"key length {len(child.key)} is not a multiple of page size {ps}"))
-            if child.key.child_key(ps) != ck:
-                out.append(Violation("I1", child.id, f"filed under {ck!r} but its child key is {child.key.child_key(ps)!r}"))
-            stack.append(child)
-    return nodes
-
-
-def _check_nodes(cache, nodes: list[TreeNode], out: list[Violation]) -> None:
-    root = cache.root_node
     if root.full_lock_ref != 1 or root.mamba_lock_ref != 1:
         out.append(Violation("I11", root.id, "root must keep full_lock_ref = mamba_lock_ref = 1"))
-    for n in nodes:
-        if n is root:
-            continue
-        k = len(n.key)
-        for name in ("value", "host_value"):
-            v = getattr(n, name)
-            if v is not None and (v.shape != (k,) or v.dtype != torch.int64):
-                out.append(Violation("I2", n.id, f"{name} has shape {tuple(v.shape)} ({v.dtype}) for a {k}-token key"))
-        for name in ("mamba_value", "mamba_host_value"):
-            v = getattr(n, name)
-            if v is not None and v.shape != (1,):
-                out.append(Violation("I2", n.id, f"{name} has shape {tuple(v.shape)}, expected (1,)"))
-        if n.value is None and n.host_value is None:
-            out.append(Violation("I3", n.id, "KV on no tier (evicted and not backed up) but still in the tree"))
-        if n.value is not None and n.parent is not root and n.parent.value is None:
-            out.append(Violation("I4", n.id, f"on device but parent #{n.parent.id} is not"))
-        if n.mamba_value is not None and n.value is None:
-            out.append(Violation("I5", n.id, "device state without device KV"))
-        fl, ml = n.full_lock_ref, n.mamba_lock_ref
-        if fl < 0 or ml < 0:
-            out.append(Violation("I11", n.id, f"negative lock (fl={fl}, ml={ml})"))
-        if ml > fl:
-            out.append(Violation("I11", n.id, f"mamba_lock_ref {ml} > full_lock_ref {fl}"))
-        if ml > 0 and n.mamba_value is None:
-            out.append(Violation("I11", n.id, f"mamba_lock_ref {ml} without a device state"))
-        if n.value is None and fl > 0:
-            out.append(Violation("I11", n.id, f"full_lock_ref {fl} on a node whose KV is not on device"))
-        if n.value is not None and n.parent is not root and n.parent.value is not None and n.parent.full_lock_ref < fl:
-            out.append(Violation("I11", n.id, f"full_lock_ref {fl} exceeds parent #{n.parent.id}'s {n.parent.full_lock_ref}"))
+    nodes = [root]
+    seen = {root}
+    scan = TreeScan(nodes, seen)
+    kv, states, host_kv, host_states = scan.kv, scan.states, scan.host_kv, scan.host_states
+    device_leaves, host_leaves = scan.device_leaves, scan.host_leaves
+    have_device_leaves = cache.evictable_full_device_leaves
+    have_host_leaves = cache.evictable_full_host_leaves if tiered else None
+    legacy_b5 = tiered and cache.config.has_legacy("B5")
+    through = tiered and cache.config.write_policy != "write_back"
+    fe = fp = me = mp = host_lru = host_tokens = host_state_nodes = 0
+    stack = [root]
+    while stack:
+        parent = stack.pop()
+        parent_on_device = parent is root or parent.value is not None
+        for ck, n in parent.children.items():
+            if n in seen:
+                out.append(Violation("I1", n.id, "node reached twice (cycle or shared child)"))
+                continue
+            if n.parent is not parent:
+                out.append(Violation("I1", n.id, f"parent link points to #{getattr(n.parent, 'id', None)}, not #{parent.id}"))
+            key = n.key
+            tokens = key.token_ids
+            k = len(tokens)
+            if k == 0:
+                out.append(Violation("I1", n.id, "empty key"))
+                continue
+            if k % ps:
+                out.append(Violation("I1", n.id, f"key length {k} is not a multiple of page size {ps}"))
+            if (tokens[0] != ck) if (ps == 1 and key.extra_key is None) else (key.child_key(ps) != ck):
+                out.append(Violation("I1", n.id, f"filed under {ck!r} but its child key is {key.child_key(ps)!r}"))
+            seen.add(n)
+            nodes.append(n)
+            children = n.children
+            if children:
+                stack.append(n)
+            v, mv = n.value, n.mamba_value
+            fl, ml = n.full_lock_ref, n.mamba_lock_ref
+            if v is not None:
+                if v.dtype is not _INT64 or v.numel() != k:
+                    out.append(_shape_violation(n, "value", k))
+                else:
+                    kv.append(v)
+                if not parent_on_device:
+                    out.append(Violation("I4", n.id, f"on device but parent #{parent.id} is not"))
+                elif parent is not root and parent.full_lock_ref < fl:
+                    out.append(Violation("I11", n.id, f"full_lock_ref {fl} exceeds parent #{parent.id}'s {parent.full_lock_ref}"))
+                if fl == 0:
+                    fe += k
+                    for c in children.values():
+                        if c.value is not None:
+                            break
+                    else:
+                        device_leaves.add(n)
+                else:
+                    fp += k
+            elif fl > 0:
+                out.append(Violation("I11", n.id, f"full_lock_ref {fl} on a node whose KV is not on device"))
+            if mv is not None:
+                if mv.dtype is not _INT64 or mv.numel() != 1:
+                    out.append(_shape_violation(n, "mamba_value", 1))
+                else:
+                    states.append(mv)
+                if v is None:
+                    out.append(Violation("I5", n.id, "device state without device KV"))
+                if ml == 0:
+                    me += 1
+                else:
+                    mp += 1
+            elif ml > 0:
+                out.append(Violation("I11", n.id, f"mamba_lock_ref {ml} without a device state"))
+            if fl < 0 or ml < 0:
+                out.append(Violation("I11", n.id, f"negative lock (fl={fl}, ml={ml})"))
+            if ml > fl:
+                out.append(Violation("I11", n.id, f"mamba_lock_ref {ml} > full_lock_ref {fl}"))
+            if not tiered:
+                if v is None:
+                    out.append(Violation("I3", n.id, "KV on no tier (evicted and not backed up) but still in the tree"))
+                continue
+            # -- host rules (tiered cache) ------------------------------------------------------
+            hv, mh = n.host_value, n.mamba_host_value
+            hr, hmr = n.host_ref_counter, n.host_mamba_ref_counter
+            if hv is not None:
+                host_tokens += k
+                if hv.dtype is not _INT64 or hv.numel() != k:
+                    out.append(_shape_violation(n, "host_value", k))
+                else:
+                    host_kv.append(hv)
+                if through and parent is not root and parent.host_value is None:
+                    out.append(Violation("I13", n.id, f"backed up but parent #{parent.id} is not"))
+                if v is None and (cache._is_host_leaf(n) if legacy_b5 else (hr == 0 and hmr == 0 and not children)):
+                    host_leaves.add(n)
+            elif v is None:
+                out.append(Violation("I3", n.id, "KV on no tier (evicted and not backed up) but still in the tree"))
+            if mh is not None:
+                host_state_nodes += 1
+                if mh.dtype is not _INT64 or mh.numel() != 1:
+                    out.append(_shape_violation(n, "mamba_host_value", 1))
+                else:
+                    host_states.append(mh)
+                if hv is None and v is None:
+                    out.append(Violation("I3", n.id, "host state on a node without KV"))
+                if hmr == 0 or legacy_b5:
+                    host_lru += 1
+            elif (mv is None and not children and fl == 0 and hr == 0 and hmr == 0
+                  and n not in have_device_leaves and n not in have_host_leaves):
+                out.append(Violation("I6", n.id, "childless full tombstone that no eviction can reach (in no leaf set, not held)"))
+            if hr < 0 or hmr < 0:
+                out.append(Violation("I11", n.id, "negative host pin"))
+    scan.full_evictable, scan.full_protected = fe, fp
+    scan.mamba_evictable, scan.mamba_protected = me, mp
+    scan.host_lru_members = host_lru
+    scan.host_tokens, scan.host_state_nodes = host_tokens, host_state_nodes
+    return scan
 
 
-def _check_lru(cache, lru: LRUList, members: list[TreeNode], out: list[Violation]) -> None:
-    """I7 (membership and list links) and I9 (list order = time order) for one list."""
+def _check_lru(lru: LRUList, scan: TreeScan, value_attr: str, expected: int, out: list[Violation], *,
+               root: TreeNode | None = None, time_order: bool = True, member=None) -> None:
+    """I7 (membership and the list's own links) and, with ``time_order``, I9 (list order = time
+    order, newest first) for one list.
+
+    A member must be in the tree, hold ``value_attr`` (and pass ``member`` when given) and not be
+    ``root``. The walk needs no set of visited links: when every ``prev`` link points back to the
+    link before it, no link can occur twice (its one ``prev`` would have to be two different
+    links). So when the prev links hold, every member met is valid, and the count equals both
+    the size counter and ``expected`` (how many tree nodes qualify), list and tree agree. Only
+    otherwise is the list walked again to name what is missing.
+    """
     name = f"{lru.kind} LRU"
-    expected = {n.id: n for n in members}
-    seen: dict[int, TreeNode] = {}
-    link, prev_link, prev_node = lru.head.next, lru.head, None
-    steps = 0
-    while link is not lru.tail and link is not None and steps <= lru.size + 1:
+    in_tree = scan.in_tree
+    link, prev_link, prev_time, prev_node = lru.head.next, lru.head, None, None
+    tail, limit, count, suspect = lru.tail, lru.size + 1, 0, False
+    while link is not tail and link is not None:
         node = link.node
-        if link.prev is not prev_link:
-            out.append(Violation("I7", getattr(node, "id", None), f"{name}: broken prev link"))
-        if node is None or node.id in seen:
-            out.append(Violation("I7", getattr(node, "id", None), f"{name}: sentinel or repeated member inside the list"))
+        if link.prev is not prev_link or node is None or count > limit:
+            out.append(Violation("I7", getattr(node, "id", None), f"{name}: broken links (a sentinel, a repeated or a "
+                                 "stray member inside the list)"))
+            suspect = True
             break
-        seen[node.id] = node
-        if node.id not in expected or expected[node.id] is not node:
+        count += 1
+        if (node not in in_tree or node is root or getattr(node, value_attr) is None
+                or (member is not None and not member(node))):
+            suspect = True
             out.append(Violation("I7", node.id, f"{name}: member should not be in the list (not in tree or no value)"))
-        if prev_node is not None and prev_node.last_access_time < node.last_access_time:
-            out.append(Violation("I9", node.id, f"{name}: #{node.id} (t={node.last_access_time:g}) is behind older #{prev_node.id} (t={prev_node.last_access_time:g})"))
-        prev_link, prev_node, link = link, node, link.next
-        steps += 1
-    if len(seen) != lru.size:
-        out.append(Violation("I7", None, f"{name}: size counter {lru.size} but {len(seen)} members"))
-    for node_id in expected.keys() - seen.keys():
-        out.append(Violation("I7", node_id, f"{name}: missing from the list"))
+        t = node.last_access_time
+        if time_order and prev_time is not None and prev_time < t:
+            out.append(Violation("I9", node.id, f"{name}: #{node.id} (t={t:g}) is behind older #{prev_node.id} (t={prev_time:g})"))
+        prev_link, prev_time, prev_node, link = link, t, node, link.next
+    if count != lru.size:
+        out.append(Violation("I7", None, f"{name}: size counter {lru.size} but {count} members"))
+    if suspect or count != expected:
+        listed = set(_members(lru))
+        for n in scan.nodes[1:]:
+            if getattr(n, value_attr) is not None and (member is None or member(n)) and n not in listed:
+                out.append(Violation("I7", n.id, f"{name}: missing from the list"))
 
 
-def _check_leaf_set(cache, nodes: list[TreeNode], out: list[Violation]) -> None:
-    """I8: the evictable device-leaf set is exactly the computed one."""
-    root = cache.root_node
-    want = set()
-    for n in nodes:
-        if n is root or n.value is None or n.full_lock_ref != 0:
-            continue
-        if not any(c.value is not None for c in n.children.values()):
-            want.add(n)
-    have = cache.evictable_full_device_leaves
+def _members(lru: LRUList):
+    """The nodes of a list, head to tail, stopping at the first broken link (for diagnosis)."""
+    link, steps = lru.head.next, 0
+    while link is not lru.tail and link is not None and link.node is not None and steps <= lru.size + 1:
+        yield link.node
+        link, steps = link.next, steps + 1
+
+
+def _check_leaf_set(have: set[TreeNode], want: set[TreeNode], tier: str, out: list[Violation]) -> None:
+    """I8: an evictable-leaf set is exactly the computed one."""
+    if have == want:
+        return
     for n in have - want:
-        out.append(Violation("I8", n.id, "in the evictable device-leaf set but not an unlocked device leaf"))
+        out.append(Violation("I8", n.id, f"in the evictable {tier}-leaf set but not an evictable {tier} leaf"))
     for n in want - have:
-        out.append(Violation("I8", n.id, "an unlocked device leaf missing from the evictable device-leaf set"))
+        out.append(Violation("I8", n.id, f"an evictable {tier} leaf missing from the evictable {tier}-leaf set"))
 
 
-def _check_counters(cache, nodes: list[TreeNode], out: list[Violation]) -> None:
+def _check_counters(cache, scan: TreeScan, out: list[Violation]) -> None:
     """I10: evictable/protected counters equal the sums over the tree."""
-    root = cache.root_node
-    fe = fp = me = mp = 0
-    for n in nodes:
-        if n is root:
-            continue
-        if n.value is not None:
-            if n.full_lock_ref == 0:
-                fe += n.value.shape[0]
-            else:
-                fp += n.value.shape[0]
-        if n.mamba_value is not None:
-            if n.mamba_lock_ref == 0:
-                me += 1
-            else:
-                mp += 1
     for label, have, want in (
-        ("full_evictable_size_", cache.full_evictable_size_, fe),
-        ("full_protected_size_", cache.full_protected_size_, fp),
-        ("mamba_evictable_size_", cache.mamba_evictable_size_, me),
-        ("mamba_protected_size_", cache.mamba_protected_size_, mp),
+        ("full_evictable_size_", cache.full_evictable_size_, scan.full_evictable),
+        ("full_protected_size_", cache.full_protected_size_, scan.full_protected),
+        ("mamba_evictable_size_", cache.mamba_evictable_size_, scan.mamba_evictable),
+        ("mamba_protected_size_", cache.mamba_protected_size_, scan.mamba_protected),
     ):
         if have != want:
             out.append(Violation("I10", None, f"{label} is {have}, the tree holds {want}"))
 
 
-def _check_pool(out: list[Violation], label: str, pool, owned: list[torch.Tensor], held: int | None, counted: int) -> None:
-    """POOL: slots owned by the tree are allocated and owned once; accounting balances."""
+def _shape_violation(node: TreeNode, attr: str, length: int) -> Violation:
+    v = getattr(node, attr)
+    return Violation("I2", node.id, f"{attr} has shape {tuple(v.shape)} ({v.dtype}), expected ({length},) int64")
+
+
+def _well_formed(out: list[Violation], owned: list[torch.Tensor], nodes: list[TreeNode], attr: str) -> list[torch.Tensor]:
+    """Report I2 for every owned tensor that is not 1-D (the scan checked dtypes and element
+    counts); return the others. Runs only when concatenating the owned tensors showed a problem."""
+    length = {"value": None, "host_value": None}.get(attr, 1)
+    bad = {id(t) for t in owned if t.dim() != 1 or t.dtype is not _INT64}
+    for n in nodes:
+        v = getattr(n, attr)
+        if v is not None and id(v) in bad:
+            out.append(_shape_violation(n, attr, len(n.key) if length is None else length))
+    return [t for t in owned if id(t) not in bad]
+
+
+def _check_pool(out: list[Violation], label: str, pool, owned: list[torch.Tensor], held: int | None, counted: int,
+                nodes: list[TreeNode], attr: str) -> None:
+    """POOL: slots owned by the tree are allocated and owned once; accounting balances.
+
+    ``owned`` holds the int64 tensors whose element count the scan found right; their rank is
+    checked here, by the one concatenation (tensors of another rank make it fail or give a
+    result that is not 1-D). Then I2 is reported on the ``attr`` of the ``nodes`` that hold
+    such tensors, and the pool check goes on without them."""
     alloc = pool.allocator
     total = 0
     if owned:
-        flat = torch.cat(owned) if len(owned) > 1 else owned[0]
+        try:
+            flat = torch.cat(owned) if len(owned) > 1 else owned[0]
+        except RuntimeError:
+            flat = None
+        if flat is None or flat.dim() != 1 or flat.dtype is not _INT64:
+            owned = _well_formed(out, owned, nodes, attr)
+            flat = torch.cat(owned) if owned else torch.empty(0, dtype=_INT64)
         total = int(flat.numel())
         pages = flat if alloc.page_size == 1 else flat // alloc.page_size
-        counts = torch.bincount(pages, minlength=alloc.num_pages)
-        owners_per_page = alloc.page_size if alloc.page_size > 1 else 1
-        if int(counts.max()) > owners_per_page:
-            out.append(Violation("POOL", None, f"{label}: a slot is owned by two nodes"))
-        if bool(((counts > 0) & (alloc._in_use == 0)).any()):
-            out.append(Violation("POOL", None, f"{label}: the tree owns slots the pool considers free"))
+        try:
+            counts = torch.bincount(pages, minlength=alloc.num_pages)
+        except RuntimeError:  # a negative slot
+            counts = None
+        if counts is None or counts.shape[0] > alloc.num_pages:
+            out.append(Violation("POOL", None, f"{label}: the tree owns slots outside the pool"))
+            return
+        # Owned once and allocated, in one comparison: an allocated page may be named by at most
+        # page_size slots (its own), a free page by none.
+        if total and bool((counts > alloc._in_use * alloc.page_size if alloc.page_size > 1 else counts > alloc._in_use).any()):
+            if int(counts.max()) > alloc.page_size:
+                out.append(Violation("POOL", None, f"{label}: a slot is owned by two nodes"))
+            if bool(((counts > 0) & (alloc._in_use == 0)).any()):
+                out.append(Violation("POOL", None, f"{label}: the tree owns slots the pool considers free"))
     used = pool.used_size()
     if total != counted:
         out.append(Violation("POOL", None, f"{label}: tree owns {total} slots but its counters say {counted}"))
