@@ -20,8 +20,9 @@ from pathlib import Path
 
 from himamba.cache.legacy import LEGACY_BUGS, normalize_legacy
 from himamba.errors import HiMambaError
+from himamba.sim.fuzz import DEFAULT_EPISODE
 
-BENCHES = ("replay", "transfer", "render")
+BENCHES = ("replay", "transfer", "render", "fuzz")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,6 +45,16 @@ def _parser() -> argparse.ArgumentParser:
                       help="write policy (default: write_through, or what the single legacy switch needs)")
     fuzz.add_argument("--page-size", type=int, default=1, help="page size (default 1)")
     fuzz.add_argument("--cache", choices=("tiered", "device"), default="tiered", help="which cache (default tiered)")
+    fuzz.add_argument("--episode", type=int, default=None, metavar="N",
+                      help="operations per episode: each starts a fresh cache with its own pool sizes "
+                           f"(default {DEFAULT_EPISODE}, or what the single legacy switch needs)")
+    fuzz.add_argument("--scale", type=int, default=1,
+                      help="multiply every pool (bigger trees: about 12 nodes at 1, about 85 at 12; default 1)")
+    fuzz.add_argument("--integrity-every", type=int, default=1, metavar="K",
+                      help="also check every stored byte after every K-th operation (default 1; invariants are "
+                           "checked after every operation regardless)")
+    fuzz.add_argument("--jobs", type=int, default=1,
+                      help="worker processes running episodes side by side (default 1; the result is the same)")
     fuzz.add_argument("--out", type=Path, default=None, help="also write the shrunk script to this file")
     fuzz.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -106,32 +117,41 @@ def _demo(args: argparse.Namespace) -> int:
 def _fuzz(args: argparse.Namespace) -> int:
     from himamba.sim.fuzz import fuzz
 
-    if args.ops < 1:
-        raise ValueError(f"--ops must be at least 1, got {args.ops}")
-    if args.page_size < 1:
-        raise ValueError(f"--page-size must be at least 1, got {args.page_size}")
+    for flag, value in (("--ops", args.ops), ("--page-size", args.page_size), ("--scale", args.scale),
+                        ("--jobs", args.jobs), ("--integrity-every", args.integrity_every)):
+        if value < 1:
+            raise ValueError(f"{flag} must be at least 1, got {value}")
+    if args.episode is not None and args.episode < 1:
+        raise ValueError(f"--episode must be at least 1, got {args.episode}")
     legacy = normalize_legacy(args.legacy)
-    policy = args.policy
     bar = None
     progress = None
     if not args.no_progress:
         from tqdm import tqdm
 
         bar = tqdm(total=args.ops, unit="op", file=sys.stderr, leave=False)
-        progress = lambda i: bar.update(1)  # noqa: E731
+
+        def progress(i: int) -> None:
+            bar.update(i + 1 - bar.n)
     try:
-        report = fuzz(seed=args.seed, ops=args.ops, page_size=args.page_size, write_policy=policy,
-                      legacy=legacy, cache=args.cache, integrity_every=1, progress=progress)
+        report = fuzz(seed=args.seed, ops=args.ops, page_size=args.page_size, write_policy=args.policy,
+                      legacy=legacy, cache=args.cache, integrity_every=args.integrity_every, episode=args.episode,
+                      scale=args.scale, jobs=args.jobs, progress=progress)
     finally:
         if bar is not None:
             bar.close()
-    print(f"{report.ops_run} operations in {report.seconds:.1f} s ({report.ops_per_s:,.0f} ops/s), "
-          f"legacy={sorted(legacy) or 'none'}, policy={report.script['config']['write_policy']}")
+    x = report.extras
+    print(f"{report.ops_run} operations in {report.seconds:.1f} s: {report.ops_per_s:,.0f} ops/s with invariants "
+          f"checked after every operation and integrity after every {args.integrity_every}"
+          + (f" ({args.jobs} jobs)" if args.jobs > 1 else ""))
+    print(f"{x['episodes']} episode(s) of up to {x['episode_length']} operations; trees of {x['nodes']:.0f} nodes on "
+          f"average; legacy={sorted(legacy) or 'none'}, policy={report.script['config']['write_policy']}")
     if report.failure is None:
         print("clean: no invariant violation, no integrity error")
         return 0
     f = report.failure
-    print(f"FAILED at operation {f.step + 1}: {f.kind}: {f.message}")
+    print(f"FAILED after {report.ops_run} operations (episode {x['episode']}, its operation {f.step + 1}): "
+          f"{f.kind}: {f.message}")
     shrunk = report.shrunk
     print(f"shrunk to {len(shrunk['ops'])} operations:")
     print(json.dumps(shrunk, indent=1))

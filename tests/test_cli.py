@@ -110,6 +110,10 @@ BAD_ARGS = {
     "unknown legacy": ["fuzz", "--legacy", "B99", "--ops", "10"],
     "bad page size": ["fuzz", "--page-size", "0", "--ops", "10"],
     "bad policy": ["fuzz", "--policy", "write_sideways", "--ops", "10", "--no-progress"],
+    "zero jobs": ["fuzz", "--jobs", "0", "--ops", "10"],
+    "zero scale": ["fuzz", "--scale", "0", "--ops", "10"],
+    "zero episode": ["fuzz", "--episode", "0", "--ops", "10"],
+    "negative integrity period": ["fuzz", "--integrity-every", "-1", "--ops", "10"],
 }
 
 

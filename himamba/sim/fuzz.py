@@ -1,10 +1,14 @@
 """The fuzzer: random operation scripts, checked after every step, shrunk when they fail.
 
-``fuzz(seed=..., ops=N, legacy=...)`` generates a script of random operations (see
-:mod:`himamba.sim.ops`) over a small cache, runs it with ``check_invariants`` (and, every
-``integrity_every`` steps, ``check_integrity``) after each operation, and on the first failure
-shrinks the script to a minimal one that still fails the same way (delta debugging). The result's
-``script`` is plain JSON that :func:`replay` runs again.
+``fuzz(seed=..., ops=N, legacy=...)`` runs N random operations (see :mod:`himamba.sim.ops`) over
+small caches, with ``check_invariants`` (and, every ``integrity_every`` steps,
+``check_integrity``) after each operation. The N operations are cut into *episodes*: each episode
+starts a fresh cache, with pool sizes and operations drawn from its own seed. Restarts are a
+classic fuzzing device; here they matter because most legacy bugs need a young tree with little
+state pinned (a long run settles into states where they no longer fire), while long episodes
+reach deep states. On the first failure the failing episode's script is shrunk to a minimal one
+that still fails the same way (delta debugging). Scripts are plain JSON that :func:`replay` runs
+again.
 """
 
 from __future__ import annotations
@@ -57,14 +61,17 @@ class FuzzReport:
 
 # -- scripts ----------------------------------------------------------------------------------------
 def default_config(page_size: int = 1, write_policy: str = "write_through", legacy: Iterable[str] = (),
-                   storage: bool = True, seed: int = 0) -> dict:
+                   storage: bool = True, seed: int = 0, scale: int = 1) -> dict:
     """Small pools, so that every kind of eviction happens often. The host tier's size varies
-    with the seed (from half the device's to twice it): a small host makes backups fail."""
+    with the seed (from half the device's to twice it): a small host makes backups fail.
+    ``scale`` multiplies every pool (the trees grow with it: about 12 nodes at 1, about 90 at 12)."""
+    if scale < 1:
+        raise InvalidInputError(f"scale must be at least 1, got {scale}")
     rng = random.Random(f"pools-{seed}")
     return {
-        "device": "cpu", "page_size": page_size, "device_kv_tokens": 32 * page_size,
-        "host_kv_tokens": rng.choice((16, 24, 40, 64)) * page_size, "device_mamba_slots": 4,
-        "host_mamba_slots": rng.choice((4, 6, 10)),
+        "device": "cpu", "page_size": page_size, "device_kv_tokens": 32 * page_size * scale,
+        "host_kv_tokens": rng.choice((16, 24, 40, 64)) * page_size * scale, "device_mamba_slots": 4 * scale,
+        "host_mamba_slots": rng.choice((4, 6, 10)) * scale,
         "write_policy": write_policy, "legacy": sorted(legacy), "enable_storage": storage,
     }
 
@@ -83,20 +90,23 @@ def make_cache(script: dict):
 
 # Settings that make one legacy bug reachable quickly (the bug's trigger needs them): tiny pools
 # (B1: pins, evictions and host pressure meet early), a host tier smaller than the device (B4:
-# backups fail), the selective policy (B6: device nodes stay
-# un-backed-up under prefetches), write-back (B7), and for B8 the selective policy (a split node's
-# backup locks it while it has no state), two state slots, rare acks and many evictions (the locked
-# node must lose its children, then adopt a state).
+# backups fail), the selective policy (B6: device nodes stay un-backed-up under prefetches),
+# write-back (B7). B8 needs a shared prompt requested bare while its extensions hold the two state
+# slots, its selective write still in flight (acks rare), then a state eviction that takes the
+# extensions: many bare prompt requests and state evictions, and short episodes (the trigger
+# needs a young tree).
 TARGET_PROFILES: dict[str, dict] = {
     "B1": {"config": {"device_kv_tokens": 16, "host_kv_tokens": 16, "device_mamba_slots": 3}},
     "B4": {"config": {"host_kv_tokens": 16}},
     "B6": {"config": {"write_policy": "write_through_selective"}},
     "B7": {"config": {"write_policy": "write_back"}},
     "B8": {"config": {"device_mamba_slots": 2, "device_kv_tokens": 24, "write_policy": "write_through_selective"},
-           "weights": {"lock": 4, "unlock": 6, "evict_mamba": 10, "evict": 6, "evict_host": 4, "ack": 1,
-                       "events": 1, "load": 1},
-           "shape": {"p_prompt": 0.7, "p_bare": 0.3}},
+           "weights": {"lock": 4, "unlock": 6, "evict_mamba": 12, "evict": 3, "evict_host": 2, "ack": 1,
+                       "events": 0, "load": 1},
+           "shape": {"p_prompt": 0.8, "p_bare": 0.35},
+           "episode": 100},
 }
+DEFAULT_EPISODE = 500  # operations per episode when neither the caller nor a profile says
 
 
 def generate_ops(seed: int, n: int, page_size: int = 1, vocab: int = 40,
@@ -167,12 +177,12 @@ def generate_ops(seed: int, n: int, page_size: int = 1, vocab: int = 40,
 
 def make_script(seed: int, n: int, *, page_size: int = 1, write_policy: str | None = None,
                 legacy: Iterable[str] = (), manual_acks: bool = True, cache: str = "tiered",
-                storage: bool = True, profile: bool = True) -> dict:
+                storage: bool = True, profile: bool = True, scale: int = 1) -> dict:
     """A random script. With ``profile``, a single legacy switch brings its
     :data:`TARGET_PROFILES` settings (an explicit ``write_policy`` still wins)."""
     legacy = sorted(legacy)
     prof = TARGET_PROFILES.get(legacy[0], {}) if profile and len(legacy) == 1 else {}
-    config = default_config(page_size, write_policy or "write_through", legacy, storage and cache == "tiered", seed)
+    config = default_config(page_size, write_policy or "write_through", legacy, storage and cache == "tiered", seed, scale)
     for key, value in prof.get("config", {}).items():
         if key == "write_policy" and write_policy is not None:
             continue
@@ -185,11 +195,12 @@ def make_script(seed: int, n: int, *, page_size: int = 1, write_policy: str | No
 
 # -- running ------------------------------------------------------------------------------------------
 def run_script(script: dict, integrity_every: int = 1, progress: Callable[[int], None] | None = None,
-               stop_at_failure: bool = True, count_events: bool = False) -> FuzzReport:
+               stop_at_failure: bool = True, count_events: bool = False, sample_nodes: int = 0) -> FuzzReport:
     """Run a script, checking after every operation. Stops at the first failure.
 
     With ``count_events`` the report's ``extras["events"]`` counts the cache's events by kind
-    (slower: every event is built)."""
+    (slower: every event is built). With ``sample_nodes`` = k, ``extras["nodes"]`` is the mean
+    number of nodes (root excluded) over every k-th operation."""
     cache = make_cache(script)
     state = DriverState()
     events: dict[str, int] = {}
@@ -197,6 +208,7 @@ def run_script(script: dict, integrity_every: int = 1, progress: Callable[[int],
         def count(event) -> None:
             events[event.kind.value] = events.get(event.kind.value, 0) + 1
         cache.events.subscribe(count)
+    sizes: list[int] = []
     start = time.perf_counter()
     failure = None
     i = -1
@@ -204,11 +216,15 @@ def run_script(script: dict, integrity_every: int = 1, progress: Callable[[int],
         failure = _step(cache, state, op, i, integrity_every)
         if progress is not None:
             progress(i)
+        if sample_nodes and i % sample_nodes == sample_nodes - 1:
+            sizes.append(cache.num_nodes())
         if failure is not None and stop_at_failure:
             break
     report = FuzzReport(i + 1, time.perf_counter() - start, dict(state.counts), failure, script)
     if count_events:
         report.extras["events"] = events
+    if sample_nodes:
+        report.extras["nodes"] = sum(sizes) / len(sizes) if sizes else float(cache.num_nodes())
     return report
 
 
@@ -278,27 +294,62 @@ def shrink(script: dict, failure: FuzzFailure, max_runs: int = 3000) -> dict:
 
     Alternates delta debugging over the operation list (remove chunks, then single operations)
     with simplifying single operations (shorter token lists, smaller numbers, "complete every
-    ack" instead of one), until neither changes anything or ``max_runs`` replays were spent.
+    ack" instead of one) and, once the operations stop shrinking, smaller pools (a full pool is
+    reached in fewer operations); until nothing changes or ``max_runs`` replays were spent.
     """
     integrity = 1 if failure.kind == "INTEGRITY" else 0
     runs = 0
+    config = dict(script["config"])
+    page_size = config.get("page_size", 1)
 
-    def fails(candidate: list[dict]) -> bool:
+    def fails_with(candidate_config: dict, candidate: list[dict]) -> bool:
         nonlocal runs
         runs += 1
-        report = run_script({**script, "ops": candidate}, integrity_every=integrity)
+        try:
+            report = run_script({**script, "config": candidate_config, "ops": candidate}, integrity_every=integrity)
+        except InvalidInputError:  # pools too small for this configuration
+            return False
         return report.failure is not None and report.failure.signature() == failure.signature()
 
+    def fails(candidate: list[dict]) -> bool:
+        return fails_with(config, candidate)
+
+    def budget() -> bool:
+        return runs < max_runs
+
     ops = script["ops"][: failure.step + 1]
-    while runs < max_runs:
-        before = list(ops)
-        ops = _ddmin(ops, fails, lambda: runs < max_runs)
-        ops = _simplify(ops, fails, lambda: runs < max_runs, script["config"].get("page_size", 1))
-        if ops == before and len(ops) <= 24:
-            ops = _drop_pairs(ops, fails, lambda: runs < max_runs)
-        if ops == before:
+    while budget():
+        before = (list(ops), dict(config))
+        ops = _ddmin(ops, fails, budget)
+        ops = _simplify(ops, fails, budget, page_size)
+        if ops == before[0] and len(ops) <= 24:
+            ops = _drop_pairs(ops, fails, budget)
+        if ops == before[0]:
+            config = _smaller_pools(config, ops, fails_with, budget, page_size)
+        if (ops, config) == before:
             break
-    return {**script, "ops": ops}
+    return {**script, "config": config, "ops": ops}
+
+
+_POOL_FIELDS = (("host_kv_tokens", True), ("device_kv_tokens", True), ("host_mamba_slots", False),
+                ("device_mamba_slots", False))
+
+
+def _smaller_pools(config: dict, ops: list[dict], fails_with: Callable[[dict, list[dict]], bool],
+                   budget: Callable[[], bool], page_size: int) -> dict:
+    """Halve (else shrink by one page or slot) each pool while the script still fails."""
+    for name, tokens in _POOL_FIELDS:
+        unit = page_size if tokens else 1
+        value = config.get(name)
+        while isinstance(value, int) and value > unit and budget():
+            for smaller in (max(unit, value // 2 // unit * unit), value - unit):
+                candidate = {**config, name: smaller}
+                if smaller < value and fails_with(candidate, ops):
+                    config, value = candidate, smaller
+                    break
+            else:
+                break
+    return config
 
 
 def _ddmin(ops: list[dict], fails: Callable[[list[dict]], bool], budget: Callable[[], bool]) -> list[dict]:
@@ -364,14 +415,127 @@ def _simplify(ops: list[dict], fails: Callable[[list[dict]], bool], budget: Call
     return ops
 
 
+def episode_seed(seed: int, episode: int) -> int:
+    """The seed of one episode of a run: the run's own seed for the first, then derived ones
+    (stable across Python versions and machines)."""
+    return seed if episode == 0 else random.Random(f"{seed}/{episode}").getrandbits(40)
+
+
+def episode_length(legacy: Iterable[str] = (), episode: int | None = None) -> int:
+    """Operations per episode: ``episode`` when given, else the single legacy switch's profile
+    value, else :data:`DEFAULT_EPISODE`."""
+    if episode is not None:
+        if episode < 1:
+            raise InvalidInputError(f"an episode needs at least 1 operation, got {episode}")
+        return episode
+    legacy = sorted(legacy)
+    if len(legacy) == 1:
+        return TARGET_PROFILES.get(legacy[0], {}).get("episode", DEFAULT_EPISODE)
+    return DEFAULT_EPISODE
+
+
 def fuzz(seed: int = 0, ops: int = 10_000, *, page_size: int = 1, write_policy: str | None = None,
          legacy: Iterable[str] = (), manual_acks: bool = True, cache: str = "tiered",
          integrity_every: int = 1, do_shrink: bool = True, count_events: bool = False,
+         episode: int | None = None, scale: int = 1, jobs: int = 1,
          progress: Callable[[int], None] | None = None) -> FuzzReport:
-    """Generate and run one random script; on failure, shrink it (``report.shrunk``)."""
-    script = make_script(seed, ops, page_size=page_size, write_policy=write_policy, legacy=legacy,
-                         manual_acks=manual_acks, cache=cache)
-    report = run_script(script, integrity_every, progress, count_events=count_events)
-    if report.failure is not None and do_shrink:
-        report.shrunk = shrink(script, report.failure)
-    return report
+    """Run ``ops`` random operations in episodes (see the module docstring); stop at the first
+    failure and, with ``do_shrink``, shrink it (``report.shrunk``).
+
+    ``report.script`` is the last episode's script (the failing one, when one failed) and
+    ``report.failure.step`` indexes into it; ``report.ops_run`` counts the operations of every
+    episode up to the failure, so it is the number of operations until the first failure.
+    ``report.seconds`` is wall time (script generation and, with jobs, process start-up
+    included). ``report.extras`` gives ``episodes`` (how many ran), ``episode`` (the last one's
+    number), ``episode_length``, ``nodes`` (mean tree size, sampled every 64 operations) and,
+    with ``count_events``, ``events``. ``scale`` multiplies the pools (see
+    :func:`default_config`); a legacy profile's pool sizes are not scaled.
+
+    ``jobs > 1`` runs episodes in that many worker processes. The result does not depend on it:
+    episodes are independent, and the first failing episode *in episode order* is reported.
+    ``progress(i)`` is called with the number of operations done so far, minus one (per
+    operation with one job, per episode with several)."""
+    if ops < 1:
+        raise InvalidInputError(f"ops must be at least 1, got {ops}")
+    if jobs < 1:
+        raise InvalidInputError(f"jobs must be at least 1, got {jobs}")
+    length = episode_length(legacy, episode)
+    task = _EpisodeTask(seed, page_size, write_policy, tuple(sorted(legacy)), manual_acks, cache, integrity_every,
+                        count_events, scale)
+    plan = [(number, min(length, ops - start)) for number, start in enumerate(range(0, ops, length))]
+    start_time = time.perf_counter()
+    total = FuzzReport(0, 0.0, {})
+    events: dict[str, int] = {}
+    node_samples: list[float] = []
+    for report in _episode_reports(task, plan, jobs, progress):
+        total.ops_run += report.ops_run
+        for kind, n in report.counts.items():
+            total.counts[kind] = total.counts.get(kind, 0) + n
+        for kind, n in report.extras.get("events", {}).items():
+            events[kind] = events.get(kind, 0) + n
+        node_samples.append(report.extras["nodes"] * report.ops_run)
+        total.script, total.failure = report.script, report.failure
+        total.extras["episode"] = report.script["episode"]
+        if progress is not None and jobs > 1:
+            progress(total.ops_run - 1)
+        if report.failure is not None:
+            break
+    total.seconds = time.perf_counter() - start_time
+    total.extras.update(episodes=total.extras["episode"] + 1, episode_length=length,
+                        nodes=sum(node_samples) / max(1, total.ops_run))
+    if count_events:
+        total.extras["events"] = events
+    if total.failure is not None and do_shrink:
+        total.shrunk = shrink(total.script, total.failure)
+    return total
+
+
+@dataclass(frozen=True)
+class _EpisodeTask:
+    """Everything an episode needs besides its number and length (picklable, for workers)."""
+
+    seed: int
+    page_size: int
+    write_policy: str | None
+    legacy: tuple[str, ...]
+    manual_acks: bool
+    cache: str
+    integrity_every: int
+    count_events: bool
+    scale: int
+
+    def script(self, number: int, n: int) -> dict:
+        script = make_script(episode_seed(self.seed, number), n, page_size=self.page_size,
+                             write_policy=self.write_policy, legacy=self.legacy, manual_acks=self.manual_acks,
+                             cache=self.cache, scale=self.scale)
+        script["episode"] = number
+        return script
+
+    def __call__(self, item: tuple[int, int], progress: Callable[[int], None] | None = None) -> FuzzReport:
+        number, n = item
+        return run_script(self.script(number, n), self.integrity_every, progress, count_events=self.count_events,
+                          sample_nodes=64)
+
+
+def _episode_reports(task: _EpisodeTask, plan: list[tuple[int, int]], jobs: int,
+                     progress: Callable[[int], None] | None):
+    """The episodes' reports in episode order; the caller stops at the first failure."""
+    if jobs == 1 or len(plan) == 1:
+        done = 0
+        for item in plan:
+            step = None if progress is None else (lambda i, done=done: progress(done + i))
+            report = task(item, step)
+            done += report.ops_run
+            yield report
+        return
+    import multiprocessing
+
+    # spawn, not fork: a forked copy of a process that already ran torch may hang in its thread pool
+    with multiprocessing.get_context("spawn").Pool(jobs, initializer=_init_worker) as pool:
+        yield from pool.imap(task, plan)
+
+
+def _init_worker() -> None:
+    import torch
+
+    torch.set_num_threads(1)

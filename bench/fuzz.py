@@ -1,0 +1,95 @@
+#!/usr/bin/env python3
+"""The fuzzer's figures: how fast it runs, and how quickly it finds and shrinks each legacy bug.
+
+Two parts (both by default):
+
+* ``--throughput``: operations per second with ``check_invariants`` after every operation, at pool
+  scale 1 (trees of about a dozen nodes) and at ``--big-scale`` (trees of about 85 nodes, in one
+  long episode so that they stay big), with one worker process and with ``--jobs``. Integrity
+  (every stored byte) is checked every ``--integrity-every`` operations. Prints one JSON line per
+  run with the mean tree size.
+* ``--legacy``: for each legacy switch and each seed in ``--seeds``, a run of at most ``--ops``
+  operations with only that switch on: operations until the first failure, the failure's kind
+  and the length of the shrunk script. Prints one JSON line per run and a summary per switch.
+
+    python bench/fuzz.py [--throughput] [--legacy] [--seeds 0 1 2 3 4] [--ops 10000] [--jobs 2]
+
+No assertions: the figures are for the reader.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from himamba.sim.fuzz import fuzz  # noqa: E402
+
+SWITCHES = ("B1", "B2", "B3", "B4", "B6", "B7", "B8")
+
+
+def throughput(ops: int, big_scale: int, jobs: int, integrity_every: int) -> None:
+    runs = [("small trees", 1, None, 1), ("small trees", 1, None, jobs),
+            ("big trees", big_scale, ops, 1), ("big trees", big_scale, ops // jobs, jobs)]
+    for label, scale, episode, n_jobs in runs:
+        report = fuzz(seed=0, ops=ops, scale=scale, episode=episode, jobs=n_jobs, integrity_every=integrity_every)
+        print(json.dumps({
+            "run": label, "scale": scale, "jobs": n_jobs, "ops": report.ops_run,
+            "episode_length": report.extras["episode_length"], "mean_nodes": round(report.extras["nodes"], 1),
+            "seconds": round(report.seconds, 2), "ops_per_s": round(report.ops_per_s),
+            "integrity_every": integrity_every, "failure": report.failure and report.failure.kind,
+        }), flush=True)
+
+
+def legacy(seeds: list[int], ops: int, switches: list[str]) -> None:
+    summary = {}
+    for bug in switches:
+        rows = []
+        for seed in seeds:
+            start = time.perf_counter()
+            report = fuzz(seed=seed, ops=ops, legacy={bug})
+            row = {
+                "legacy": bug, "seed": seed, "found": report.failure is not None,
+                "ops_until_failure": report.ops_run if report.failure else None,
+                "kind": report.failure and report.failure.kind,
+                "shrunk_ops": len(report.shrunk["ops"]) if report.shrunk else None,
+                "seconds": round(time.perf_counter() - start, 2),
+            }
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+        found = [r for r in rows if r["found"]]
+        summary[bug] = {
+            "found": f"{len(found)}/{len(rows)}",
+            "median_ops_until_failure": statistics.median(r["ops_until_failure"] for r in found) if found else None,
+            "max_ops_until_failure": max((r["ops_until_failure"] for r in found), default=None),
+            "max_shrunk_ops": max((r["shrunk_ops"] for r in found), default=None),
+        }
+    print(json.dumps({"summary": summary}, indent=1))
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--throughput", action="store_true", help="only the throughput part")
+    ap.add_argument("--legacy", action="store_true", help="only the legacy-switch part")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    ap.add_argument("--ops", type=int, default=10_000, help="operations per run (default 10000)")
+    ap.add_argument("--switches", nargs="+", default=list(SWITCHES), choices=SWITCHES)
+    ap.add_argument("--big-scale", type=int, default=12, help="pool scale of the big-tree runs (default 12)")
+    ap.add_argument("--jobs", type=int, default=2, help="worker processes for the parallel runs (default 2)")
+    ap.add_argument("--integrity-every", type=int, default=100,
+                    help="integrity check period in the throughput runs (default 100)")
+    args = ap.parse_args(argv)
+    both = not (args.throughput or args.legacy)
+    if args.throughput or both:
+        throughput(args.ops, args.big_scale, args.jobs, args.integrity_every)
+    if args.legacy or both:
+        legacy(args.seeds, args.ops, args.switches)
+
+
+if __name__ == "__main__":
+    main()
