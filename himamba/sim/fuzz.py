@@ -93,8 +93,8 @@ def make_cache(script: dict):
 # backups fail), the selective policy (B6: device nodes stay un-backed-up under prefetches),
 # write-back (B7). B8 needs a shared prompt requested bare while its extensions hold the two state
 # slots, its selective write still in flight (acks rare), then a state eviction that takes the
-# extensions: many bare prompt requests and state evictions, and short episodes (the trigger
-# needs a young tree).
+# extensions: two prompts only, many bare prompt requests and state evictions, and short episodes
+# (the trigger needs a young tree).
 TARGET_PROFILES: dict[str, dict] = {
     "B1": {"config": {"device_kv_tokens": 16, "host_kv_tokens": 16, "device_mamba_slots": 3}},
     "B4": {"config": {"host_kv_tokens": 16}},
@@ -103,25 +103,26 @@ TARGET_PROFILES: dict[str, dict] = {
     "B8": {"config": {"device_mamba_slots": 2, "device_kv_tokens": 24, "write_policy": "write_through_selective"},
            "weights": {"lock": 4, "unlock": 6, "evict_mamba": 12, "evict": 3, "evict_host": 2, "ack": 1,
                        "events": 0, "load": 1},
-           "shape": {"p_prompt": 0.8, "p_bare": 0.35},
+           "shape": {"p_prompt": 0.8, "p_bare": 0.35, "n_prompts": 2},
            "episode": 100},
 }
 DEFAULT_EPISODE = 500  # operations per episode when neither the caller nor a profile says
 
 
 def generate_ops(seed: int, n: int, page_size: int = 1, vocab: int = 40,
-                 weights: dict[str, int] | None = None, p_prompt: float = 0.4, p_bare: float = 0.25) -> list[dict]:
-    """``n`` random operations over sequences with shared prefixes (a few system prompts,
-    multi-turn growth, short random branches). ``weights`` overrides how often each kind is
-    drawn; a request builds on a system prompt with probability ``p_prompt`` (else on an earlier
-    sequence) and repeats its base exactly with probability ``p_bare``."""
+                 weights: dict[str, int] | None = None, p_prompt: float = 0.4, p_bare: float = 0.25,
+                 n_prompts: int = 4) -> list[dict]:
+    """``n`` random operations over sequences with shared prefixes (``n_prompts`` system
+    prompts, multi-turn growth, short random branches). ``weights`` overrides how often each kind
+    is drawn; a request builds on a system prompt with probability ``p_prompt`` (else on an
+    earlier sequence) and repeats its base exactly with probability ``p_bare``."""
     rng = random.Random(seed)
     ps = page_size
 
     def block(k: int) -> list[int]:
         return [rng.randrange(1, vocab) for _ in range(k * ps)]
 
-    prompts = [block(rng.randint(1, 3)) for _ in range(4)]
+    prompts = [block(rng.randint(1, 3)) for _ in range(n_prompts)]
     seqs: list[list[int]] = []
     overrides = weights
     weights = {"request": 10, "chunked": 2, "match": 4, "lock": 3, "unlock": 3, "evict": 3,
