@@ -4,7 +4,7 @@
     himamba fuzz --legacy B1        random operations until an invariant breaks; prints the
                                     shrunk script; exit 1 on a failure, 0 on a clean run
     himamba replay SCRIPT.json      run a saved script again, printing its steps
-    himamba bench replay|transfer|render [ARGS...]
+    himamba bench replay|transfer|render|fuzz|sweep [ARGS...]
 
 Errors in what you pass print one line (``himamba: error: ...``) and exit with status 2.
 """
@@ -22,7 +22,7 @@ from himamba.cache.legacy import LEGACY_BUGS, normalize_legacy
 from himamba.errors import HiMambaError
 from himamba.sim.fuzz import DEFAULT_EPISODE
 
-BENCHES = ("replay", "transfer", "render", "fuzz")
+BENCHES = ("replay", "transfer", "render", "fuzz", "sweep")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -35,8 +35,10 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("out_dir", type=Path, help="folder to write (created if missing)")
 
     fuzz = sub.add_parser("fuzz", help="random operations with every check; shrink the first failure",
-                          description="Run random operation scripts against the tiered cache, checking invariants "
-                                      "after every operation. On a failure, print the shrunk script as JSON and exit 1.")
+                          description="Run random operations against a cache (tiered by default) in episodes, each "
+                                      "on a fresh cache, checking every invariant after every operation. On the first "
+                                      "failure, shrink it, print the shrunk script as JSON and exit 1; exit 0 when the "
+                                      "run was clean.")
     fuzz.add_argument("--legacy", action="append", default=[], metavar="NAME",
                       help="turn a legacy bug back on (id or alias; repeatable): " + ", ".join(LEGACY_BUGS))
     fuzz.add_argument("--ops", type=int, default=10_000, help="operations to run (default 10000)")
@@ -49,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
                       help="operations per episode: each starts a fresh cache with its own pool sizes "
                            f"(default {DEFAULT_EPISODE}, or what the single legacy switch needs)")
     fuzz.add_argument("--scale", type=int, default=1,
-                      help="multiply every pool (bigger trees: about 12 nodes at 1, about 85 at 12; default 1)")
+                      help="multiply every pool (bigger trees: about 12 nodes at 1, about 90 at 12; default 1)")
     fuzz.add_argument("--integrity-every", type=int, default=1, metavar="K",
                       help="also check every stored byte after every K-th operation (default 1; invariants are "
                            "checked after every operation regardless)")
