@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """The fuzzer's figures: how fast it runs, and how quickly it finds and shrinks each legacy bug.
 
-Two parts (both by default):
+Three parts (all by default):
 
+* ``--breakdown``: on one tree of about 90 nodes, the time of one operation and of each part of
+  ``check_invariants`` (best of 5), and of ``check_integrity``.
 * ``--throughput``: operations per second with ``check_invariants`` after every operation, at pool
   scale 1 (trees of about a dozen nodes) and at ``--big-scale`` (trees of about 85 nodes, in one
   long episode so that they stay big), with one worker process and with ``--jobs``. Integrity
@@ -12,7 +14,7 @@ Two parts (both by default):
   operations with only that switch on: operations until the first failure, the failure's kind
   and the length of the shrunk script. Prints one JSON line per run and a summary per switch.
 
-    python bench/fuzz.py [--throughput] [--legacy] [--seeds 0 1 2 3 4] [--ops 10000] [--jobs 2]
+    python bench/fuzz.py [--breakdown] [--throughput] [--legacy] [--seeds 0 1 2 3 4] [--ops 10000] [--jobs 2]
 
 No assertions: the figures are for the reader.
 """
@@ -46,6 +48,50 @@ def throughput(ops: int, big_scale: int, jobs: int, integrity_every: int) -> Non
         }), flush=True)
 
 
+def breakdown(scale: int, ops: int, repeat: int) -> None:
+    """Where one check's time goes on a big tree: the tree pass, the LRU walks, the pool counts,
+    the host rules; next to the mean cost of one operation. Best of ``repeat`` timings."""
+    from himamba.cache import hi_invariants, invariants
+    from himamba.cache.integrity import check_integrity
+    from himamba.sim.fuzz import make_cache, make_script
+    from himamba.sim.ops import DriverState, apply
+
+    script = make_script(0, ops, scale=scale)
+    cache, state = make_cache(script), DriverState()
+    start = time.perf_counter()
+    for op in script["ops"]:
+        apply(cache, state, op)
+    op_us = (time.perf_counter() - start) / ops * 1e6
+
+    def best(fn, n: int = 200) -> float:
+        times = []
+        for _ in range(repeat):
+            t = time.perf_counter()
+            for _ in range(n):
+                fn()
+            times.append((time.perf_counter() - t) / n * 1e6)
+        return round(min(times), 1)
+
+    scan = invariants._scan(cache, True, [])
+    root = cache.root_node
+    kv_slots = sum(t.numel() for t in scan.kv)
+    parts = {
+        "tree_pass_us": best(lambda: invariants._scan(cache, True, [])),
+        "lru_walks_us": best(lambda: (
+            invariants._check_lru(cache.full_lru_list, scan, "value", len(scan.kv), [], root=root),
+            invariants._check_lru(cache.mamba_lru_list, scan, "mamba_value", len(scan.states), []))),
+        "device_pools_us": best(lambda: (
+            invariants._check_pool([], "kv", cache.kv_pool, scan.kv, 0, kv_slots, scan.nodes, "value"),
+            invariants._check_pool([], "st", cache.mamba_pool, scan.states, 0, len(scan.states), scan.nodes,
+                                   "mamba_value"))),
+        "host_rules_and_pools_us": best(lambda: hi_invariants.check_host_invariants(cache, scan, [])),
+        "check_invariants_us": best(lambda: invariants.check_invariants(cache, 0, 0)),
+        "check_integrity_us": best(lambda: check_integrity(cache), 10),
+    }
+    print(json.dumps({"scale": scale, "nodes": cache.num_nodes(), "tensors_owned": len(scan.kv) + len(scan.states)
+                      + len(scan.host_kv) + len(scan.host_states), "operation_us": round(op_us, 1), **parts}))
+
+
 def legacy(seeds: list[int], ops: int, switches: list[str]) -> None:
     summary = {}
     for bug in switches:
@@ -76,6 +122,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--throughput", action="store_true", help="only the throughput part")
     ap.add_argument("--legacy", action="store_true", help="only the legacy-switch part")
+    ap.add_argument("--breakdown", action="store_true", help="only the check-time breakdown on a big tree")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--ops", type=int, default=10_000, help="operations per run (default 10000)")
     ap.add_argument("--switches", nargs="+", default=list(SWITCHES), choices=SWITCHES)
@@ -84,7 +131,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--integrity-every", type=int, default=100,
                     help="integrity check period in the throughput runs (default 100)")
     args = ap.parse_args(argv)
-    both = not (args.throughput or args.legacy)
+    both = not (args.throughput or args.legacy or args.breakdown)
+    if args.breakdown or both:
+        breakdown(args.big_scale, 3_000, 5)
     if args.throughput or both:
         throughput(args.ops, args.big_scale, args.jobs, args.integrity_every)
     if args.legacy or both:
