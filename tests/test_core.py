@@ -20,6 +20,7 @@ from himamba.memory.content import (
     kv_matches,
     prefix_fingerprint,
     state_content,
+    state_content_many,
     state_matches,
     write_kv,
     write_state,
@@ -536,6 +537,33 @@ class TestContent:
         # a row depends on nothing else: the same token at the same position matches
         assert torch.equal(k[:, 1:2], kv_content(spec, [6], 11)[0])
         assert torch.equal(k[:, 0:1], base_k)
+
+    def test_kv_formula(self):
+        """The documented formula, element by element (the implementation caches part of it)."""
+        spec = self.spec
+        k, v = kv_content(spec, [5, 9], 3)
+        for layer in range(spec.num_full_layers):
+            for i, (tok, pos) in enumerate(((5, 3), (9, 4))):
+                for h in range(spec.kv_heads):
+                    for d in range(spec.head_dim):
+                        want = (tok * 7 + pos * 13 + layer * 29 + (h * spec.head_dim + d) * 3) % 251
+                        assert float(k[layer, i, h, d]) == want and float(v[layer, i, h, d]) == (want + 101) % 251
+
+    def test_many_states_equal_single_states(self):
+        fps = [0, 1, 250, 251, 12345, (1 << 61) - 2]
+        conv, ssm = state_content_many(self.spec, fps)
+        for i, fp in enumerate(fps):
+            one_conv, one_ssm = state_content(self.spec, fp)
+            assert torch.equal(conv[:, i], one_conv) and torch.equal(ssm[:, i], one_ssm)
+        digits = (fps[4] % 251, fps[4] // 251 % 251, fps[4] // 251**2 % 251)
+        for e in range(6):  # conv element e of layer 1: digit[e % 3] + e * 5 + 31 (salt 0)
+            flat = conv[1, 4].reshape(-1)
+            assert float(flat[e]) == (digits[e % 3] + e * 5 + 31) % 251
+
+    def test_a_spec_with_a_list_shape_still_works(self):
+        spec = hm.ModelSpec("custom", 1, 1, 2, 1, 2, 2, [2, 2])
+        assert spec.ssm_shape == (2, 2)
+        assert state_content(spec, 7)[1].shape == (1, 2, 2)
 
     def test_values_are_exact_in_every_dtype(self):
         k, v = kv_content(self.spec, list(range(300)), 0)

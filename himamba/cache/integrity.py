@@ -51,38 +51,57 @@ def check_integrity(cache) -> list[Violation]:
                 states[tier].append((node, slot, fp))
         stack.extend((c, start + len(tokens), fp) for c in node.children.values())
     out: list[Violation] = []
-    for tier, (_, _, kv_pool, state_pool) in tiers.items():
-        _compare_kv(out, tier, kv_pool, kv_rows[tier], spec)
-        _compare_states(out, tier, state_pool, states[tier], spec)
+    _compare_kv(out, [(tier, pools[2], kv_rows[tier]) for tier, pools in tiers.items()], spec)
+    _compare_states(out, [(tier, pools[3], states[tier]) for tier, pools in tiers.items()], spec)
     return out
 
 
-def _compare_kv(out: list[Violation], tier: str, pool, rows: list, spec) -> None:
+def _compare_kv(out: list[Violation], groups: list[tuple[str, object, list]], spec) -> None:
+    """Compare the KV rows of every tier; their content is computed once for all tiers."""
+    rows = [r for _, _, tier_rows in groups for r in tier_rows]
     if not rows:
         return
-    dev = pool.device
-    idx = torch.cat([r[1] for r in rows]).to(dev)
+    dev = groups[0][1].device
     tok = torch.tensor([t for r in rows for t in r[2]], dtype=torch.int64, device=dev)
     pos = torch.tensor([r[3] + i for r in rows for i in range(len(r[2]))], dtype=torch.int64, device=dev)
-    k, v = kv_content_at(spec, tok, pos)
-    bad = ((pool.k_buffer[:, idx] != k) | (pool.v_buffer[:, idx] != v)).flatten(2).any(dim=2).any(dim=0)
-    if not bool(bad.any()):
-        return
+    k_all, v_all = kv_content_at(spec, tok, pos)
     offset = 0
-    for node, slots, tokens, start in rows:
-        n = len(slots)
-        if bool(bad[offset : offset + n].any()):
-            out.append(Violation("INTEGRITY", node.id, f"{tier} KV rows differ from tokens {start}..{start + len(tokens) - 1}"))
+    for tier, pool, tier_rows in groups:
+        if not tier_rows:
+            continue
+        idx = torch.cat([r[1] for r in tier_rows]).to(pool.device)
+        n = idx.numel()
+        k, v = k_all[:, offset : offset + n].to(pool.device), v_all[:, offset : offset + n].to(pool.device)
         offset += n
+        have_k, have_v = pool.k_buffer[:, idx], pool.v_buffer[:, idx]
+        if torch.equal(have_k, k) and torch.equal(have_v, v):
+            continue
+        bad = ((have_k != k) | (have_v != v)).flatten(2).any(dim=2).any(dim=0)
+        start = 0
+        for node, slots, tokens, first in tier_rows:
+            if bool(bad[start : start + len(slots)].any()):
+                out.append(Violation("INTEGRITY", node.id, f"{tier} KV rows differ from tokens {first}..{first + len(tokens) - 1}"))
+            start += len(slots)
 
 
-def _compare_states(out: list[Violation], tier: str, pool, rows: list, spec) -> None:
+def _compare_states(out: list[Violation], groups: list[tuple[str, object, list]], spec) -> None:
+    """Compare the states of every tier; their content is computed once for all tiers."""
+    rows = [r for _, _, tier_rows in groups for r in tier_rows]
     if not rows:
         return
-    dev = pool.device
-    slots = torch.cat([r[1].view(1) for r in rows]).to(dev)
-    conv, ssm = state_content_many(spec, [r[2] for r in rows], dev)
-    bad = (pool.conv[:, slots] != conv).flatten(2).any(dim=2).any(dim=0) | \
-        (pool.ssm[:, slots] != ssm).flatten(2).any(dim=2).any(dim=0)
-    for i in torch.nonzero(bad).flatten().tolist():
-        out.append(Violation("INTEGRITY", rows[i][0].id, f"{tier} state differs from the state of its prefix"))
+    conv_all, ssm_all = state_content_many(spec, [r[2] for r in rows], groups[0][1].device)
+    offset = 0
+    for tier, pool, tier_rows in groups:
+        if not tier_rows:
+            continue
+        n = len(tier_rows)
+        slots = torch.cat([r[1].view(1) for r in tier_rows]).to(pool.device)
+        conv = conv_all[:, offset : offset + n].to(pool.device)
+        ssm = ssm_all[:, offset : offset + n].to(pool.device)
+        offset += n
+        have_conv, have_ssm = pool.conv[:, slots], pool.ssm[:, slots]
+        if torch.equal(have_conv, conv) and torch.equal(have_ssm, ssm):
+            continue
+        bad = (have_conv != conv).flatten(2).any(dim=2).any(dim=0) | (have_ssm != ssm).flatten(2).any(dim=2).any(dim=0)
+        for i in torch.nonzero(bad).flatten().tolist():
+            out.append(Violation("INTEGRITY", tier_rows[i][0].id, f"{tier} state differs from the state of its prefix"))

@@ -10,6 +10,7 @@ round trip through any tier compares with ``torch.equal``.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -46,35 +47,49 @@ def kv_content_at(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Like :func:`kv_content` for arbitrary (token, position) pairs given as int64 tensors."""
     n = token_ids.numel()
-    device = token_ids.device
-    tok = token_ids.view(1, n, 1, 1)
-    pos = positions.view(1, n, 1, 1)
+    grid = _kv_grid(spec, token_ids.device)
+    base = (token_ids.view(1, n, 1, 1) * 7 + positions.view(1, n, 1, 1) * 13 + grid) % _MOD
+    return base.to(spec.kv_dtype), ((base + 101) % _MOD).to(spec.kv_dtype)
+
+
+@functools.lru_cache(maxsize=64)
+def _kv_grid(spec: ModelSpec, device: torch.device) -> torch.Tensor:
+    """The token-independent part of every KV value, ``layer * 29 + element * 3``, shaped
+    ``[full_layers, 1, kv_heads, head_dim]``. Cached per (model, device); read only."""
     layer = torch.arange(spec.num_full_layers, dtype=torch.int64, device=device).view(-1, 1, 1, 1)
     elem = torch.arange(spec.kv_heads * spec.head_dim, dtype=torch.int64, device=device).view(
         1, 1, spec.kv_heads, spec.head_dim
     )
-    base = (tok * 7 + pos * 13 + layer * 29 + elem * 3) % _MOD
-    return base.to(spec.kv_dtype), ((base + 101) % _MOD).to(spec.kv_dtype)
+    return layer * 29 + elem * 3
 
 
 def state_content_many(
     spec: ModelSpec, fingerprints: Sequence[int], device: torch.device | str = "cpu"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Conv ``[mamba_layers, n, ...]`` and SSM ``[mamba_layers, n, ...]`` for n fingerprints."""
+    device = torch.device(device)
     fp = list(fingerprints)
     digits = torch.tensor([[f % _MOD, (f // _MOD) % _MOD, (f // _MOD**2) % _MOD] for f in fp],
                           dtype=torch.int64, device=device).view(len(fp), 3)
 
-    def block(shape: Sequence[int], salt: int) -> torch.Tensor:
-        numel = 1
-        for d in shape:
-            numel *= d
-        elem = torch.arange(numel, dtype=torch.int64, device=device)
-        layer = torch.arange(spec.num_mamba_layers, dtype=torch.int64, device=device).view(-1, 1, 1)
-        vals = (digits[:, elem % 3].unsqueeze(0) + elem * 5 + layer * 31 + salt) % _MOD
-        return vals.view(spec.num_mamba_layers, len(fp), *shape)
+    def block(shape: tuple[int, ...], salt: int, dtype: torch.dtype) -> torch.Tensor:
+        pick, const = _state_grid(spec, device, shape, salt)
+        return ((digits[:, pick].unsqueeze(0) + const) % _MOD).view(spec.num_mamba_layers, len(fp), *shape).to(dtype)
 
-    return block(spec.conv_shape, 0).to(spec.conv_dtype), block(spec.ssm_shape, 17).to(spec.ssm_dtype)
+    return block(spec.conv_shape, 0, spec.conv_dtype), block(spec.ssm_shape, 17, spec.ssm_dtype)
+
+
+@functools.lru_cache(maxsize=64)
+def _state_grid(spec: ModelSpec, device: torch.device, shape: tuple[int, ...], salt: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """For one state block: which fingerprint digit each element takes (``element % 3``) and the
+    fingerprint-independent part ``element * 5 + layer * 31 + salt``, shaped
+    ``[mamba_layers, 1, elements]``. Cached per (model, device, block); read only."""
+    numel = 1
+    for d in shape:
+        numel *= d
+    elem = torch.arange(numel, dtype=torch.int64, device=device)
+    layer = torch.arange(spec.num_mamba_layers, dtype=torch.int64, device=device).view(-1, 1, 1)
+    return elem % 3, elem * 5 + layer * 31 + salt
 
 
 def state_content(
@@ -82,20 +97,8 @@ def state_content(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Conv ``[mamba_layers, channels, kernel-1]`` and SSM ``[mamba_layers, *ssm_shape]`` of the
     state that ends a prefix with this fingerprint."""
-    digits = torch.tensor(
-        [fingerprint % _MOD, (fingerprint // _MOD) % _MOD, (fingerprint // _MOD**2) % _MOD], device=device
-    )
-
-    def block(shape: Sequence[int], salt: int) -> torch.Tensor:
-        numel = 1
-        for d in shape:
-            numel *= d
-        elem = torch.arange(numel, dtype=torch.int64, device=device)
-        layer = torch.arange(spec.num_mamba_layers, dtype=torch.int64, device=device).view(-1, 1)
-        vals = (digits[elem % 3] + elem * 5 + layer * 31 + salt) % _MOD
-        return vals.view(spec.num_mamba_layers, *shape)
-
-    return block(spec.conv_shape, 0).to(spec.conv_dtype), block(spec.ssm_shape, 17).to(spec.ssm_dtype)
+    conv, ssm = state_content_many(spec, [fingerprint], device)
+    return conv[:, 0], ssm[:, 0]
 
 
 def write_kv(pool: KVPool, indices: torch.Tensor, token_ids: Sequence[int], start_pos: int) -> None:

@@ -48,6 +48,7 @@ class ModelSpec:
             raise InvalidInputError(f"ModelSpec.conv_kernel must be >= 2, got {self.conv_kernel}")
         if not self.ssm_shape or any(d <= 0 for d in self.ssm_shape):
             raise InvalidInputError(f"ModelSpec.ssm_shape must be non-empty and positive, got {self.ssm_shape}")
+        object.__setattr__(self, "ssm_shape", tuple(self.ssm_shape))  # hashable, whatever was passed
 
     # -- shapes --------------------------------------------------------------------------------
     @property
