@@ -246,9 +246,9 @@ class CacheConformance:
         assert cache.evict(1) == 0
         self.check(cache)
 
-    def test_tombstone_cuts_usable_prefix(self):
-        """When an internal node loses its device state, a lookup ending at it reuses nothing,
-        while a lookup through it to a descendant with a state still reuses everything."""
+    def inner_state_evicted(self):
+        """A[2 pages] → AB[+1 page], both with states; then ``evict_mamba(1)`` takes A's state
+        (A is older), leaving A a device tombstone. Returns (cache, a, ab, node A, node AB)."""
         cache = self.make()
         a = self.seq(cache, 1, 2)
         ab = a + self.seq(cache, 100, 1)
@@ -258,12 +258,17 @@ class CacheConformance:
         assert self.device_len(cache, ab) == len(ab)  # na older than nab in every list
         self.check(cache)
         states = cache.mamba_pool.available_size()
-
         assert cache.evict_mamba(1) == 1
         self.check(cache)
         assert na.mamba_value is None and na.value is not None
         assert nab.mamba_value is not None
         assert cache.mamba_pool.available_size() == states + 1
+        return cache, a, ab, na, nab
+
+    def test_tombstone_cuts_usable_prefix(self):
+        """When an internal node loses its device state, a lookup ending at it reuses nothing,
+        while a lookup through it to a descendant with a state still reuses everything."""
+        cache, a, ab, na, nab = self.inner_state_evicted()
         m = cache.match_prefix(a)
         self.check(cache)
         assert m.prefix_len == 0 and m.last_device_node is cache.root_node

@@ -12,7 +12,6 @@ before checking that the lookup reuses nothing.
 from __future__ import annotations
 
 from conformance import CacheConformance
-from helpers import node_at
 
 import himamba as hm
 
@@ -24,21 +23,7 @@ class TieredConformance(CacheConformance):
         """A tombstone with a host state still ends a usable prefix (host_hit_length 1, its
         device KV reused); once its host state is gone too, a lookup ending at it reuses
         nothing while a lookup through it to a descendant with a state reuses everything."""
-        cache = self.make()
-        a = self.seq(cache, 1, 2)
-        ab = a + self.seq(cache, 100, 1)
-        self.put(cache, a)
-        self.put(cache, ab)
-        na, nab = node_at(cache, a), node_at(cache, ab)
-        assert self.device_len(cache, ab) == len(ab)
-        self.check(cache)
-        states = cache.mamba_pool.available_size()
-
-        assert cache.evict_mamba(1) == 1
-        self.check(cache)
-        assert na.mamba_value is None and na.value is not None
-        assert nab.mamba_value is not None
-        assert cache.mamba_pool.available_size() == states + 1
+        cache, a, ab, na, nab = self.inner_state_evicted()
         backed_up = cache.config.write_policy != "write_back"
         assert (na.mamba_host_value is not None) is backed_up  # selective: 2 hits (a, then ab)
         if backed_up:

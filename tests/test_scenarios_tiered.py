@@ -1119,14 +1119,9 @@ def test_scenario_33_old_write_back_asserts_not_backuped():
 
 
 # -- scenario 34 -----------------------------------------------------------------------------------
-def test_scenario_34_leaf_removed_by_a_cascade_inside_a_write_is_skipped():
-    """Stale heap entry (tiered): write_back with host KV for 4 tokens. P[1,2,3] is a device
-    tombstone whose only child C[4,5] is host-only (so P is a device leaf); L[10,11,12] is an
-    older device leaf. evict(4) pops L first; writing L back needs 3 host tokens, only 2 are
-    free, so the write host-evicts C, and the cascade deletes P (childless, stateless, unpinned)
-    — while P is still in the heap. The retry writes L and demotes it; P's heap entry is then
-    skipped as stale. evict returns L's 3 tokens (P's 3 device tokens went through the host
-    eviction's cascade, which evict does not count); every device slot is free."""
+def tombstone_over_host_child():
+    """write_back, host KV for 4 tokens: P[1,2,3] a device tombstone (a device leaf) whose only
+    child C[4,5] is host-only. Returns (cache, P, C)."""
     cache = hi_cache(host_kv_tokens=4)
     put(cache, [1, 2, 3])
     assert_healthy(cache)
@@ -1137,6 +1132,19 @@ def test_scenario_34_leaf_removed_by_a_cascade_inside_a_write_is_skipped():
     assert_healthy(cache)
     assert cache.evict(2) == 2
     assert_healthy(cache)
+    assert tiers(p) == ("D", "-") and tiers(c) == ("H", "h")
+    return cache, p, c
+
+
+def test_scenario_34_leaf_removed_by_a_cascade_inside_a_write_is_skipped():
+    """Stale heap entry (tiered): write_back with host KV for 4 tokens. P[1,2,3] is a device
+    tombstone whose only child C[4,5] is host-only (so P is a device leaf); L[10,11,12] is an
+    older device leaf. evict(4) pops L first; writing L back needs 3 host tokens, only 2 are
+    free, so the write host-evicts C, and the cascade deletes P (childless, stateless, unpinned)
+    — while P is still in the heap. The retry writes L and demotes it; P's heap entry is then
+    skipped as stale. evict returns L's 3 tokens (P's 3 device tokens went through the host
+    eviction's cascade, which evict does not count); every device slot is free."""
+    cache, p, c = tombstone_over_host_child()
     put(cache, [10, 11, 12])
     assert_healthy(cache)
     leaf = node_at(cache, [10, 11, 12])
@@ -1170,16 +1178,7 @@ def test_scenario_34_leaf_whose_own_write_host_evicts_its_only_child():
     its own write, so the cascade stops at P. The retry writes P and P is demoted: a stateless
     host leaf (tolerated I6, it is in Lh). (Before the write lock, the cascade deleted P and the
     demotion double-freed its device slots.)"""
-    cache = hi_cache(host_kv_tokens=4)
-    put(cache, [1, 2, 3])
-    assert_healthy(cache)
-    put(cache, [1, 2, 3, 4, 5])
-    assert_healthy(cache)
-    p, c = node_at(cache, [1, 2, 3]), node_at(cache, [1, 2, 3, 4, 5])
-    assert cache.evict_mamba(1) == 1
-    assert_healthy(cache)
-    assert cache.evict(2) == 2
-    assert_healthy(cache)
+    cache, p, c = tombstone_over_host_child()
     assert tiers(p) == ("D", "-") and tiers(c) == ("H", "h")
     assert ld(cache) == {p.id} and lh(cache) == {c.id} and used(cache) == (3, 0, 2, 1)
 
