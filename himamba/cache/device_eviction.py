@@ -165,30 +165,22 @@ class DeviceEvictionMixin(TreeBase):
         """
         if not isinstance(num_states, int) or num_states < 0:
             raise InvalidInputError(f"evict_mamba(n) needs a non-negative int, got {num_states!r}")
-        lru = self.mamba_lru_list
         legacy_b8 = self.config.has_legacy("B8")
-        freed = 0
-        x = lru.lru_no_lock()
-        while freed < num_states and lru.in_list(x):
+
+        def take(x: TreeNode) -> int:
             if x is self.root_node or x.mamba_lock_ref != 0 or x.mamba_value is None:
                 raise CacheAssertionError(f"evict_mamba: bad candidate #{x.id}")
             if x.children:
-                x_next = lru.prev_no_lock(x)
                 self._tombstone_internal_node(x)
-                freed += 1
-            elif x.full_lock_ref > 0 and not legacy_b8:
-                x = lru.prev_no_lock(x)
-                continue
-            else:
-                if x.full_lock_ref != 0:
-                    raise CacheAssertionError(f"evict device leaf: full_lock_ref mismatch (node #{x.id}, full_lock_ref={x.full_lock_ref})")
-                x_next = lru.prev_no_lock(x)
-                self._evict_device_leaf(x)
-                freed += 1
-                if not lru.in_list(x_next):
-                    x_next = lru.lru_no_lock()
-            x = x_next
-        return freed
+                return 1
+            if x.full_lock_ref > 0 and not legacy_b8:
+                return 0
+            if x.full_lock_ref != 0:
+                raise CacheAssertionError(f"evict device leaf: full_lock_ref mismatch (node #{x.id}, full_lock_ref={x.full_lock_ref})")
+            self._evict_device_leaf(x)
+            return 1
+
+        return self.mamba_lru_list.drain(num_states, take)
 
     def _tombstone_internal_node(self, node: TreeNode) -> None:
         """Drop the device state of a node that has children; its KV stays."""

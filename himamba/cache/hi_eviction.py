@@ -157,25 +157,20 @@ class HiEvictionMixin(DeviceEvictionMixin, HiTreeBase):
             raise InvalidInputError(f"evict_mamba_host(n) needs a non-negative int, got {num_states!r}")
         lru = self.mamba_host_lru_list
         old_rule = self.config.has_legacy("B5")
-        freed = 0
-        x = lru.lru_no_lock()
-        while freed < num_states and lru.in_list(x):
-            x_next = lru.prev_no_lock(x)
+
+        def take(x: TreeNode) -> int:
             if x in self.evictable_full_host_leaves:
                 self._evict_host_leaf(x)
-            else:
-                if old_rule and x.host_ref_counter > 0:
-                    x = x_next
-                    continue
-                if x.host_mamba_ref_counter != 0:
-                    raise CacheAssertionError(f"evict_mamba_host: node #{x.id} has a pinned host state")
-                lru.remove_node(x)
-                self.host_mamba_pool.free(x.mamba_host_value)
-                x.mamba_host_value = None
-                if self.events.active:
-                    self.events.emit(EventKind.HOST_STATE_DROPPED, f"#{x.id} loses its host state (KV={x.kv_tier()})", (x.id,))
-            freed += 1
-            if not lru.in_list(x_next):
-                x_next = lru.lru_no_lock()
-            x = x_next
-        return freed
+                return 1
+            if old_rule and x.host_ref_counter > 0:
+                return 0
+            if x.host_mamba_ref_counter != 0:
+                raise CacheAssertionError(f"evict_mamba_host: node #{x.id} has a pinned host state")
+            lru.remove_node(x)
+            self.host_mamba_pool.free(x.mamba_host_value)
+            x.mamba_host_value = None
+            if self.events.active:
+                self.events.emit(EventKind.HOST_STATE_DROPPED, f"#{x.id} loses its host state (KV={x.kv_tier()})", (x.id,))
+            return 1
+
+        return lru.drain(num_states, take)

@@ -177,6 +177,26 @@ class LRUList:
             link = link.prev
         return None
 
+    def drain(self, budget: int, take: Callable[[TreeNode], int]) -> int:
+        """Offer unlocked members to ``take``, least recently used first, until ``budget`` units
+        were taken or no member is left; returns the units taken.
+
+        ``take(node)`` frees what it can and returns how many units it freed (0: skipped, the walk
+        goes on toward the head). The next candidate is found before ``take`` runs; when ``take``
+        freed something and that candidate left the list meanwhile (a cascade deleted it), the
+        walk starts again at the tail.
+        """
+        taken = 0
+        node = self.lru_no_lock()
+        while taken < budget and self.in_list(node):
+            following = self.prev_no_lock(node)
+            got = take(node)
+            taken += got
+            if got and not self.in_list(following):
+                following = self.lru_no_lock()
+            node = following
+        return taken
+
     def nodes(self) -> Iterator[TreeNode]:
         """Members from most to least recently used."""
         link = self.head.next
