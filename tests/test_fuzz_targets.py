@@ -39,7 +39,7 @@ def test_episode_seeds() -> None:
     assert episode_seed(7, 0) == 7
     seeds = {episode_seed(s, e) for s in range(20) for e in range(1, 50)}
     assert len(seeds) == 20 * 49  # no two episodes of these runs share a seed
-    assert episode_seed(3, 4) == episode_seed(3, 4)
+    assert episode_seed(3, 4) == 1_071_754_861_863  # pinned: saved runs name these seeds
 
 
 def test_episode_lengths() -> None:

@@ -79,7 +79,7 @@ def check_invariants(cache, held_kv: int | None = None, held_states: int | None 
     _check_leaf_set(cache.evictable_full_device_leaves, scan.device_leaves, "device", out)
     _check_counters(cache, scan, out)
     _check_pool(out, "device KV", cache.kv_pool, scan.kv, held_kv, cache.full_evictable_size_ + cache.full_protected_size_,
-                scan.nodes[1:], "value")
+                scan.nodes, "value")
     _check_pool(out, "device state", cache.mamba_pool, scan.states, held_states,
                 cache.mamba_evictable_size_ + cache.mamba_protected_size_, scan.nodes, "mamba_value")
     if tiered:
@@ -294,12 +294,12 @@ def _shape_violation(node: TreeNode, attr: str, length: int) -> Violation:
 def _well_formed(out: list[Violation], owned: list[torch.Tensor], nodes: list[TreeNode], attr: str) -> list[torch.Tensor]:
     """Report I2 for every owned tensor that is not 1-D (the scan checked dtypes and element
     counts); return the others. Runs only when concatenating the owned tensors showed a problem."""
-    length = {"value": None, "host_value": None}.get(attr, 1)
+    per_token = attr in ("value", "host_value")
     bad = {id(t) for t in owned if t.dim() != 1 or t.dtype is not _INT64}
     for n in nodes:
         v = getattr(n, attr)
         if v is not None and id(v) in bad:
-            out.append(_shape_violation(n, attr, len(n.key) if length is None else length))
+            out.append(_shape_violation(n, attr, len(n.key) if per_token else 1))
     return [t for t in owned if id(t) not in bad]
 
 
