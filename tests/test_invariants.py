@@ -166,3 +166,28 @@ def test_requests_holding_slots_must_be_declared():
     assert {v.invariant for v in hm.check_invariants(cache, held_kv=0, held_states=0)} == {"POOL"}
     assert hm.check_invariants(cache, held_kv=3, held_states=0) == []
     assert hm.check_invariants(cache) == []
+
+
+@pytest.mark.parametrize("cls", [hm.MambaRadixCache, hm.HiMambaRadixCache])
+def test_a_slot_named_twice_inside_one_page_is_reported(cls):
+    """With pages of 4 slots, a node that names one slot of its page twice (and another not at
+    all) keeps every page count and every counter right; only the count per slot sees it."""
+    cache = make_cache(cls, page_size=4, device_kv_tokens=32, device_mamba_slots=4)
+    put(cache, [1, 2, 3, 4, 5, 6, 7, 8])
+    assert hm.check_invariants(cache, held_kv=0, held_states=0) == []
+    node = node_at(cache, [1, 2, 3, 4, 5, 6, 7, 8])
+    node.value = torch.cat((node.value[:1], node.value[:1], node.value[2:]))
+    found = [str(v) for v in hm.check_invariants(cache, held_kv=0, held_states=0)]
+    assert found == ["POOL: device KV: a slot is owned twice"]
+
+
+@pytest.mark.parametrize(("damage", "message"), [
+    (lambda c: setattr(node_at(c, E), "value", torch.tensor([10_000])), "the tree owns slots outside the pool"),
+    (_share_slot, "a slot is owned twice"),
+    (lambda c: c.kv_pool.free(node_at(c, B).value), "the tree owns slots the pool considers free"),
+])
+def test_pool_problems_are_named(damage, message):
+    cache = healthy_device()
+    damage(cache)
+    pool_lines = [v.message for v in hm.check_invariants(cache, held_kv=0, held_states=0) if v.invariant == "POOL"]
+    assert pool_lines[0] == f"device KV: {message}"

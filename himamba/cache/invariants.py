@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from himamba.core.lru import LRUList
@@ -322,21 +323,11 @@ def _check_pool(out: list[Violation], label: str, pool, owned: list[torch.Tensor
             owned = _well_formed(out, owned, nodes, attr)
             flat = torch.cat(owned) if owned else torch.empty(0, dtype=_INT64)
         total = int(flat.numel())
-        pages = flat if alloc.page_size == 1 else flat // alloc.page_size
-        try:
-            counts = torch.bincount(pages, minlength=alloc.num_pages)
-        except RuntimeError:  # a negative slot
-            counts = None
-        if counts is None or counts.shape[0] > alloc.num_pages:
-            out.append(Violation("POOL", None, f"{label}: the tree owns slots outside the pool"))
-            return
-        # Owned once and allocated, in one comparison: an allocated page may be named by at most
-        # page_size slots (its own), a free page by none.
-        if total and bool((counts > alloc._in_use * alloc.page_size if alloc.page_size > 1 else counts > alloc._in_use).any()):
-            if int(counts.max()) > alloc.page_size:
-                out.append(Violation("POOL", None, f"{label}: a slot is owned by two nodes"))
-            if bool(((counts > 0) & (alloc._in_use == 0)).any()):
-                out.append(Violation("POOL", None, f"{label}: the tree owns slots the pool considers free"))
+        if total and not _slots_owned_once(flat, alloc):
+            problem = _slot_problem(flat, alloc)
+            out.append(Violation("POOL", None, f"{label}: {problem}"))
+            if problem.startswith("the tree owns slots outside"):
+                return
     used = pool.used_size()
     if total != counted:
         out.append(Violation("POOL", None, f"{label}: tree owns {total} slots but its counters say {counted}"))
@@ -345,3 +336,38 @@ def _check_pool(out: list[Violation], label: str, pool, owned: list[torch.Tensor
             out.append(Violation("POOL", None, f"{label}: tree owns {total} slots, pool has only {used} in use"))
     elif pool.available_size() + total + held != pool.capacity:
         out.append(Violation("POOL", None, f"{label}: free {pool.available_size()} + tree {total} + held {held} != capacity {pool.capacity}"))
+
+
+def _slots_owned_once(flat: torch.Tensor, alloc) -> bool:
+    """Are the owned slots ``flat`` (1-D int64) all inside the pool, allocated, and each named
+    once? One count per slot over the whole pool, then, with one slot per page, one comparison
+    with the pages' in-use marks (a slot may be named at most as often as it is marked); with
+    bigger pages, the count must not exceed 1 and every named page must be marked. On the CPU
+    this runs in numpy, whose calls cost a fraction of torch's on these small arrays."""
+    in_use = alloc._in_use
+    if flat.device.type == "cpu" and in_use.device.type == "cpu":
+        slots, marks = flat.numpy(), in_use.numpy()
+        try:
+            counts = np.bincount(slots, minlength=alloc.capacity)
+        except ValueError:  # a negative slot
+            return False
+    else:
+        if bool((flat < 0).any()):
+            return False
+        slots, marks = flat, in_use.to(flat.device)
+        counts = torch.bincount(slots, minlength=alloc.capacity)
+    if counts.shape[0] > alloc.capacity:
+        return False
+    if alloc.page_size == 1:
+        return not bool((counts > marks).any())
+    return int(counts.max()) <= 1 and bool(marks[slots // alloc.page_size].all())
+
+
+def _slot_problem(flat: torch.Tensor, alloc) -> str:
+    """Why :func:`_slots_owned_once` said no, in words (the first reason found)."""
+    flat = flat.cpu()
+    if int(flat.min()) < 0 or int(flat.max()) >= alloc.capacity:
+        return "the tree owns slots outside the pool"
+    if int(torch.bincount(flat).max()) > 1:
+        return "a slot is owned twice"
+    return "the tree owns slots the pool considers free"
