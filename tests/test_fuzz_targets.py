@@ -63,6 +63,16 @@ def test_the_first_failing_episode_wins_whatever_the_number_of_jobs() -> None:
         one.ops_run, one.failure, one.script, one.extras["episodes"])
 
 
+def test_a_clean_parallel_run_reports_what_one_process_reports() -> None:
+    """Workers send back only failing scripts; the last episode's script is made again."""
+    one = fuzz(seed=2, ops=1_000, episode=200, integrity_every=0)
+    two = fuzz(seed=2, ops=1_000, episode=200, integrity_every=0, jobs=2)
+    assert one.failure is None and two.failure is None
+    assert (two.ops_run, two.counts, two.script, two.extras["episodes"], two.extras["episode"]) == (
+        one.ops_run, one.counts, one.script, 5, 4)
+    assert two.extras["nodes"] == pytest.approx(one.extras["nodes"])
+
+
 def test_scale_grows_the_trees() -> None:
     small = fuzz(seed=0, ops=1_000, episode=1_000, integrity_every=0)
     big = fuzz(seed=0, ops=1_000, episode=1_000, integrity_every=0, scale=12)

@@ -476,7 +476,7 @@ def fuzz(seed: int = 0, ops: int = 10_000, *, page_size: int = 1, write_policy: 
             events[kind] = events.get(kind, 0) + n
         node_samples.append(report.extras["nodes"] * report.ops_run)
         total.script, total.failure = report.script, report.failure
-        total.extras["episode"] = report.script["episode"]
+        total.extras["episode"] = report.extras["episode"]
         if progress is not None and jobs > 1:
             progress(total.ops_run - 1)
         if report.failure is not None:
@@ -514,13 +514,20 @@ class _EpisodeTask:
 
     def __call__(self, item: tuple[int, int], progress: Callable[[int], None] | None = None) -> FuzzReport:
         number, n = item
-        return run_script(self.script(number, n), self.integrity_every, progress, count_events=self.count_events,
-                          sample_nodes=64)
+        report = run_script(self.script(number, n), self.integrity_every, progress, count_events=self.count_events,
+                            sample_nodes=64)
+        report.extras["episode"] = number
+        return report
 
 
 def _episode_reports(task: _EpisodeTask, plan: list[tuple[int, int]], jobs: int,
                      progress: Callable[[int], None] | None):
-    """The episodes' reports in episode order; the caller stops at the first failure."""
+    """The episodes' reports in episode order; the caller stops at the first failure.
+
+    With several jobs, ``jobs - 1`` worker processes and this one share the episodes: each
+    worker has one episode queued behind the one it runs (so it never waits for this process),
+    and this process runs the next unstarted episode whenever the one due next is not finished. Any episode may run anywhere; only the order of the
+    reports is fixed."""
     if jobs == 1 or len(plan) == 1:
         done = 0
         for item in plan:
@@ -532,8 +539,33 @@ def _episode_reports(task: _EpisodeTask, plan: list[tuple[int, int]], jobs: int,
     import multiprocessing
 
     # spawn, not fork: a forked copy of a process that already ran torch may hang in its thread pool
-    with multiprocessing.get_context("spawn").Pool(jobs, initializer=_init_worker) as pool:
-        yield from pool.imap(task, plan)
+    with multiprocessing.get_context("spawn").Pool(jobs - 1, initializer=_init_worker) as pool:
+        remote: dict[int, multiprocessing.pool.AsyncResult] = {}
+        finished: dict[int, FuzzReport] = {}
+        started = 0
+        for due in range(len(plan)):
+            while due not in finished:
+                while started < len(plan) and sum(not r.ready() for r in remote.values()) < 2 * (jobs - 1):
+                    remote[started] = pool.apply_async(_run_remote, (task, plan[started]))
+                    started += 1
+                if due in remote and (remote[due].ready() or started == len(plan)):
+                    report = remote.pop(due).get()
+                    if report.script is None and due == len(plan) - 1:  # made again, not sent
+                        report.script = task.script(*plan[due])
+                    finished[due] = report
+                elif started < len(plan):
+                    finished[started] = task(plan[started])
+                    started += 1
+            yield finished.pop(due)
+
+
+def _run_remote(task: _EpisodeTask, item: tuple[int, int]) -> FuzzReport:
+    """Run one episode in a worker. Only a failing episode's script is sent back: the caller can
+    make a clean one again from its seed when it needs it (the last episode's)."""
+    report = task(item)
+    if report.failure is None:
+        report.script = None
+    return report
 
 
 def _init_worker() -> None:
