@@ -3,18 +3,20 @@
 
 Three parts (all by default):
 
-* ``--breakdown``: on one tree of about 90 nodes, the time of one operation and of each part of
+* ``--breakdown``: on one tree of about 100 nodes, the time of one operation and of each part of
   ``check_invariants`` (best of 5), and of ``check_integrity``.
 * ``--throughput``: operations per second with ``check_invariants`` after every operation, at pool
-  scale 1 (trees of about a dozen nodes) and at ``--big-scale`` (trees of about 85 nodes, in one
-  long episode so that they stay big), with one worker process and with ``--jobs``. Integrity
-  (every stored byte) is checked every ``--integrity-every`` operations. Prints one JSON line per
-  run with the mean tree size.
+  scale 1 (trees of about a dozen nodes) and at ``--big-scale`` (trees of about 100 nodes, in
+  episodes of 10,000 operations so that they stay big), with one process and with ``--jobs``
+  processes; ``--throughput-ops`` operations a run, each run ``--repeat`` times (the machine's
+  noise shows in the spread). Integrity (every stored byte) is checked every
+  ``--integrity-every`` operations. Prints one JSON line per run with the mean tree size.
 * ``--legacy``: for each legacy switch and each seed in ``--seeds``, a run of at most ``--ops``
   operations with only that switch on: operations until the first failure, the failure's kind
   and the length of the shrunk script. Prints one JSON line per run and a summary per switch.
 
     python bench/fuzz.py [--breakdown] [--throughput] [--legacy] [--seeds 0 1 2 3 4] [--ops 10000] [--jobs 2]
+                         [--throughput-ops 60000] [--repeat 3]
 
 No assertions: the figures are for the reader.
 """
@@ -33,19 +35,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from himamba.sim.fuzz import fuzz  # noqa: E402
 
 SWITCHES = ("B1", "B2", "B3", "B4", "B6", "B7", "B8")
+BIG_EPISODE = 10_000  # operations per episode in the big-tree throughput runs
 
 
-def throughput(ops: int, big_scale: int, jobs: int, integrity_every: int) -> None:
+def throughput(ops: int, big_scale: int, jobs: int, integrity_every: int, repeat: int) -> None:
+    """Small trees (pool scale 1, the default episodes) and big trees (``big_scale``, episodes of
+    10,000 operations so that most of the run sees a grown tree), each with one process and with
+    ``jobs``; every run ``repeat`` times."""
     runs = [("small trees", 1, None, 1), ("small trees", 1, None, jobs),
-            ("big trees", big_scale, ops, 1), ("big trees", big_scale, ops // jobs, jobs)]
+            ("big trees", big_scale, BIG_EPISODE, 1), ("big trees", big_scale, BIG_EPISODE, jobs)]
     for label, scale, episode, n_jobs in runs:
-        report = fuzz(seed=0, ops=ops, scale=scale, episode=episode, jobs=n_jobs, integrity_every=integrity_every)
-        print(json.dumps({
-            "run": label, "scale": scale, "jobs": n_jobs, "ops": report.ops_run,
-            "episode_length": report.extras["episode_length"], "mean_nodes": round(report.extras["nodes"], 1),
-            "seconds": round(report.seconds, 2), "ops_per_s": round(report.ops_per_s),
-            "integrity_every": integrity_every, "failure": report.failure and report.failure.kind,
-        }), flush=True)
+        for _ in range(repeat):
+            report = fuzz(seed=0, ops=ops, scale=scale, episode=episode, jobs=n_jobs, integrity_every=integrity_every)
+            print(json.dumps({
+                "run": label, "scale": scale, "jobs": n_jobs, "ops": report.ops_run,
+                "episode_length": report.extras["episode_length"], "mean_nodes": round(report.extras["nodes"], 1),
+                "seconds": round(report.seconds, 2), "ops_per_s": round(report.ops_per_s),
+                "integrity_every": integrity_every, "failure": report.failure and report.failure.kind,
+            }), flush=True)
 
 
 def breakdown(scale: int, ops: int, repeat: int) -> None:
@@ -124,9 +131,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--legacy", action="store_true", help="only the legacy-switch part")
     ap.add_argument("--breakdown", action="store_true", help="only the check-time breakdown on a big tree")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    ap.add_argument("--ops", type=int, default=10_000, help="operations per run (default 10000)")
+    ap.add_argument("--ops", type=int, default=10_000, help="operations per legacy run (default 10000)")
+    ap.add_argument("--throughput-ops", type=int, default=60_000, help="operations per throughput run (default 60000)")
+    ap.add_argument("--repeat", type=int, default=3, help="runs of each throughput setting (default 3)")
     ap.add_argument("--switches", nargs="+", default=list(SWITCHES), choices=SWITCHES)
-    ap.add_argument("--big-scale", type=int, default=12, help="pool scale of the big-tree runs (default 12)")
+    ap.add_argument("--big-scale", type=int, default=14, help="pool scale of the big-tree runs (default 14)")
     ap.add_argument("--jobs", type=int, default=2, help="worker processes for the parallel runs (default 2)")
     ap.add_argument("--integrity-every", type=int, default=100,
                     help="integrity check period in the throughput runs (default 100)")
@@ -135,7 +144,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.breakdown or both:
         breakdown(args.big_scale, 3_000, 5)
     if args.throughput or both:
-        throughput(args.ops, args.big_scale, args.jobs, args.integrity_every)
+        throughput(args.throughput_ops, args.big_scale, args.jobs, args.integrity_every, args.repeat)
     if args.legacy or both:
         legacy(args.seeds, args.ops, args.switches)
 

@@ -51,12 +51,12 @@ def _parser() -> argparse.ArgumentParser:
                       help="operations per episode: each starts a fresh cache with its own pool sizes "
                            f"(default {DEFAULT_EPISODE}, or what the single legacy switch needs)")
     fuzz.add_argument("--scale", type=int, default=1,
-                      help="multiply every pool (bigger trees: about 12 nodes at 1, about 90 at 12; default 1)")
+                      help="multiply every pool (bigger trees: about 12 nodes at 1, about 100 at 14; default 1)")
     fuzz.add_argument("--integrity-every", type=int, default=1, metavar="K",
                       help="also check every stored byte after every K-th operation (default 1; invariants are "
                            "checked after every operation regardless)")
     fuzz.add_argument("--jobs", type=int, default=1,
-                      help="worker processes running episodes side by side (default 1; the result is the same)")
+                      help="processes running episodes side by side: this one and N-1 workers (default 1; the result is the same)")
     fuzz.add_argument("--out", type=Path, default=None, help="also write the shrunk script to this file")
     fuzz.add_argument("--no-progress", action="store_true", help="no progress bar")
 
