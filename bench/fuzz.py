@@ -81,16 +81,16 @@ def breakdown(scale: int, ops: int, repeat: int) -> None:
 
     scan = invariants._scan(cache, True, [])
     root = cache.root_node
-    kv_slots = sum(t.numel() for t in scan.kv)
     parts = {
         "tree_pass_us": best(lambda: invariants._scan(cache, True, [])),
         "lru_walks_us": best(lambda: (
             invariants._check_lru(cache.full_lru_list, scan, "value", len(scan.kv), [], root=root),
             invariants._check_lru(cache.mamba_lru_list, scan, "mamba_value", len(scan.states), []))),
         "device_pools_us": best(lambda: (
-            invariants._check_pool([], "kv", cache.kv_pool, scan.kv, 0, kv_slots, scan.nodes, "value"),
-            invariants._check_pool([], "st", cache.mamba_pool, scan.states, 0, len(scan.states), scan.nodes,
-                                   "mamba_value"))),
+            invariants._check_pool([], "kv", cache.kv_pool, scan.kv, scan.kv_slots, 0, scan.kv_slots, scan.nodes,
+                                   "value"),
+            invariants._check_pool([], "st", cache.mamba_pool, scan.states, len(scan.states), 0, len(scan.states),
+                                   scan.nodes, "mamba_value"))),
         "host_rules_and_pools_us": best(lambda: hi_invariants.check_host_invariants(cache, scan, [])),
         "check_invariants_us": best(lambda: invariants.check_invariants(cache, 0, 0)),
         "check_integrity_us": best(lambda: check_integrity(cache), 10),

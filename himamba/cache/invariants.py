@@ -55,6 +55,8 @@ class TreeScan:
     states: list[torch.Tensor] = field(default_factory=list)
     host_kv: list[torch.Tensor] = field(default_factory=list)
     host_states: list[torch.Tensor] = field(default_factory=list)
+    kv_slots: int = 0
+    host_kv_slots: int = 0
     full_evictable: int = 0
     full_protected: int = 0
     mamba_evictable: int = 0
@@ -79,9 +81,9 @@ def check_invariants(cache, held_kv: int | None = None, held_states: int | None 
     _check_lru(cache.mamba_lru_list, scan, "mamba_value", len(scan.states), out)
     _check_leaf_set(cache.evictable_full_device_leaves, scan.device_leaves, "device", out)
     _check_counters(cache, scan, out)
-    _check_pool(out, "device KV", cache.kv_pool, scan.kv, held_kv, cache.full_evictable_size_ + cache.full_protected_size_,
-                scan.nodes, "value")
-    _check_pool(out, "device state", cache.mamba_pool, scan.states, held_states,
+    _check_pool(out, "device KV", cache.kv_pool, scan.kv, scan.kv_slots, held_kv,
+                cache.full_evictable_size_ + cache.full_protected_size_, scan.nodes, "value")
+    _check_pool(out, "device state", cache.mamba_pool, scan.states, len(scan.states), held_states,
                 cache.mamba_evictable_size_ + cache.mamba_protected_size_, scan.nodes, "mamba_value")
     if tiered:
         from himamba.cache.hi_invariants import check_host_invariants
@@ -110,7 +112,7 @@ def _scan(cache, tiered: bool, out: list[Violation]) -> TreeScan:
     have_host_leaves = cache.evictable_full_host_leaves if tiered else None
     legacy_b5 = tiered and cache.config.has_legacy("B5")
     through = tiered and cache.config.write_policy != "write_back"
-    fe = fp = me = mp = host_lru = host_tokens = host_state_nodes = 0
+    fe = fp = me = mp = host_lru = host_tokens = host_state_nodes = kv_slots = host_kv_slots = 0
     stack = [root]
     while stack:
         parent = stack.pop()
@@ -138,11 +140,14 @@ def _scan(cache, tiered: bool, out: list[Violation]) -> TreeScan:
                 stack.append(n)
             v, mv = n.value, n.mamba_value
             fl, ml = n.full_lock_ref, n.mamba_lock_ref
+            # One size test per tensor: 8 bytes a slot. A tensor of another dtype or rank that
+            # passes it is caught by the pool check's concatenation (see _check_pool).
             if v is not None:
-                if v.dtype is not _INT64 or v.numel() != k:
+                if v.nbytes != k << 3:
                     out.append(_shape_violation(n, "value", k))
                 else:
                     kv.append(v)
+                    kv_slots += k
                 if not parent_on_device:
                     out.append(Violation("I4", n.id, f"on device but parent #{parent.id} is not"))
                 elif parent is not root and parent.full_lock_ref < fl:
@@ -159,7 +164,7 @@ def _scan(cache, tiered: bool, out: list[Violation]) -> TreeScan:
             elif fl > 0:
                 out.append(Violation("I11", n.id, f"full_lock_ref {fl} on a node whose KV is not on device"))
             if mv is not None:
-                if mv.dtype is not _INT64 or mv.numel() != 1:
+                if mv.nbytes != 8:
                     out.append(_shape_violation(n, "mamba_value", 1))
                 else:
                     states.append(mv)
@@ -184,10 +189,11 @@ def _scan(cache, tiered: bool, out: list[Violation]) -> TreeScan:
             hr, hmr = n.host_ref_counter, n.host_mamba_ref_counter
             if hv is not None:
                 host_tokens += k
-                if hv.dtype is not _INT64 or hv.numel() != k:
+                if hv.nbytes != k << 3:
                     out.append(_shape_violation(n, "host_value", k))
                 else:
                     host_kv.append(hv)
+                    host_kv_slots += k
                 if through and parent is not root and parent.host_value is None:
                     out.append(Violation("I13", n.id, f"backed up but parent #{parent.id} is not"))
                 if v is None and (cache._is_host_leaf(n) if legacy_b5 else (hr == 0 and hmr == 0 and not children)):
@@ -196,7 +202,7 @@ def _scan(cache, tiered: bool, out: list[Violation]) -> TreeScan:
                 out.append(Violation("I3", n.id, "KV on no tier (evicted and not backed up) but still in the tree"))
             if mh is not None:
                 host_state_nodes += 1
-                if mh.dtype is not _INT64 or mh.numel() != 1:
+                if mh.nbytes != 8:
                     out.append(_shape_violation(n, "mamba_host_value", 1))
                 else:
                     host_states.append(mh)
@@ -213,6 +219,7 @@ def _scan(cache, tiered: bool, out: list[Violation]) -> TreeScan:
     scan.mamba_evictable, scan.mamba_protected = me, mp
     scan.host_lru_members = host_lru
     scan.host_tokens, scan.host_state_nodes = host_tokens, host_state_nodes
+    scan.kv_slots, scan.host_kv_slots = kv_slots, host_kv_slots
     return scan
 
 
@@ -293,33 +300,41 @@ def _shape_violation(node: TreeNode, attr: str, length: int) -> Violation:
 
 
 def _well_formed(out: list[Violation], owned: list[torch.Tensor], nodes: list[TreeNode], attr: str) -> list[torch.Tensor]:
-    """Report I2 for every owned tensor that is not 1-D (the scan checked dtypes and element
-    counts); return the others. Runs only when concatenating the owned tensors showed a problem."""
+    """Report I2 for every owned tensor (held by a node's ``attr``) that is not a 1-D int64 tensor
+    of the node's length; return the others. Runs only when the concatenation showed a problem."""
     per_token = attr in ("value", "host_value")
-    bad = {id(t) for t in owned if t.dim() != 1 or t.dtype is not _INT64}
+    owned_ids = {id(t) for t in owned}
+    bad = set()
     for n in nodes:
         v = getattr(n, attr)
-        if v is not None and id(v) in bad:
-            out.append(_shape_violation(n, attr, len(n.key) if per_token else 1))
+        if v is None or id(v) not in owned_ids:
+            continue
+        length = len(n.key) if per_token else 1
+        if not isinstance(v, torch.Tensor) or v.dim() != 1 or v.dtype is not _INT64 or v.numel() != length:
+            bad.add(id(v))
+            out.append(_shape_violation(n, attr, length))
     return [t for t in owned if id(t) not in bad]
 
 
-def _check_pool(out: list[Violation], label: str, pool, owned: list[torch.Tensor], held: int | None, counted: int,
-                nodes: list[TreeNode], attr: str) -> None:
+def _check_pool(out: list[Violation], label: str, pool, owned: list[torch.Tensor], expected: int, held: int | None,
+                counted: int, nodes: list[TreeNode], attr: str) -> None:
     """POOL: slots owned by the tree are allocated and owned once; accounting balances.
 
-    ``owned`` holds the int64 tensors whose element count the scan found right; their rank is
-    checked here, by the one concatenation (tensors of another rank make it fail or give a
-    result that is not 1-D). Then I2 is reported on the ``attr`` of the ``nodes`` that hold
-    such tensors, and the pool check goes on without them."""
+    ``owned``: the tensors the scan accepted, each of 8 bytes per slot it should name;
+    ``expected``: how many slots they should name together. The one concatenation completes
+    their I2 test: a tensor of another rank makes it fail or come out with another rank; one of
+    another 8-byte dtype (or a wider one) makes it come out with another dtype or fail; one of a
+    narrower dtype has more elements than slots, so the total exceeds ``expected``. On any of
+    these signs each tensor is tested alone, I2 is reported on the ``attr`` of the ``nodes``
+    that hold the bad ones, and the pool check goes on without them."""
     alloc = pool.allocator
     total = 0
     if owned:
         try:
             flat = torch.cat(owned) if len(owned) > 1 else owned[0]
-        except RuntimeError:
+        except (RuntimeError, TypeError):
             flat = None
-        if flat is None or flat.dim() != 1 or flat.dtype is not _INT64:
+        if flat is None or flat.dim() != 1 or flat.dtype is not _INT64 or flat.numel() != expected:
             owned = _well_formed(out, owned, nodes, attr)
             flat = torch.cat(owned) if owned else torch.empty(0, dtype=_INT64)
         total = int(flat.numel())
