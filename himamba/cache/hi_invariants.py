@@ -28,10 +28,10 @@ from himamba.core.node import TreeNode
 def check_host_invariants(cache, scan: TreeScan, out: list[Violation]) -> None:
     """The whole-cache host rules, given the tree pass ``scan``; appends to ``out``."""
     legacy_b5 = cache.config.has_legacy("B5")
-    member = None if legacy_b5 else _host_lru_admits
-    # The host LRU list's order is not time order (I9 covers the device lists only).
+    # Members hold a host state and no pin on it (before the B5 fix: any host state). The host
+    # LRU list's order is not time order (I9 covers the device lists only).
     _check_lru(cache.mamba_host_lru_list, scan, "mamba_host_value", scan.host_lru_members, out,
-               time_order=False, member=member)
+               time_order=False, unpinned=None if legacy_b5 else "host_mamba_ref_counter")
     have = cache.evictable_full_host_leaves
     _check_leaf_set(have, scan.host_leaves, "host", out)
     for n in have & cache.evictable_full_device_leaves:
@@ -47,10 +47,6 @@ def check_host_invariants(cache, scan: TreeScan, out: list[Violation]) -> None:
                 scan.host_tokens + prefetch_slots, scan.nodes, "host_value")
     _check_pool(out, "host state", cache.host_mamba_pool, host_states, len(host_states), 0,
                 scan.host_state_nodes + len(prefetch_states), scan.nodes, "mamba_host_value")
-
-
-def _host_lru_admits(node: TreeNode) -> bool:
-    return node.host_mamba_ref_counter == 0
 
 
 def _check_in_flight(cache, in_tree: set[TreeNode], out: list[Violation]) -> None:

@@ -19,7 +19,9 @@ the healthy path builds no messages and no per-list dictionaries.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from operator import attrgetter
 
 import numpy as np
 import torch
@@ -224,43 +226,48 @@ def _scan(cache, tiered: bool, out: list[Violation]) -> TreeScan:
 
 
 def _check_lru(lru: LRUList, scan: TreeScan, value_attr: str, expected: int, out: list[Violation], *,
-               root: TreeNode | None = None, time_order: bool = True, member=None) -> None:
+               root: TreeNode | None = None, time_order: bool = True, unpinned: str | None = None) -> None:
     """I7 (membership and the list's own links) and, with ``time_order``, I9 (list order = time
     order, newest first) for one list.
 
-    A member must be in the tree, hold ``value_attr`` (and pass ``member`` when given) and not be
-    ``root``. The walk needs no set of visited links: when every ``prev`` link points back to the
-    link before it, no link can occur twice (its one ``prev`` would have to be two different
-    links). So when the prev links hold, every member met is valid, and the count equals both
-    the size counter and ``expected`` (how many tree nodes qualify), list and tree agree. Only
-    otherwise is the list walked again to name what is missing.
+    A member must be in the tree, hold ``value_attr`` (and have the counter ``unpinned`` at 0,
+    when given) and not be ``root``. The walk needs no set of visited links and no step limit:
+    when every ``prev`` link points back to the link before it, no link can occur twice (its
+    one ``prev`` would have to be two different links), so the walk ends. When, in addition,
+    every member met is valid and the count equals both the size counter and ``expected`` (how
+    many tree nodes qualify), list and tree agree. Only otherwise is the list walked again to
+    name what is missing.
     """
     name = f"{lru.kind} LRU"
     in_tree = scan.in_tree
-    link, prev_link, prev_time, prev_node = lru.head.next, lru.head, None, None
-    tail, limit, count, suspect = lru.tail, lru.size + 1, 0, False
-    while link is not tail and link is not None:
-        node = link.node
-        if link.prev is not prev_link or node is None or count > limit:
-            out.append(Violation("I7", getattr(node, "id", None), f"{name}: broken links (a sentinel, a repeated or a "
-                                 "stray member inside the list)"))
+    value_of = attrgetter(value_attr)
+    pins_of = attrgetter(unpinned) if unpinned else None
+    link, prev_link, tail = lru.head.next, lru.head, lru.tail
+    prev_time, prev_node, count, suspect = math.inf, None, 0, False
+    while link is not tail:
+        if link is None or link.prev is not prev_link or link.node is None:
+            out.append(Violation("I7", getattr(getattr(link, "node", None), "id", None), f"{name}: broken links (a "
+                                 "sentinel, a repeated or a stray member inside the list)"))
             suspect = True
             break
+        node = link.node
         count += 1
-        if (node not in in_tree or node is root or getattr(node, value_attr) is None
-                or (member is not None and not member(node))):
+        if node not in in_tree or node is root or value_of(node) is None or (pins_of is not None and pins_of(node)):
             suspect = True
             out.append(Violation("I7", node.id, f"{name}: member should not be in the list (not in tree or no value)"))
-        t = node.last_access_time
-        if time_order and prev_time is not None and prev_time < t:
-            out.append(Violation("I9", node.id, f"{name}: #{node.id} (t={t:g}) is behind older #{prev_node.id} (t={prev_time:g})"))
-        prev_link, prev_time, prev_node, link = link, t, node, link.next
+        if time_order:
+            t = node.last_access_time
+            if prev_time < t:
+                out.append(Violation("I9", node.id, f"{name}: #{node.id} (t={t:g}) is behind older #{prev_node.id} "
+                                     f"(t={prev_time:g})"))
+            prev_time, prev_node = t, node
+        prev_link, link = link, link.next
     if count != lru.size:
         out.append(Violation("I7", None, f"{name}: size counter {lru.size} but {count} members"))
     if suspect or count != expected:
         listed = set(_members(lru))
         for n in scan.nodes[1:]:
-            if getattr(n, value_attr) is not None and (member is None or member(n)) and n not in listed:
+            if value_of(n) is not None and (pins_of is None or not pins_of(n)) and n not in listed:
                 out.append(Violation("I7", n.id, f"{name}: missing from the list"))
 
 
