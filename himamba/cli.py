@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import html
 import json
+import os
 import runpy
 import sys
 from pathlib import Path
@@ -78,7 +79,14 @@ def main(argv: list[str] | None = None) -> int:
     ap = _parser()
     args = ap.parse_args(argv)
     try:
-        return {"demo": _demo, "fuzz": _fuzz, "replay": _replay, "bench": _bench}[args.command](args)
+        status = {"demo": _demo, "fuzz": _fuzz, "replay": _replay, "bench": _bench}[args.command](args)
+        sys.stdout.flush()  # a reader that went away shows here, not at exit
+        return status
+    except BrokenPipeError:
+        # whoever read the output stopped reading (`| head`): end quietly, as a program that
+        # was sent SIGPIPE does (status 128 + 13), and keep Python from complaining at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except (HiMambaError, ValueError, OSError) as exc:
         print(f"himamba: error: {exc}", file=sys.stderr)
         return 2

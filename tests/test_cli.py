@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -141,3 +144,17 @@ def test_bad_trace_files_give_one_clear_line(capsys, tmp_path: Path, name: str) 
     code, out, err = run(capsys, "bench", "replay", "--trace", str(trace), "--repeat", "1")
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and "bad.jsonl" in lines[0], err
+
+
+def test_a_reader_that_stops_reading_ends_the_command_quietly() -> None:
+    """`himamba fuzz ... | head -1`: the pipe closes under the command; it ends with status 141
+    (as after SIGPIPE) and writes no traceback."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run([sys.executable, "-c", "from himamba.cli import main; raise SystemExit(main())",
+                               "fuzz", "--ops", "50", "--no-progress"],
+                              stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write_end)
+    assert (done.returncode, done.stderr) == (141, "")
