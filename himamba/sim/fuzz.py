@@ -64,7 +64,7 @@ def default_config(page_size: int = 1, write_policy: str = "write_through", lega
                    storage: bool = True, seed: int = 0, scale: int = 1) -> dict:
     """Small pools, so that every kind of eviction happens often. The host tier's size varies
     with the seed (from half the device's to twice it): a small host makes backups fail.
-    ``scale`` multiplies every pool (the trees grow with it: about 12 nodes at 1, about 90 at 12)."""
+    ``scale`` multiplies every pool (the trees grow with it: about 12 nodes at 1, about 90 at 12 and 100 at 14)."""
     if scale < 1:
         raise InvalidInputError(f"scale must be at least 1, got {scale}")
     rng = random.Random(f"pools-{seed}")
