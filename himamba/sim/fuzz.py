@@ -64,7 +64,8 @@ def default_config(page_size: int = 1, write_policy: str = "write_through", lega
                    storage: bool = True, seed: int = 0, scale: int = 1) -> dict:
     """Small pools, so that every kind of eviction happens often. The host tier's size varies
     with the seed (from half the device's to twice it): a small host makes backups fail.
-    ``scale`` multiplies every pool (the trees grow with it: about 12 nodes at 1, about 90 at 12 and 100 at 14)."""
+    ``scale`` multiplies every pool (the trees grow with it: about 12 nodes at 1, 90 at 12, 100
+    at 14)."""
     if scale < 1:
         raise InvalidInputError(f"scale must be at least 1, got {scale}")
     rng = random.Random(f"pools-{seed}")
@@ -526,8 +527,8 @@ def _episode_reports(task: _EpisodeTask, plan: list[tuple[int, int]], jobs: int,
 
     With several jobs, ``jobs - 1`` worker processes and this one share the episodes: each
     worker has one episode queued behind the one it runs (so it never waits for this process),
-    and this process runs the next unstarted episode whenever the one due next is not finished. Any episode may run anywhere; only the order of the
-    reports is fixed."""
+    and this process runs the next unstarted episode whenever the one due next is not finished.
+    Any episode may run anywhere; only the order of the reports is fixed."""
     if jobs == 1 or len(plan) == 1:
         done = 0
         for item in plan:
