@@ -413,3 +413,29 @@ def test_recorder_jsonl_round_trip_and_stepper_on_loaded_steps(tmp_path):
         offline.go(i)
         assert offline.tree_html.value == live.tree_html.value
         assert offline.info_html.value == live.info_html.value
+
+
+@pytest.mark.parametrize("make_listener", [lambda c: hm.Recorder(c), lambda c: hm.sim.EvictionProbe(c)],
+                         ids=["recorder", "probe"])
+def test_listeners_attach_once_and_detach_for_good(make_listener):
+    """Attaching twice subscribes once, detaching twice is harmless, and leaving the ``with``
+    block stops the events (the bus goes quiet again)."""
+    cache = make_cache(hm.MambaRadixCache, device_kv_tokens=32, device_mamba_slots=4)
+    listener = make_listener(cache)
+    seen = []
+    forward = listener._on_event
+
+    def count(event) -> None:
+        seen.append(event)
+        forward(event)
+
+    listener._on_event = count
+    with listener:
+        assert listener.attach() is listener
+        put(cache, [1, 2, 3])
+        assert cache.events.active
+    n = len(seen)
+    assert n > 0 and len({id(e) for e in seen}) == n  # each event once
+    listener.detach()
+    put(cache, [4, 5])
+    assert len(seen) == n and not cache.events.active

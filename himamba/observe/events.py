@@ -95,6 +95,40 @@ class EventBus:
             listener(event)
 
 
+class CacheListener:
+    """Base of the objects that follow one cache's events while attached (the recorder, the
+    eviction probe): :meth:`attach` subscribes :meth:`_on_event` to ``self.cache.events``,
+    :meth:`detach` ends it, and ``with`` does both. Attaching twice or detaching twice is
+    harmless. Subclasses set ``self.cache``, define ``_on_event`` and may define
+    ``_on_attach`` (runs just before subscribing, e.g. to take a baseline)."""
+
+    cache: Any
+    _unsubscribe: Callable[[], None] | None = None
+
+    def attach(self):
+        if self._unsubscribe is None:
+            self._on_attach()
+            self._unsubscribe = self.cache.events.subscribe(self._on_event)
+        return self
+
+    def detach(self) -> None:
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+
+    def __enter__(self):
+        return self.attach()
+
+    def __exit__(self, *exc: object) -> None:
+        self.detach()
+
+    def _on_attach(self) -> None:
+        """Runs when the listener attaches, before the first event."""
+
+    def _on_event(self, event: Event) -> None:
+        raise NotImplementedError
+
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from himamba.observe.display import Displayable
-from himamba.observe.events import Event, EventKind
+from himamba.observe.events import CacheListener, Event, EventKind
 from himamba.observe.snapshot import Snapshot, changed_nodes, take
 
 
@@ -64,8 +64,9 @@ class Step(Displayable):
                    tuple(d["changed"]), tuple(d["deleted"]), before)
 
 
-class Recorder:
-    """Record every event of ``cache`` while active (a context manager, or start()/stop()).
+class Recorder(CacheListener):
+    """Record every event of ``cache`` while active (a context manager, or start()/stop(), which
+    are attach()/detach()).
 
     ``skip`` names event kinds not to record (e.g. ``{"lock", "unlock"}`` for quieter lists).
     """
@@ -74,7 +75,6 @@ class Recorder:
         self.cache = cache
         self.skip = {EventKind(s) for s in skip}
         self.steps: list[Step] = []
-        self._unsubscribe = None
         self._op_index = -1
         self._op = "(outside an operation)"
         self._last: Snapshot | None = take(cache) if cache is not None else None
@@ -84,23 +84,18 @@ class Recorder:
     def start(self) -> Recorder:
         if self.cache is None:
             raise ValueError("this recorder was loaded from a file; it has no cache to record")
-        if self._unsubscribe is None:
-            self._last = take(self.cache)
-            if not self.steps:
-                self.initial = self._last
-            self._unsubscribe = self.cache.events.subscribe(self._on_event)
-        return self
+        return self.attach()
 
     def stop(self) -> None:
-        if self._unsubscribe is not None:
-            self._unsubscribe()
-            self._unsubscribe = None
+        self.detach()
 
     def __enter__(self) -> Recorder:
         return self.start()
 
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    def _on_attach(self) -> None:
+        self._last = take(self.cache)
+        if not self.steps:
+            self.initial = self._last
 
     def _on_event(self, event: Event) -> None:
         if event.kind is EventKind.OP_BEGIN and event.depth == 0:

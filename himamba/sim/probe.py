@@ -22,9 +22,7 @@ Subscribing makes the cache build its events, which costs time (see ``bench/repl
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-from himamba.observe.events import Event, EventKind
+from himamba.observe.events import CacheListener, Event, EventKind
 
 FIELDS = (
     "evicted_device_tokens", "evicted_device_states", "evicted_host_tokens", "evicted_host_states",
@@ -37,7 +35,7 @@ _EVICTING = frozenset({_K.LEAF_EVICTED, _K.DEMOTED, _K.NODE_DELETED, _K.TOMBSTON
                        _K.HOST_STATE_DROPPED})
 
 
-class EvictionProbe:
+class EvictionProbe(CacheListener):
     """Cumulative eviction counts of one cache (``counts``, keys :data:`FIELDS`), plus the
     number of events seen (``events``). Use :meth:`attach` / :meth:`detach` (or ``with``)."""
 
@@ -46,25 +44,10 @@ class EvictionProbe:
         self.tiered = bool(getattr(cache, "tiered", False))
         self.counts: dict[str, int] = dict.fromkeys(FIELDS, 0)
         self.events = 0
-        self._unsubscribe: Callable[[], None] | None = None
         self._last = self._read()
 
-    def attach(self) -> EvictionProbe:
-        if self._unsubscribe is None:
-            self._last = self._read()
-            self._unsubscribe = self.cache.events.subscribe(self)
-        return self
-
-    def detach(self) -> None:
-        if self._unsubscribe is not None:
-            self._unsubscribe()
-            self._unsubscribe = None
-
-    def __enter__(self) -> EvictionProbe:
-        return self.attach()
-
-    def __exit__(self, *exc: object) -> None:
-        self.detach()
+    def _on_attach(self) -> None:
+        self._last = self._read()
 
     def _read(self) -> tuple[int, int, int, int]:
         c = self.cache
@@ -74,7 +57,7 @@ class EvictionProbe:
             return dev_kv, dev_states, 0, 0
         return dev_kv, dev_states, c.host_kv_pool.used_size(), c.host_mamba_pool.used_size()
 
-    def __call__(self, event: Event) -> None:
+    def _on_event(self, event: Event) -> None:
         self.events += 1
         now = self._read()
         kind = event.kind
