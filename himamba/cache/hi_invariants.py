@@ -42,11 +42,10 @@ def check_host_invariants(cache, scan: TreeScan, out: list[Violation]) -> None:
     prefetch_states = [entry[4] for entry in prefetch if entry[4] is not None]
     host_kv = scan.host_kv + prefetch_kv if prefetch_kv else scan.host_kv
     host_states = scan.host_states + prefetch_states if prefetch_states else scan.host_states
-    prefetch_slots = sum(t.shape[0] for t in prefetch_kv)
-    _check_pool(out, "host KV", cache.host_kv_pool, host_kv, scan.host_kv_slots + prefetch_slots, 0,
-                scan.host_tokens + prefetch_slots, scan.nodes, "host_value")
-    _check_pool(out, "host state", cache.host_mamba_pool, host_states, len(host_states), 0,
-                scan.host_state_nodes + len(prefetch_states), scan.nodes, "mamba_host_value")
+    _check_pool(out, "host KV", cache.host_kv_pool, host_kv, scan.host_kv_slots + sum(t.shape[0] for t in prefetch_kv),
+                0, None, scan.nodes, "host_value")
+    _check_pool(out, "host state", cache.host_mamba_pool, host_states, len(host_states), 0, None, scan.nodes,
+                "mamba_host_value")
 
 
 def _check_in_flight(cache, in_tree: set[TreeNode], out: list[Violation]) -> None:

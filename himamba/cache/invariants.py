@@ -64,8 +64,6 @@ class TreeScan:
     mamba_evictable: int = 0
     mamba_protected: int = 0
     host_lru_members: int = 0
-    host_tokens: int = 0
-    host_state_nodes: int = 0
 
 
 def check_invariants(cache, held_kv: int | None = None, held_states: int | None = None) -> list[Violation]:
@@ -114,7 +112,7 @@ def _scan(cache, tiered: bool, out: list[Violation]) -> TreeScan:
     have_host_leaves = cache.evictable_full_host_leaves if tiered else None
     legacy_b5 = tiered and cache.config.has_legacy("B5")
     through = tiered and cache.config.write_policy != "write_back"
-    fe = fp = me = mp = host_lru = host_tokens = host_state_nodes = kv_slots = host_kv_slots = 0
+    fe = fp = me = mp = host_lru = kv_slots = host_kv_slots = 0
     stack = [root]
     while stack:
         parent = stack.pop()
@@ -190,7 +188,6 @@ def _scan(cache, tiered: bool, out: list[Violation]) -> TreeScan:
             hv, mh = n.host_value, n.mamba_host_value
             hr, hmr = n.host_ref_counter, n.host_mamba_ref_counter
             if hv is not None:
-                host_tokens += k
                 if hv.nbytes != k << 3:
                     out.append(_shape_violation(n, "host_value", k))
                 else:
@@ -203,7 +200,6 @@ def _scan(cache, tiered: bool, out: list[Violation]) -> TreeScan:
             elif v is None:
                 out.append(Violation("I3", n.id, "KV on no tier (evicted and not backed up) but still in the tree"))
             if mh is not None:
-                host_state_nodes += 1
                 if mh.nbytes != 8:
                     out.append(_shape_violation(n, "mamba_host_value", 1))
                 else:
@@ -220,7 +216,6 @@ def _scan(cache, tiered: bool, out: list[Violation]) -> TreeScan:
     scan.full_evictable, scan.full_protected = fe, fp
     scan.mamba_evictable, scan.mamba_protected = me, mp
     scan.host_lru_members = host_lru
-    scan.host_tokens, scan.host_state_nodes = host_tokens, host_state_nodes
     scan.kv_slots, scan.host_kv_slots = kv_slots, host_kv_slots
     return scan
 
@@ -324,8 +319,11 @@ def _well_formed(out: list[Violation], owned: list[torch.Tensor], nodes: list[Tr
 
 
 def _check_pool(out: list[Violation], label: str, pool, owned: list[torch.Tensor], expected: int, held: int | None,
-                counted: int, nodes: list[TreeNode], attr: str) -> None:
+                counted: int | None, nodes: list[TreeNode], attr: str) -> None:
     """POOL: slots owned by the tree are allocated and owned once; accounting balances.
+
+    ``counted``: what the cache's own size counters say the tree owns (``None`` for a pool the
+    cache keeps no counter for: the host pools).
 
     ``owned``: the tensors the scan accepted, each of 8 bytes per slot it should name;
     ``expected``: how many slots they should name together. The one concatenation completes
@@ -351,7 +349,7 @@ def _check_pool(out: list[Violation], label: str, pool, owned: list[torch.Tensor
             if problem.startswith("the tree owns slots outside"):
                 return
     used = pool.used_size()
-    if total != counted:
+    if counted is not None and total != counted:
         out.append(Violation("POOL", None, f"{label}: tree owns {total} slots but its counters say {counted}"))
     if held is None:
         if total > used:
