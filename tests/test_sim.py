@@ -449,3 +449,26 @@ def test_sweep_on_an_existing_cluster_by_address_and_reports_bad_configurations(
         assert client.status == "running"  # the sweep closed only the client it opened
     assert frame["error"].isna().tolist() == [True, False] and frame.loc[0, "requests"] == 30
     assert "EngineStall" in frame.loc[1, "error"]
+
+
+@pytest.mark.parametrize("case", ["device", "tiered", "tiered-write-back"])
+def test_the_probe_counts_each_eviction_event_once_and_charges_its_tokens(case):
+    """Per-event counts equal the events the cache announced; demotions and cascade deletions
+    are charged a part of what was evicted (device tokens, and host tokens for a deletion)."""
+    tiered, config = CASES[case]
+    cache = make(tiered, **config)
+    seen: dict[EventKind, int] = {}
+    cache.events.subscribe(lambda e: seen.__setitem__(e.kind, seen.get(e.kind, 0) + 1))
+    with Engine(cache, chunk_size=24, decode_tokens=6, max_running=3) as engine:
+        engine.run(small_chat(90, seed=5), progress=False)
+        c = engine.probe.counts
+    for kind, field in ((EventKind.LEAF_EVICTED, "leaves_deleted"), (EventKind.DEMOTED, "demotions"),
+                        (EventKind.NODE_DELETED, "cascade_deletions"), (EventKind.TOMBSTONE, "tombstones"),
+                        (EventKind.HOST_LEAF_EVICTED, "host_leaves_deleted"),
+                        (EventKind.HOST_STATE_DROPPED, "host_states_dropped")):
+        assert c[field] == seen.get(kind, 0), field
+    assert c["cascade_deletions"] > 0 and c["tombstones"] > 0
+    assert 0 < c["cascade_device_tokens"] + c["demoted_tokens"] <= c["evicted_device_tokens"]
+    assert c["cascade_host_tokens"] <= c["evicted_host_tokens"]
+    if tiered:
+        assert c["demotions"] > 0 and c["demoted_tokens"] >= c["demotions"]

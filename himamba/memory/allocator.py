@@ -117,8 +117,7 @@ class SlotAllocator:
             listed = pages.tolist()
             bad = sorted({p for p in listed if int(in_use[p]) < 1 or listed.count(p) > 1})
             raise PoolError(f"double free: slot(s) {[p * self.page_size for p in bad[:8]]} are not in use (or named twice)")
-        self._released.append(pages.clone())  # never keep the caller's tensor: they may reuse it
-        self._available_pages += pages.numel()
+        self._queue_released(pages)
 
     def free_owned(self, indices: torch.Tensor) -> None:
         """Return slots known to be allocated and named once (the tree's own, or input already
@@ -127,7 +126,11 @@ class SlotAllocator:
         if pages.numel() == 0:
             return
         self._in_use[pages] = 0
-        self._released.append(pages.clone())
+        self._queue_released(pages)
+
+    def _queue_released(self, pages: torch.Tensor) -> None:
+        """Put freed pages (already marked free) at the back of the free list."""
+        self._released.append(pages.clone())  # never keep the caller's tensor: they may reuse it
         self._available_pages += pages.numel()
 
     def _pages_of(self, indices: torch.Tensor, check: bool) -> torch.Tensor:

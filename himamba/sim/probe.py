@@ -24,15 +24,26 @@ from __future__ import annotations
 
 from himamba.observe.events import CacheListener, Event, EventKind
 
-FIELDS = (
-    "evicted_device_tokens", "evicted_device_states", "evicted_host_tokens", "evicted_host_states",
+_FREED = ("evicted_device_tokens", "evicted_device_states", "evicted_host_tokens", "evicted_host_states")
+FIELDS = _FREED + (
     "leaves_deleted", "demotions", "demoted_tokens", "tombstones", "host_leaves_deleted",
     "host_states_dropped", "cascade_deletions", "cascade_device_tokens", "cascade_host_tokens",
 )
 
 _K = EventKind
-_EVICTING = frozenset({_K.LEAF_EVICTED, _K.DEMOTED, _K.NODE_DELETED, _K.TOMBSTONE, _K.HOST_LEAF_EVICTED,
-                       _K.HOST_STATE_DROPPED})
+# What each eviction event charges: the drop of the four readings (see _read) goes to the
+# evicted_* fields; then the event's own count goes up by one, and each (field, reading) pair
+# adds that reading's drop.
+_DEVICE_TOKENS, _HOST_TOKENS = 0, 2
+_CHARGES: dict[EventKind, tuple[str, tuple[tuple[str, int], ...]]] = {
+    _K.LEAF_EVICTED: ("leaves_deleted", ()),
+    _K.DEMOTED: ("demotions", (("demoted_tokens", _DEVICE_TOKENS),)),
+    _K.NODE_DELETED: ("cascade_deletions", (("cascade_device_tokens", _DEVICE_TOKENS),
+                                            ("cascade_host_tokens", _HOST_TOKENS))),
+    _K.TOMBSTONE: ("tombstones", ()),
+    _K.HOST_LEAF_EVICTED: ("host_leaves_deleted", ()),
+    _K.HOST_STATE_DROPPED: ("host_states_dropped", ()),
+}
 
 
 class EvictionProbe(CacheListener):
@@ -60,28 +71,14 @@ class EvictionProbe(CacheListener):
     def _on_event(self, event: Event) -> None:
         self.events += 1
         now = self._read()
-        kind = event.kind
-        if kind in _EVICTING:
-            last = self._last
-            dk, ds, hk, hs = (max(0, a - b) for a, b in zip(last, now, strict=True))
+        charge = _CHARGES.get(event.kind)
+        if charge is not None:
+            drops = [max(0, a - b) for a, b in zip(self._last, now, strict=True)]
             c = self.counts
-            c["evicted_device_tokens"] += dk
-            c["evicted_device_states"] += ds
-            c["evicted_host_tokens"] += hk
-            c["evicted_host_states"] += hs
-            if kind is _K.LEAF_EVICTED:
-                c["leaves_deleted"] += 1
-            elif kind is _K.DEMOTED:
-                c["demotions"] += 1
-                c["demoted_tokens"] += dk
-            elif kind is _K.NODE_DELETED:
-                c["cascade_deletions"] += 1
-                c["cascade_device_tokens"] += dk
-                c["cascade_host_tokens"] += hk
-            elif kind is _K.TOMBSTONE:
-                c["tombstones"] += 1
-            elif kind is _K.HOST_LEAF_EVICTED:
-                c["host_leaves_deleted"] += 1
-            else:
-                c["host_states_dropped"] += 1
+            for name, drop in zip(_FREED, drops, strict=True):
+                c[name] += drop
+            count, extra = charge
+            c[count] += 1
+            for name, reading in extra:
+                c[name] += drops[reading]
         self._last = now
