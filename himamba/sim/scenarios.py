@@ -42,7 +42,7 @@ def b1_replay(legacy: bool) -> ScenarioRun:
     error = None
     with rec:
         cache.match_prefix([1, 2])  # lookup split: P = [1, 2] (no state) over C = [3, 4]
-        p = next(n for n in cache.nodes() if n.key.token_ids == [1, 2])
+        p = cache.node_at([1, 2])
         cache.write_backup_storage(p)  # archive P: pinned until the storage ack
         cache.evict(4)  # C, then P, demoted to host
         cache.evict_host(2)  # C deleted: the cascade meets pinned P
