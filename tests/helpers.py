@@ -48,15 +48,10 @@ def put(cache, tokens: Sequence[int], *, reuse: bool = True, chunked: bool = Fal
 
 
 def node_at(cache, tokens: Sequence[int]) -> hm.TreeNode:
-    """The node whose edge ends exactly after ``tokens`` (walks without touching LRU or times)."""
-    node, rest, ps = cache.root_node, list(tokens), cache.page_size
-    while rest:
-        key = hm.RadixKey(rest)
-        child = node.children.get(key.child_key(ps))
-        assert child is not None, f"no node continues {rest[:8]}…"
-        n = len(child.key)
-        assert child.key.token_ids == rest[:n], f"node #{child.id} does not end at this prefix"
-        node, rest = child, rest[n:]
+    """The node whose edge ends exactly after ``tokens`` (``cache.node_at``: no split, no LRU
+    refresh, no retiming); fails the test when there is none."""
+    node = cache.node_at(list(tokens))
+    assert node is not None, f"no node ends exactly after {list(tokens)[:8]}…"
     return node
 
 

@@ -684,3 +684,21 @@ class TestEvents:
         assert len(tomb) == 1 and tomb[0].nodes[0] == node_at(cache, [1, 2]).id and tomb[0].depth == 1
         assert node_at(cache, [1, 2]).mamba_value is None
         assert_healthy(cache)
+
+
+@pytest.mark.parametrize("page_size", [1, 4])
+def test_node_at_finds_only_nodes_ending_exactly_there_and_changes_nothing(page_size):
+    ps = page_size
+    cache = make_cache(hm.MambaRadixCache, page_size=ps, device_kv_tokens=64 * ps, device_mamba_slots=8)
+    a, b = list(range(1, 1 + 2 * ps)), list(range(1, 1 + 3 * ps))
+    put(cache, a)
+    put(cache, b)
+    before = [(n.id, n.last_access_time) for n in cache.nodes()], list(cache.full_lru_list.nodes())
+    na = cache.node_at(a)
+    assert na is not None and na.key.token_ids == a and na.parent is cache.root_node
+    assert cache.node_at(hm.RadixKey(b)).key.token_ids == b[len(a):]
+    assert cache.node_at([]) is cache.root_node
+    assert cache.node_at(a[:ps]) is None  # inside an edge: no split, no node
+    assert cache.node_at(b + [99] * ps) is None and cache.node_at([99] * ps) is None
+    assert ([(n.id, n.last_access_time) for n in cache.nodes()], list(cache.full_lru_list.nodes())) == before
+    assert_healthy(cache)
