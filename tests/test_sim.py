@@ -150,6 +150,8 @@ def test_metrics_agree_with_the_pools_and_the_controller(case):
     exact = (lambda a, b: a == b) if t["retracted"] == 0 else (lambda a, b: a <= b)
     assert exact(requests["cached_tokens"].sum(), t["device_hit_tokens"] + t["host_hit_tokens"])
     assert exact(requests["host_loaded_tokens"].sum(), t["host_hit_tokens"])
+    assert exact(int((requests["host_loaded_tokens"] > 0).sum()), t["load_backs"])
+    assert (t["load_backs"] > 0) is (t["host_hit_tokens"] > 0)
     assert t["admitted"] == len(reqs) + t["retracted"] == len(reqs) + requests["retractions"].sum()
     assert t["prefill_tokens"] + t["decode_tokens"] + t["device_hit_tokens"] + t["host_hit_tokens"] >= \
         sum(r.prompt_len - r.prompt_len % cache.page_size for r in reqs)
@@ -169,6 +171,7 @@ def test_a_repeated_prompt_hits_on_device_and_comes_back_from_host():
         metrics = engine.run([reqs[0], *flood, reqs[1]], progress=False)
     last = metrics.requests.iloc[-1]
     assert last["host_loaded_tokens"] > 0 and last["cached_tokens"] == 100
+    assert metrics.totals()["load_backs"] == 1
     assert metrics.totals()["state_hits_host"] + metrics.totals()["state_hits_device"] >= 1
     assert healthy(cache, engine) == []
 

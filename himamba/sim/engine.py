@@ -288,6 +288,7 @@ class Engine:
         row["prompt_tokens"] += prompt_end
         row["device_hit_tokens"] += n - loaded
         row["host_hit_tokens"] += loaded
+        row["load_backs"] += loaded > 0
         if node is not cache.root_node:
             row["state_hits_host" if from_host else "state_hits_device"] += 1
         record = {"prompt_len": prompt_end, "total_len": total_end, "cached_tokens": n, "host_loaded_tokens": loaded,
