@@ -110,7 +110,13 @@ def write_kv(pool: KVPool, indices: torch.Tensor, token_ids: Sequence[int], star
 
 def write_state(pool: MambaPool, slot: torch.Tensor, prefix: Sequence[int]) -> None:
     """Fill state slot ``slot`` with the state that ends ``prefix``."""
-    conv, ssm = state_content(pool.spec, prefix_fingerprint(prefix), pool.device)
+    write_state_of(pool, slot, prefix_fingerprint(prefix))
+
+
+def write_state_of(pool: MambaPool, slot: torch.Tensor, fingerprint: int) -> None:
+    """Fill state slot ``slot`` with the state of the prefix whose fingerprint is given (for
+    callers that keep fingerprints incrementally)."""
+    conv, ssm = state_content(pool.spec, fingerprint, pool.device)
     pool.conv[:, slot] = conv.unsqueeze(1)
     pool.ssm[:, slot] = ssm.unsqueeze(1)
 

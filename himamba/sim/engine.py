@@ -37,7 +37,7 @@ import torch
 from himamba.cache.results import MatchResult, Request
 from himamba.core.node import TreeNode
 from himamba.errors import HiMambaError, InvalidInputError
-from himamba.memory.content import prefix_fingerprint, state_content, write_kv
+from himamba.memory.content import prefix_fingerprint, write_kv, write_state_of
 from himamba.sim.metrics import STEP_COLUMNS, SimMetrics
 from himamba.sim.probe import EvictionProbe
 from himamba.sim.request import SimRequest
@@ -129,8 +129,8 @@ class Engine:
 
     def run(self, requests: Iterable[SimRequest] | None = None, *, max_steps: int | None = None,
             progress: bool | None = None, on_step: Callable[[Engine, dict], None] | None = None) -> SimMetrics:
-        """Submit ``requests`` (if any) and step until idle (or ``max_steps``), then land every
-        transfer in flight. ``progress``: a tqdm bar over requests (default: shown from 1,000
+        """Submit ``requests`` (if any) and step until idle (or ``max_steps``); when it ended idle,
+        land every transfer in flight. ``progress``: a tqdm bar over requests (default: shown from 1,000
         requests on). ``on_step(engine, row)`` is called after every step. Returns the metrics."""
         if requests is not None:
             self.submit(requests)
@@ -260,7 +260,7 @@ class Engine:
         """Match, load back, lock, take state slots. Returns the live request, True when there is
         nothing to simulate (shorter than a page), or None when no state slot can be had."""
         cache, ps = self.cache, self.cache.page_size
-        tokens = [*item.prompt, *item.output]
+        tokens = item.tokens
         total_end = len(tokens) - len(tokens) % ps
         if total_end == 0:
             row["admitted"] += 1
@@ -360,37 +360,30 @@ class Engine:
         return True
 
     def _alloc_kv(self, n: int) -> torch.Tensor | None:
-        pool, cache = self.cache.kv_pool, self.cache
-        idx = pool.alloc(n)
-        if idx is None:
-            cache.evict(n - pool.available_size() + self.evict_headroom)
-            idx = pool.alloc(n)
-        if idx is None and self.tiered:  # write-through locks drop once their acks are processed
-            self._process_acks()
-            cache.evict(max(0, n - pool.available_size()))
-            idx = pool.alloc(n)
-        return idx
+        return self._alloc(self.cache.kv_pool, n, self.cache.evict, self.evict_headroom)
 
     def _alloc_state(self) -> torch.Tensor | None:
-        pool, cache = self.cache.mamba_pool, self.cache
-        slot = pool.alloc(1)
-        if slot is None:
-            cache.evict_mamba(1)
-            slot = pool.alloc(1)
-        if slot is None and self.tiered:
+        return self._alloc(self.cache.mamba_pool, 1, self.cache.evict_mamba, 0)
+
+    def _alloc(self, pool, n: int, evict: Callable[[int], int], headroom: int) -> torch.Tensor | None:
+        """``n`` slots of ``pool``; on a shortage ``evict`` what is missing (plus ``headroom``) and
+        try again, and on the tiered cache once more after processing acks (write-through locks
+        drop then). ``None`` when memory stays short."""
+        idx = pool.alloc(n)
+        if idx is None:
+            evict(max(0, n - pool.available_size()) + headroom)
+            idx = pool.alloc(n)
+        if idx is None and self.tiered:
             self._process_acks()
-            cache.evict_mamba(1)
-            slot = pool.alloc(1)
-        return slot
+            evict(max(0, n - pool.available_size()))
+            idx = pool.alloc(n)
+        return idx
 
     def _write_state(self, live: _Live, slot: torch.Tensor) -> None:
         """Put the state that ends ``tokens[:fill]`` into ``slot`` (fingerprints are incremental)."""
         live.fp = prefix_fingerprint(live.tokens[live.fp_len : live.fill], live.fp)
         live.fp_len = live.fill
-        pool = self.cache.mamba_pool
-        conv, ssm = state_content(pool.spec, live.fp, pool.device)
-        pool.conv[:, slot] = conv.unsqueeze(1)
-        pool.ssm[:, slot] = ssm.unsqueeze(1)
+        write_state_of(self.cache.mamba_pool, slot, live.fp)
 
     def _donate_state(self, live: _Live) -> None:
         if self.extra_buffer:

@@ -18,7 +18,7 @@ it was loaded back, the steps it was admitted and finished, how often it was ret
 retracted request is admitted again; its row describes the last admission, while the step
 columns count every admission.
 
-:func:`totals` sums the flow columns, keeps the last occupancy and its peak, and adds hit rates.
+:meth:`SimMetrics.totals` sums the flow columns, keeps the last occupancy and its peak, and adds hit rates.
 Plot helpers return a :class:`matplotlib.figure.Figure` (already closed in pyplot, so a notebook
 shows it once when it is the cell's value).
 """
@@ -115,11 +115,6 @@ class SimMetrics:
         import pandas as pd
 
         return pd.DataFrame([self.totals()])
-
-
-def totals(metrics: SimMetrics) -> dict[str, float]:
-    """Same as ``metrics.totals()``."""
-    return metrics.totals()
 
 
 # -- plots ----------------------------------------------------------------------------------------------
