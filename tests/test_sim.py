@@ -221,6 +221,10 @@ def test_engine_rejects_bad_arguments_and_short_requests_are_skipped():
         Engine(cache, chunk_size=0)
     with pytest.raises(ValueError, match="max_running"):
         Engine(cache, max_running=0)
+    with pytest.raises(ValueError, match="evict_headroom must be a non-negative int"):
+        Engine(cache, evict_headroom=-1)
+    with pytest.raises(ValueError, match="load_back_quota must be a non-negative int or None"):
+        Engine(cache, load_back_quota=-5)
     reqs = [SimRequest((1, 2), (3,), rid=0), SimRequest(tuple(range(1, 11)), (1, 2), rid=1)]
     with Engine(cache, chunk_size=3) as engine:  # chunks round to whole pages
         assert engine.chunk_size == 4 and engine.decode_tokens == 16
@@ -413,6 +417,11 @@ def test_expand_grid_and_parameter_checks():
         expand_grid({"device_kv": [1]})
     with pytest.raises(ValueError, match="write_policy"):
         sweep({"write_policy": ["sometimes"]}, small_chat(2))
+    # engine arguments are checked on the client too, before any worker starts
+    with pytest.raises(ValueError, match="evict_headroom"):
+        sweep({"evict_headroom": [0, -3]}, small_chat(2))
+    with pytest.raises(ValueError, match="max_running"):
+        sweep([{"max_running": 0}], small_chat(2))
     with pytest.raises(ValueError, match="must be a list"):
         expand_grid({"write_policy": "write_back"})
 

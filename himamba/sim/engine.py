@@ -31,6 +31,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -61,6 +62,19 @@ class _Live:
     fp_len: int = 0
 
 
+def check_engine_args(**args: Any) -> None:
+    """Raise InvalidInputError for an :class:`Engine` argument out of range (``chunk_size``,
+    ``decode_tokens``, ``max_running``: positive ints; ``evict_headroom``: a non-negative int;
+    ``load_back_quota``: ``None`` or a non-negative int). Arguments not given are not checked."""
+    for name, v in args.items():
+        if name == "load_back_quota" and v is None:
+            continue
+        low = 1 if name in ("chunk_size", "decode_tokens", "max_running") else 0
+        if type(v) is not int or v < low:
+            kind = "a positive int" if low else "a non-negative int" + (" or None" if name == "load_back_quota" else "")
+            raise InvalidInputError(f"{name} must be {kind}, got {v!r}")
+
+
 class Engine:
     """A small serving scheduler around ``cache`` (a MambaRadixCache or HiMambaRadixCache).
 
@@ -78,11 +92,8 @@ class Engine:
     def __init__(self, cache, *, chunk_size: int = 512, decode_tokens: int = 16, max_running: int = 4,
                  load_back_quota: int | None = None, evict_headroom: int = 0, probe: bool = True,
                  keep_steps: bool = True, keep_requests: bool = True) -> None:
-        for name, v in (("chunk_size", chunk_size), ("decode_tokens", decode_tokens), ("max_running", max_running)):
-            if not isinstance(v, int) or v < 1:
-                raise InvalidInputError(f"{name} must be a positive int, got {v!r}")
-        if not isinstance(evict_headroom, int) or evict_headroom < 0:
-            raise InvalidInputError(f"evict_headroom must be a non-negative int, got {evict_headroom!r}")
+        check_engine_args(chunk_size=chunk_size, decode_tokens=decode_tokens, max_running=max_running,
+                          load_back_quota=load_back_quota, evict_headroom=evict_headroom)
         self.cache = cache
         self.tiered = bool(getattr(cache, "tiered", False))
         ps = cache.page_size

@@ -78,15 +78,22 @@ def build(params: Mapping[str, Any]):
     from himamba.cache.hi_mamba import HiMambaRadixCache
     from himamba.cache.mamba import MambaRadixCache
 
+    kind, config, engine = _parts(params)
+    return (HiMambaRadixCache if kind == "tiered" else MambaRadixCache)(config), engine
+
+
+def _parts(params: Mapping[str, Any]) -> tuple[str, CacheConfig, dict[str, Any]]:
+    """(cache kind, its CacheConfig, engine keyword arguments) of one configuration, every value
+    checked (InvalidInputError otherwise); builds no pools."""
+    from himamba.sim.engine import check_engine_args
+
     kind = params.get("cache", "tiered")
     if kind not in ("tiered", "device"):
         raise InvalidInputError(f"cache must be 'tiered' or 'device', got {kind!r}")
-    fields = {k: v for k, v in params.items() if k in CONFIG_PARAMS}
-    if "legacy" in fields:
-        fields["legacy"] = frozenset([fields["legacy"]] if isinstance(fields["legacy"], str) else fields["legacy"])
-    config = CacheConfig(device="cpu", **fields)
+    config = CacheConfig(device="cpu", **{k: v for k, v in params.items() if k in CONFIG_PARAMS})
     engine = {**DEFAULT_ENGINE, **{k: v for k, v in params.items() if k in ENGINE_PARAMS}}
-    return (HiMambaRadixCache if kind == "tiered" else MambaRadixCache)(config), engine
+    check_engine_args(**engine)
+    return kind, config, engine
 
 
 def run_config(index: int, params: dict[str, Any], workload: PackedWorkload, probe: bool = True) -> dict[str, Any]:
@@ -132,7 +139,7 @@ def sweep(grid: Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]],
 
     configs = expand_grid(grid, base)
     for params in configs:  # fail on the client, before anything is shipped
-        _validate(params)
+        _parts(params)  # every value checked on the client, before anything runs
     if isinstance(workload, (str, Path)):
         from himamba.sim.trace_io import load_jsonl
 
@@ -156,20 +163,6 @@ def sweep(grid: Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]],
 
 
 # -- helpers ------------------------------------------------------------------------------------------
-def _validate(params: Mapping[str, Any]) -> None:
-    kind = params.get("cache", "tiered")
-    if kind not in ("tiered", "device"):
-        raise InvalidInputError(f"cache must be 'tiered' or 'device', got {kind!r}")
-    fields = {k: v for k, v in params.items() if k in CONFIG_PARAMS}
-    if "legacy" in fields and isinstance(fields["legacy"], str):
-        fields["legacy"] = [fields["legacy"]]
-    CacheConfig(device="cpu", **fields)
-    for k in ("chunk_size", "decode_tokens", "max_running"):
-        v = params.get(k, 1)
-        if not isinstance(v, int) or v < 1:
-            raise InvalidInputError(f"{k} must be a positive int, got {v!r}")
-
-
 def _connect(client, address: str | None, n_workers: int, memory_limit: str | int):
     """(client, things to close afterwards)."""
     if client is not None:
