@@ -413,6 +413,9 @@ def test_recorder_jsonl_round_trip_and_stepper_on_loaded_steps(tmp_path):
         offline.go(i)
         assert offline.tree_html.value == live.tree_html.value
         assert offline.info_html.value == live.info_html.value
+    for record_again in (loaded.start, loaded.attach, loaded.__enter__):  # no cache to record
+        with pytest.raises(ValueError, match="loaded from a file"):
+            record_again()
 
 
 @pytest.mark.parametrize("make_listener", [lambda c: hm.Recorder(c), lambda c: hm.sim.EvictionProbe(c)],

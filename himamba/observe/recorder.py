@@ -82,17 +82,14 @@ class Recorder(CacheListener):
 
     # -- recording -----------------------------------------------------------------------------
     def start(self) -> Recorder:
-        if self.cache is None:
-            raise ValueError("this recorder was loaded from a file; it has no cache to record")
         return self.attach()
 
     def stop(self) -> None:
         self.detach()
 
-    def __enter__(self) -> Recorder:
-        return self.start()
-
     def _on_attach(self) -> None:
+        if self.cache is None:
+            raise ValueError("this recorder was loaded from a file; it has no cache to record")
         self._last = take(self.cache)
         if not self.steps:
             self.initial = self._last
