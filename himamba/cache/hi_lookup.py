@@ -22,15 +22,15 @@ from himamba.observe.events import EventKind
 class HiLookupMixin(LookupMixin, HiTreeBase):
     """match_prefix, split and insert of the tiered cache."""
 
-    def _match_result(self, segs: list[torch.Tensor], best: TreeNode, best_len: int) -> MatchResult:
+    def _match_result(self, segs: list[torch.Tensor], best: TreeNode, best_len: int,
+                      on_device: TreeNode) -> MatchResult:
         """The tiered result: ``device_indices`` covers the part on device; ``last_host_node`` is
         the deepest backed-up node of the usable prefix (also ``best_match_node``, as upstream)
         and ``host_hit_length`` the host tokens above the device part that ``init_load_back``
         could restore (1 when only a host state is missing on device)."""
         root = self.root_node
-        last_device = self._deepest_on_device(best)
         host_hit, x = 0, best
-        while x is not last_device:
+        while x is not on_device:
             host_hit += len(x.host_value)
             x = x.parent
         last_host = best
@@ -38,7 +38,7 @@ class HiLookupMixin(LookupMixin, HiTreeBase):
             last_host = last_host.parent
         state_only = int(last_host.mamba_host_value is not None and last_host.mamba_value is None)
         indices = torch.cat(segs[:best_len]) if best_len else self._empty_indices
-        return MatchResult(indices, last_device, last_host, last_host, max(host_hit, state_only),
+        return MatchResult(indices, on_device, last_host, last_host, max(host_hit, state_only),
                            self._branching_seqlen(segs, best_len))
 
     # -- split ---------------------------------------------------------------------------------

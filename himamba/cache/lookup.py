@@ -44,14 +44,17 @@ class LookupMixin(TreeBase):
         if len(key) == 0:
             return MatchResult(self._empty_indices, root, root, root)
         segs, best, best_len = self._match_walk(key.page_aligned(self.page_size))
-        self._touch_match(best)
-        result = self._match_result(segs, best, best_len)
+        on_device = self._deepest_on_device(best)
+        self._touch_match(best, on_device)
+        result = self._match_result(segs, best, best_len, on_device)
         if cow_mamba and req is not None and best.mamba_value is not None:
             self._copy_state_to_request(best, req)
         return result
 
-    def _match_result(self, segs: list[torch.Tensor], best: TreeNode, best_len: int) -> MatchResult:
-        """The device tree's result: the usable prefix ends at ``best`` on every count."""
+    def _match_result(self, segs: list[torch.Tensor], best: TreeNode, best_len: int,
+                      on_device: TreeNode) -> MatchResult:
+        """The device tree's result: the usable prefix ends at ``best`` on every count
+        (``on_device``, the deepest node of the match with device KV, is ``best`` here)."""
         indices = torch.cat(segs[:best_len]) if best_len else self._empty_indices
         return MatchResult(indices, best, best, best, 0, self._branching_seqlen(segs, best_len))
 
@@ -92,12 +95,13 @@ class LookupMixin(TreeBase):
         chunk = self.config.mamba_cache_chunk_size
         return (sum(len(s) for s in segs) // chunk) * chunk or None
 
-    def _touch_match(self, best: TreeNode) -> None:
-        """LRU refresh and retiming of a match's usable node and its ancestors."""
+    def _touch_match(self, best: TreeNode, on_device: TreeNode) -> None:
+        """LRU refresh and retiming of a match's usable node and its ancestors (the full LRU from
+        ``on_device``, the deepest of them with device KV)."""
         root = self.root_node
         if best is root:
             return
-        self.full_lru_list.reset_node_and_parents_mru(self._deepest_on_device(best), root)
+        self.full_lru_list.reset_node_and_parents_mru(on_device, root)
         self.mamba_lru_list.reset_node_and_parents_mru(best, root)
         t = self.tick()
         x, k = best, 0
