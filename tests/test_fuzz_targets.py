@@ -3,6 +3,7 @@
 * A run is cut into episodes (a fresh cache each); the first episode uses the run's seed.
 * ``jobs`` changes where episodes run, not what is reported.
 * ``scale`` grows the trees.
+* A script runs under ``torch.inference_mode()``, and the mode ends with the run.
 * With each legacy switch on by itself, seed 0 finds a failure within 10,000 operations, and the
   shrunk script (at most 12 operations) fails the same way when replayed.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from himamba.errors import InvalidInputError
 from himamba.sim.fuzz import (
@@ -22,6 +24,7 @@ from himamba.sim.fuzz import (
     fuzz,
     make_script,
     replay,
+    run_script,
 )
 
 
@@ -33,6 +36,14 @@ def test_a_run_is_cut_into_episodes_of_fresh_caches() -> None:
     assert len(report.script["ops"]) == 250  # the last episode is the remainder
     assert report.script["episode"] == 2 and report.script["seed"] == episode_seed(5, 2)
     assert sum(report.counts.values()) == 1_250
+
+
+def test_a_script_runs_in_inference_mode_and_leaves_it() -> None:
+    modes: list[bool] = []
+    report = run_script(make_script(3, 40), progress=lambda i: modes.append(torch.is_inference_mode_enabled()))
+    assert report.failure is None and report.ops_run == 40
+    assert modes == [True] * 40
+    assert not torch.is_inference_mode_enabled()
 
 
 def test_episode_seeds() -> None:
