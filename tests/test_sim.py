@@ -357,6 +357,7 @@ def test_trace_round_trips(tmp_path):
     mixed.write_text('{"prompt_len": 2, "tokens": [5, 6, 7]}\n\n{"prompt": [5, 6], "output_len": 3, "session": 1}\n')
     a, b = load_jsonl(mixed)
     assert (a.prompt, a.output) == ((5, 6), (7,)) and b.prompt == (5, 6) and len(b.output) == 3 and b.session == 1
+    assert b.output == SimRequest.make((5, 6), 3, session=1, rid=1).output  # drawn as make() draws them
 
 
 @pytest.mark.parametrize("line, message", [

@@ -37,14 +37,13 @@ class SimRequest:
              rid: int = 0, vocab: int = 32000) -> SimRequest:
         """Build a request; ``output`` may be a token list or a length, in which case the tokens
         are drawn deterministically from ``(rid, prompt length, output length)``."""
-        prompt = tuple(_check_tokens(prompt, "prompt"))
+        prompt = tuple(check_token_ids(prompt, "prompt"))
         if isinstance(output, int) and not isinstance(output, bool):
             if output < 0:
                 raise InvalidInputError(f"output length must be >= 0, got {output}")
-            rng = random.Random(hash((rid, len(prompt), output)))
-            output = tuple(rng.randrange(1, vocab) for _ in range(output))
+            output = drawn_output(rid, len(prompt), output, vocab)
         else:
-            output = tuple(_check_tokens(output, "output"))
+            output = tuple(check_token_ids(output, "output"))
         return cls(prompt, output, session, rid)
 
     @property
@@ -60,12 +59,24 @@ class SimRequest:
         return len(self.prompt) + len(self.output)
 
 
-def _check_tokens(tokens: Iterable[int], what: str) -> list[int]:
+def check_token_ids(tokens: Iterable[int], what: str, error: type[InvalidInputError] = InvalidInputError) -> list[int]:
+    """``tokens`` as a list, once every one is a non-negative ``int`` (a ``bool`` is not); else
+    raise ``error`` naming the first bad one as ``what[i]``. A well-formed list costs two
+    C-level passes."""
     out = list(tokens)
+    if set(map(type, out)) <= {int} and (not out or min(out) >= 0):
+        return out
     for i, t in enumerate(out):
         if type(t) is not int or t < 0:
-            raise InvalidInputError(f"{what}[{i}] is {t!r}: token ids must be non-negative ints")
+            raise error(f"{what}[{i}] is {t!r}: token ids must be non-negative ints")
     return out
+
+
+def drawn_output(rid: int, prompt_len: int, n: int, vocab: int = 32000) -> tuple[int, ...]:
+    """``n`` output tokens in ``1 .. vocab - 1``, drawn deterministically from ``(rid,
+    prompt_len, n)``: a request given only its output length decodes the same tokens every run."""
+    rng = random.Random(hash((rid, prompt_len, n)))
+    return tuple(rng.randrange(1, vocab) for _ in range(n))
 
 
 class PackedWorkload(Sequence[SimRequest]):

@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from himamba.errors import InvalidInputError
-from himamba.sim.request import SimRequest
+from himamba.sim.request import SimRequest, check_token_ids, drawn_output
 
 FORMATS = ("native", "trace")
 
@@ -104,15 +104,10 @@ def _parse_native(rec: dict, where: str, index: int) -> SimRequest:
     n = rec.get("output_len", 0)
     if type(n) is not int or n < 0:
         raise TraceFormatError(f"{where}: output_len must be a non-negative int, got {n!r}")
-    return SimRequest.make(prompt, n, session, rid)
+    return SimRequest(tuple(prompt), drawn_output(rid, len(prompt), n), session, rid)
 
 
 def _tokens(value: object, key: str, where: str) -> list[int]:
     if not isinstance(value, list):
         raise TraceFormatError(f"{where}: {key!r} must be a list of token ids, got {type(value).__name__}")
-    if set(map(type, value)) <= {int} and (not value or min(value) >= 0):
-        return value
-    for i, t in enumerate(value):
-        if type(t) is not int or t < 0:
-            raise TraceFormatError(f"{where}: {key}[{i}] is {t!r}: token ids must be non-negative ints")
-    return value
+    return check_token_ids(value, f"{where}: {key}", TraceFormatError)
