@@ -46,6 +46,8 @@ if TYPE_CHECKING:
 ENGINE_PARAMS = ("chunk_size", "decode_tokens", "max_running", "load_back_quota", "evict_headroom")
 CONFIG_PARAMS = tuple(f.name for f in dataclasses.fields(CacheConfig) if f.name not in ("device", "model"))
 PARAMS = ("cache", *CONFIG_PARAMS, *ENGINE_PARAMS)
+# A sweep replays whole traces, so its engine decodes in bigger batches and runs more requests
+# at once than Engine's own defaults (16 tokens, 4 requests), which suit stepping one by one.
 DEFAULT_ENGINE = {"chunk_size": 512, "decode_tokens": 32, "max_running": 8}
 
 
