@@ -275,8 +275,7 @@ class Engine:
         total_end = len(tokens) - len(tokens) % ps
         if total_end == 0:
             row["admitted"] += 1
-            self._record(item, row, {"prompt_len": 0, "total_len": 0, "cached_tokens": 0, "host_loaded_tokens": 0,
-                                     "state_from_host": False, "admitted_step": self.step_index})
+            self._record(item, row, self._admission(0, 0, 0, 0, False))
             return True
         del tokens[total_end:]
         prompt_end = min(item.prompt_len - item.prompt_len % ps, total_end)
@@ -302,9 +301,12 @@ class Engine:
         row["load_backs"] += loaded > 0
         if node is not cache.root_node:
             row["state_hits_host" if from_host else "state_hits_device"] += 1
-        record = {"prompt_len": prompt_end, "total_len": total_end, "cached_tokens": n, "host_loaded_tokens": loaded,
-                  "state_from_host": from_host, "admitted_step": self.step_index}
-        return _Live(item, req, tokens, prompt_end, n, record)
+        return _Live(item, req, tokens, prompt_end, n, self._admission(prompt_end, total_end, n, loaded, from_host))
+
+    def _admission(self, prompt_len: int, total_len: int, cached: int, loaded: int, from_host: bool) -> dict:
+        """The request record's fields known at admission (``_record`` adds the rest)."""
+        return {"prompt_len": prompt_len, "total_len": total_len, "cached_tokens": cached,
+                "host_loaded_tokens": loaded, "state_from_host": from_host, "admitted_step": self.step_index}
 
     def _usable_prefix(self, m: MatchResult) -> tuple[torch.Tensor, TreeNode, int, bool]:
         """(device KV of the prefix the request can start from, its last node — on device with a
