@@ -57,7 +57,15 @@ def throughput(ops: int, big_scale: int, jobs: int, integrity_every: int, repeat
 
 def breakdown(scale: int, ops: int, repeat: int) -> None:
     """Where one check's time goes on a big tree: the tree pass, the LRU walks, the pool counts,
-    the host rules; next to the mean cost of one operation. Best of ``repeat`` timings."""
+    the host rules; next to the mean cost of one operation. Best of ``repeat`` timings, under
+    ``torch.inference_mode()`` as the fuzzer runs."""
+    import torch
+
+    with torch.inference_mode():
+        _breakdown(scale, ops, repeat)
+
+
+def _breakdown(scale: int, ops: int, repeat: int) -> None:
     from himamba.cache import hi_invariants, invariants
     from himamba.cache.integrity import check_integrity
     from himamba.sim.fuzz import make_cache, make_script
