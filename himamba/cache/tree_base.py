@@ -151,12 +151,10 @@ class TreeBase(Displayable):
         root = self.root_node
         x = node
         while x is not root:
-            parent = x.parent
-            key = x.key
-            if parent is None or not key.token_ids:
-                raise InvalidInputError(f"node #{node.id} is not in this tree (it was deleted or belongs to another cache)")
-            ck = key.token_ids[0] if ps == 1 and key.extra_key is None else key.child_key(ps)
-            if parent.children.get(ck) is not x:
+            parent, key = x.parent, x.key
+            tokens = key.token_ids
+            if (parent is None or not tokens or parent.children.get(
+                    tokens[0] if ps == 1 and key.extra_key is None else key.child_key(ps)) is not x):
                 raise InvalidInputError(f"node #{node.id} is not in this tree (it was deleted or belongs to another cache)")
             x = parent
 
