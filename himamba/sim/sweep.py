@@ -140,8 +140,8 @@ def sweep(grid: Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]],
     import pandas as pd
 
     configs = expand_grid(grid, base)
-    for params in configs:  # fail on the client, before anything is shipped
-        _parts(params)  # every value checked on the client, before anything runs
+    for params in configs:  # every value checked on the client, before anything is shipped
+        _parts(params)
     if isinstance(workload, (str, Path)):
         from himamba.sim.trace_io import load_jsonl
 
