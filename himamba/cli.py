@@ -128,11 +128,9 @@ def _fuzz(args: argparse.Namespace) -> int:
     from himamba.sim.fuzz import fuzz
 
     for flag, value in (("--ops", args.ops), ("--page-size", args.page_size), ("--scale", args.scale),
-                        ("--jobs", args.jobs), ("--integrity-every", args.integrity_every)):
-        if value < 1:
+                        ("--jobs", args.jobs), ("--integrity-every", args.integrity_every), ("--episode", args.episode)):
+        if value is not None and value < 1:
             raise ValueError(f"{flag} must be at least 1, got {value}")
-    if args.episode is not None and args.episode < 1:
-        raise ValueError(f"--episode must be at least 1, got {args.episode}")
     legacy = normalize_legacy(args.legacy)
     bar = None
     progress = None
