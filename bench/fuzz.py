@@ -144,16 +144,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeat", type=int, default=3, help="runs of each throughput setting (default 3)")
     ap.add_argument("--switches", nargs="+", default=list(SWITCHES), choices=SWITCHES)
     ap.add_argument("--big-scale", type=int, default=14, help="pool scale of the big-tree runs (default 14)")
-    ap.add_argument("--jobs", type=int, default=2, help="worker processes for the parallel runs (default 2)")
+    ap.add_argument("--jobs", type=int, default=2,
+                    help="processes of the parallel runs: this one and N-1 workers (default 2)")
     ap.add_argument("--integrity-every", type=int, default=100,
                     help="integrity check period in the throughput runs (default 100)")
     args = ap.parse_args(argv)
-    both = not (args.throughput or args.legacy or args.breakdown)
-    if args.breakdown or both:
+    every_part = not (args.throughput or args.legacy or args.breakdown)
+    if args.breakdown or every_part:
         breakdown(args.big_scale, 3_000, 5)
-    if args.throughput or both:
+    if args.throughput or every_part:
         throughput(args.throughput_ops, args.big_scale, args.jobs, args.integrity_every, args.repeat)
-    if args.legacy or both:
+    if args.legacy or every_part:
         legacy(args.seeds, args.ops, args.switches)
 
 
