@@ -4,7 +4,11 @@
     himamba fuzz --legacy B1        random operations until an invariant breaks; prints the
                                     shrunk script; exit 1 on a failure, 0 on a clean run
     himamba replay SCRIPT.json      run a saved script again, printing its steps
+    himamba trace stats --format mooncake FILE
+                                    sizes and reuse ceilings of a trace, one JSON line
     himamba bench replay|transfer|render|fuzz|sweep [ARGS...]
+                                    (replay ships with the package; the others run from a
+                                    source checkout's bench/ folder)
 
 Errors in what you pass print one line (``himamba: error: ...``) and exit with status 2.
 """
@@ -67,9 +71,20 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("script", type=Path, help="JSON script file")
     replay.add_argument("--svg", type=Path, default=None, metavar="DIR", help="write an SVG of every step here")
 
-    bench = sub.add_parser("bench", help="run a benchmark from bench/",
-                           description="Run one of the benchmarks in the repository's bench/ folder; "
-                                       "arguments after the name go to it.")
+    trace = sub.add_parser("trace", help="look at a trace file",
+                           description="Figures about a trace file without replaying it.")
+    trace_sub = trace.add_subparsers(dest="trace_command", required=True, metavar="WHAT")
+    stats = trace_sub.add_parser("stats", help="requests, prompt blocks and the reuse ceilings as one JSON line",
+                                 description="Read a Mooncake trace (block mode) and print one JSON line: requests, "
+                                             "prompt_blocks, prompt_tokens and the three reuse ceilings of an unbounded "
+                                             "cache (ceiling_attention, ceiling_sequence_end, ceiling_page_aligned; "
+                                             "*_tokens: weighted by tokens).")
+    stats.add_argument("--format", choices=("mooncake",), default="mooncake", help="the trace format (mooncake)")
+    stats.add_argument("file", type=Path, help="JSON-lines trace")
+
+    bench = sub.add_parser("bench", help="run a benchmark",
+                           description="Run one of the benchmarks (replay ships with the package; the others run "
+                                       "from the repository's bench/ folder); arguments after the name go to it.")
     bench.add_argument("name", choices=BENCHES, help="which benchmark")
     bench.add_argument("args", nargs=argparse.REMAINDER, help="its arguments (see its --help)")
     return ap
@@ -79,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = _parser()
     args = ap.parse_args(argv)
     try:
-        status = {"demo": _demo, "fuzz": _fuzz, "replay": _replay, "bench": _bench}[args.command](args)
+        status = {"demo": _demo, "fuzz": _fuzz, "replay": _replay, "trace": _trace, "bench": _bench}[args.command](args)
         sys.stdout.flush()  # a reader that went away shows here, not at exit
         return status
     except BrokenPipeError:
@@ -198,8 +213,23 @@ def _replay(args: argparse.Namespace) -> int:
     return 1
 
 
+# -- trace ---------------------------------------------------------------------------------------
+def _trace(args: argparse.Namespace) -> int:
+    from himamba.sim.mooncake import load_mooncake, stats
+
+    print(json.dumps(stats(load_mooncake(args.file))))
+    return 0
+
+
 # -- bench ---------------------------------------------------------------------------------------
 def _bench(args: argparse.Namespace) -> int:
+    if args.name == "replay":
+        from himamba.sim.bench_replay import main as replay_main
+
+        try:
+            return replay_main(args.args)
+        except SystemExit as exc:  # argparse's own --help / usage errors
+            return int(exc.code or 0)
     path = Path(__file__).resolve().parents[1] / "bench" / f"{args.name}.py"
     if not path.exists():
         raise ValueError(f"benchmark {path} not found (run from a source checkout of himamba)")

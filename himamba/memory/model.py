@@ -39,11 +39,14 @@ class ModelSpec:
     conv_dtype: torch.dtype = torch.float32
     ssm_dtype: torch.dtype = torch.float32
     num_layers: int = 0  # total layers in the model (attention + mamba + MLP-only), for display
+    params_b: float = 0.0  # total parameters in billions (weights' size for sizing); 0 = unknown
 
     def __post_init__(self) -> None:
         for field in ("num_full_layers", "kv_heads", "head_dim", "num_mamba_layers", "conv_channels"):
             if getattr(self, field) <= 0:
                 raise InvalidInputError(f"ModelSpec.{field} must be positive, got {getattr(self, field)}")
+        if not self.params_b >= 0:
+            raise InvalidInputError(f"ModelSpec.params_b must be >= 0 (billions of parameters), got {self.params_b}")
         if self.conv_kernel < 2:
             raise InvalidInputError(f"ModelSpec.conv_kernel must be >= 2, got {self.conv_kernel}")
         if not self.ssm_shape or any(d <= 0 for d in self.ssm_shape):
@@ -115,7 +118,7 @@ class ModelSpec:
         return cls(
             "Qwen3-Next-80B-A3B", 12, 2, 256, 36,
             conv_channels=2 * key_dim + value_dim, conv_kernel=4, ssm_shape=(32, 128, 128),
-            kv_dtype=torch.bfloat16, conv_dtype=torch.bfloat16, ssm_dtype=torch.float32, num_layers=48,
+            kv_dtype=torch.bfloat16, conv_dtype=torch.bfloat16, ssm_dtype=torch.float32, num_layers=48, params_b=80.0,
         )
 
     @classmethod
@@ -127,7 +130,7 @@ class ModelSpec:
             "NemotronH-8B", 4, 8, 128, 24,
             conv_channels=heads * head_dim + 2 * groups * state, conv_kernel=4,
             ssm_shape=(heads, head_dim, state),
-            kv_dtype=torch.bfloat16, conv_dtype=torch.bfloat16, ssm_dtype=torch.float32, num_layers=52,
+            kv_dtype=torch.bfloat16, conv_dtype=torch.bfloat16, ssm_dtype=torch.float32, num_layers=52, params_b=8.0,
         )
 
     @classmethod
@@ -137,6 +140,20 @@ class ModelSpec:
         return cls(
             "Jamba-v0.1", 4, 8, 128, 28,
             conv_channels=8192, conv_kernel=4, ssm_shape=(8192, 16),
+            kv_dtype=torch.bfloat16, conv_dtype=torch.bfloat16, ssm_dtype=torch.float32, num_layers=32, params_b=52.0,
+        )
+
+    @classmethod
+    def falcon_h1(cls) -> ModelSpec:
+        """Falcon-H1 as the defaults of transformers' ``FalconH1Config`` (5.6) describe it: 32
+        layers, each *parallel* hybrid (attention with 8 KV heads x 128 beside a Mamba-2 mixer),
+        so every layer has KV and a state; Mamba-2 with 128 heads of dim 8 (``d_ssm`` 1,024),
+        state 256, 1 group, conv kernel 4 over 1,024 + 2 x 256 channels. Published checkpoints
+        vary these sizes; the parameter count is unknown here (pass ``weights_gb`` to sizing)."""
+        d_ssm, heads, state, groups = 1024, 128, 256, 1
+        return cls(
+            "Falcon-H1 (FalconH1Config defaults)", 32, 8, 128, 32,
+            conv_channels=d_ssm + 2 * groups * state, conv_kernel=4, ssm_shape=(heads, d_ssm // heads, state),
             kv_dtype=torch.bfloat16, conv_dtype=torch.bfloat16, ssm_dtype=torch.float32, num_layers=32,
         )
 
@@ -148,4 +165,13 @@ class ModelSpec:
             "qwen3-next-80b-a3b": cls.qwen3_next_80b_a3b(),
             "nemotron-h-8b": cls.nemotron_h_8b(),
             "jamba-v0.1": cls.jamba_v0_1(),
+            "falcon-h1": cls.falcon_h1(),
         }
+
+    @classmethod
+    def preset(cls, name: str) -> ModelSpec:
+        """The preset called ``name`` (a key of :meth:`presets`); InvalidInputError names the choices."""
+        presets = cls.presets()
+        if name not in presets:
+            raise InvalidInputError(f"unknown model preset {name!r}; presets: {sorted(presets)}")
+        return presets[name]

@@ -104,6 +104,9 @@ class TransferController:
         self._ids = itertools.count()
         self.bytes_device_to_host = 0
         self.bytes_host_to_device = 0
+        # slots copied per direction, so a caller can price them at another model's sizes
+        self.kv_slots_device_to_host = self.kv_slots_host_to_device = 0
+        self.states_device_to_host = self.states_host_to_device = 0
         self.writes_issued = 0
         self.loads_issued = 0
         self.cuda = device_kv.device.type == "cuda"
@@ -251,8 +254,12 @@ class TransferController:
         nbytes = sum(_row_bytes(buf) * idx.numel() for buf, idx, _, _ in pairs)
         if to_host:
             self.bytes_device_to_host += nbytes
+            self.kv_slots_device_to_host += src_idx.numel()
+            self.states_device_to_host += len(states)
         else:
             self.bytes_host_to_device += nbytes
+            self.kv_slots_host_to_device += src_idx.numel()
+            self.states_host_to_device += len(states)
         if not self.cuda:
             ps = src_kv.page_size
             for src, s_idx, dst, d_idx in pairs:

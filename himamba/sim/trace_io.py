@@ -48,6 +48,29 @@ def load_jsonl(path: str | Path) -> list[SimRequest]:
     return out
 
 
+def load_token_trace(path: str | Path) -> list[tuple[int, list[int]]]:
+    """Read the shared trace format as ``(prompt_len, tokens)`` pairs (the replay protocol's input;
+    lighter than :func:`load_jsonl`, which builds requests). Same checks and messages."""
+    path = Path(path)
+    out: list[tuple[int, list[int]]] = []
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise TraceFormatError(f"{where}: not valid JSON ({exc.msg})") from None
+            if not isinstance(rec, dict) or not ("prompt_len" in rec or "tokens" in rec):
+                raise TraceFormatError(f"{where}: not a trace record (prompt_len, tokens)")
+            req = _parse_trace(rec, where, len(out))
+            out.append((req.prompt_len, req.tokens))
+    if not out:
+        raise TraceFormatError(f"{path}: no requests in the file")
+    return out
+
+
 def save_jsonl(requests: Iterable[SimRequest], path: str | Path, format: str = "native") -> Path:
     """Write ``requests`` one per line, in ``"native"`` (keeps sessions and ids) or ``"trace"``
     format (the shared one: ``prompt_len`` and ``tokens`` only). Returns the path."""
