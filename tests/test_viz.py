@@ -18,7 +18,7 @@ from helpers import make_cache, node_at, put
 
 import himamba as hm
 from himamba.observe.snapshot import take
-from himamba.viz import style, tables
+from himamba.viz import graph, style, tables
 from himamba.viz.collapse import choose
 
 pytestmark = pytest.mark.skipif(shutil.which("dot") is None, reason="graphviz 'dot' program not installed")
@@ -80,7 +80,13 @@ def test_svg_shows_every_node_with_its_id_and_counters():
         assert (f"fl={v.full_lock_ref} ml={v.mamba_lock_ref} hr={v.host_ref_counter} "
                 f"hmr={v.host_mamba_ref_counter}") in text
         assert f"{len(v.key)} tok" in text
-    assert "legend" in found
+    # the compact legend is one strip in the graph label, not a box; "full" is the long one
+    assert "legend" not in found and "full tombstone" in svg and "changed" in svg
+    assert "legend" in boxes(hm.to_svg(cache, legend="full"))
+    bare = hm.to_svg(cache, legend=False)
+    assert "full tombstone" not in bare and "legend" not in boxes(bare)
+    with pytest.raises(hm.InvalidInputError, match="legend"):
+        hm.render(cache, legend="long")
 
 
 def test_kinds_locks_and_pins_look_different():
@@ -117,15 +123,33 @@ def test_lru_rank_labels_follow_the_lists():
     assert "f1" not in boxes(hm.to_svg(snap))[f"n{snap.lru['full'][0]}"]["text"].split()
 
 
-def test_focus_draws_one_subtree_under_its_path():
+def test_focus_draws_the_root_the_path_and_the_focused_subtree_and_folds_the_rest():
     cache, n = kinds_tree()
     s = n["S"]
-    found = boxes(hm.to_svg(cache, focus=s.id, legend=False))
+    found = boxes(hm.to_svg(cache, focus=s, legend=False))
     names = {k for k in found if k.startswith("n")}
-    assert names == {f"n{s.id}"} | {f"n{c.id}" for c in s.children.values()}
-    assert "path" in found and "root" in found["path"]["text"]
+    assert names == {"n0", f"n{s.id}"} | {f"n{c.id}" for c in s.children.values()}
+    folded = {k: v for k, v in found.items() if k.startswith("c")}
+    assert set(folded) == {"c0"} and "more nodes" in folded["c0"]["text"]
+    hidden = int(re.search(r"(\d+) more", folded["c0"]["text"]).group(1))
+    assert hidden + len(names) == len(take(cache))
     with pytest.raises(KeyError):
         hm.render(cache, focus=10_000)
+    with pytest.raises(hm.InvalidInputError, match="layout"):
+        hm.render(cache, layout="BT")
+
+
+def test_names_show_on_boxes_and_in_tables():
+    cache, n = kinds_tree()
+    names = {n["A"]: "A", n["S"].id: "S"}
+    found = boxes(hm.to_svg(cache, names=names))
+    assert found[f"n{n['A'].id}"]["text"].split()[:2] == ["A", f"#{n['A'].id}"]
+    assert found[f"n{n['S'].id}"]["text"].split()[:2] == ["S", f"#{n['S'].id}"]
+    assert found[f"n{n['D'].id}"]["text"].split()[0] == f"#{n['D'].id}"
+    table = hm.node_table(cache, names=names)
+    assert table.loc[n["A"].id, "name"] == "A" and table.loc[n["D"].id, "name"] == ""
+    lru = hm.lru_table(cache, names=names)
+    assert set(lru[lru["node"] == n["S"].id]["name"]) <= {"S"} and "name" not in hm.lru_table(cache)
 
 
 def test_render_takes_a_cache_a_snapshot_or_a_step_and_nothing_else():
@@ -187,8 +211,29 @@ def test_max_nodes_collapses_a_thousand_node_tree():
         p = snap.node(p).parent
     assert all(f"n{i}" in found for i in path)
     assert style.HIGHLIGHT in hm.to_svg(snap, legend=False, highlight=[deep.id])
-    # collapse off: one box per node
-    assert len(boxes(hm.to_svg(snap, legend=False, max_nodes=None))) == len(snap)
+    # the box count alone bounds a drawing at natural size; both off: one box per node
+    assert len(boxes(hm.to_svg(snap, legend=False, max_nodes=40, fit=False))) <= 40
+    assert len(boxes(hm.to_svg(snap, legend=False, max_nodes=None, fit=False))) == len(snap)
+
+
+SVG_SIZE = re.compile(r'<svg width="([\d.]+)pt" height="([\d.]+)pt"')
+
+
+@pytest.mark.parametrize(("n_nodes", "layout"), [(49, "TB"), (1_000, "TB"), (1_000, "LR")])
+def test_a_render_fits_a_notebook_without_shrinking_its_text(n_nodes, layout):
+    snap = take(big_tree(n_nodes))
+    svg = hm.to_svg(snap, layout=layout)
+    width = float(SVG_SIZE.search(svg).group(1))
+    assert width <= 1_000 and graph.svg_scale(svg) >= graph.MIN_SCALE
+    found = boxes(svg)
+    assert "n0" in found  # the root is always drawn
+    shown = [k for k in found if k.startswith("n")]
+    folded = [v for k, v in found.items() if k.startswith("c")]
+    assert sum(int(re.search(r"(\d+) more", v["text"]).group(1)) for v in folded) + len(shown) == len(snap)
+    assert all("tok" in v["text"] for v in folded)
+    # drawn whole at natural size, the same tree is far bigger (LR: taller) than the fitted one
+    natural = hm.to_svg(snap, layout=layout, fit=False, max_nodes=None)
+    assert graph.svg_scale(natural) == 1.0 and max(map(float, SVG_SIZE.search(natural).groups())) > 2_000
 
 
 def test_collapse_prefers_locked_nodes_and_keeps_the_tree_connected():
@@ -244,7 +289,8 @@ def test_lru_table_flags_the_b3_mismatch_only_when_the_order_is_wrong(legacy):
     assert list(full.index) == cache.full_lru_list.order()
     if legacy:
         assert list(full.index) == [y.id, x.id, a.id]
-        assert full["mismatch"].tolist() == [True, True, True]
+        # one row out of place is the fewest: without Y the list is in time order
+        assert full["mismatch"].tolist() == [True, False, False]
         assert full["time_rank"].tolist() == [3, 1, 2]
     else:
         assert not df[df["must_match"]]["mismatch"].any()
@@ -261,7 +307,18 @@ def test_lru_table_on_a_hand_built_snapshot():
     swapped = dataclasses.replace(snap, lru={**snap.lru, "full": (order[1], order[0], *order[2:])})
     df = hm.lru_table(swapped)
     flagged = df[df["mismatch"]]
-    assert set(flagged["list"]) == {"full"} and set(flagged["node"]) == {order[0], order[1]}
+    assert set(flagged["list"]) == {"full"} and len(flagged) == 1 and set(flagged["node"]) <= {order[0], order[1]}
+
+
+@pytest.mark.parametrize(("times", "wrong"), [
+    ([5, 4, 3, 2], set()), ([1, 5, 4, 3], {0}), ([5, 4, 9, 8, 3], {2, 3}), ([3, 3, 1], set()),
+    ([], set()), ([1, 2, 3], {1, 2}),
+])
+def test_misplaced_is_the_fewest_rows_out_of_time_order(times, wrong):
+    got = tables.misplaced(times)
+    assert got == wrong
+    rest = [t for i, t in enumerate(times) if i not in got]
+    assert rest == sorted(rest, reverse=True)
 
 
 def test_node_and_counter_tables():

@@ -250,6 +250,7 @@ class StorageMixin(HiTreeBase):
         anchor.last_access_time = self.tick()
         if not b3:
             self._refresh_lists(anchor)
+        self._announce_retime(anchor, b3, mamba_moved=not b3)
         node = anchor
         while len(key) and (ck := key.child_key(ps)) in node.children:
             node = node.children[ck]
@@ -259,6 +260,7 @@ class StorageMixin(HiTreeBase):
                     self.mamba_lru_list.reset_node_mru(node)
             else:
                 self._refresh_lists(node)
+            self._announce_retime(node, b3, mamba_moved=True)
             p = node.key.match(key, ps)
             if p < len(node.key):
                 node = self._split_node(node, p)
@@ -281,6 +283,18 @@ class StorageMixin(HiTreeBase):
         if self.events.active:
             self.events.emit(EventKind.NODE_CREATED, f"prefetched host node #{new.id}{preview(key.token_ids)} under #{node.id} (KV=H M={new.state_tier()})", (new.id, node.id))
         return len(key), slot is not None
+
+    def _announce_retime(self, node: TreeNode, b3: bool, mamba_moved: bool) -> None:
+        """Emit one LRU_REFRESH event for a node retimed by the host insert (no state change)."""
+        if not self.events.active or node is self.root_node or node.value is None:
+            return
+        if b3:
+            mamba = "" if node.mamba_value is None else (
+                "; mamba LRU refreshed" if mamba_moved else "; its mamba LRU refresh skipped too")
+            text = f"#{node.id} retimed without moving in the full LRU (legacy B3){mamba}"
+        else:
+            text = f"#{node.id} retimed and moved to the MRU end of its device LRU lists"
+        self.events.emit(EventKind.LRU_REFRESH, text, (node.id,), misplaced=b3)
 
     def _refresh_lists(self, node: TreeNode) -> None:
         if node is self.root_node:

@@ -4,8 +4,10 @@ LRU positions and short key texts. Everything here reads Snapshots only (never l
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
+from himamba.errors import InvalidInputError
 from himamba.observe.recorder import Step
 from himamba.observe.snapshot import NodeView, Snapshot, take
 
@@ -63,3 +65,16 @@ def depths(snap: Snapshot) -> dict[int, int]:
     for n in snap.nodes:
         out[n.id] = 0 if n.parent is None else out[n.parent] + 1
     return out
+
+
+def node_id(node: Any) -> int:
+    """The id of a node given as a TreeNode, a NodeView or an int."""
+    nid = getattr(node, "id", node)
+    if isinstance(nid, bool) or not isinstance(nid, int):
+        raise InvalidInputError(f"a node must be a TreeNode, a NodeView or an int id, got {node!r}")
+    return nid
+
+
+def name_map(names: Mapping[Any, str] | None) -> dict[int, str]:
+    """``{node_or_id: "P"}`` as ``{id: "P"}``."""
+    return {node_id(k): str(v) for k, v in (names or {}).items()}

@@ -8,7 +8,9 @@ One place decides how a node looks, so the legend can never disagree with the bo
 * an orange header = changed by the step shown; dashed grey = a ghost (deleted by the step);
 * ``Ld`` / ``Lh`` = member of the evictable device / host leaf set; ``f2 m1 h3`` = positions
   in the full / mamba / host-mamba LRU lists (1 = most recently used).
-Fonts may lack emoji, so every marker is plain text.
+Fonts may lack emoji, so every marker is plain text. A text run never starts with a space after a
+bold run: SVG drops leading spaces, so a browser would glue the words ("LOCKred"); runs are
+joined with a no-break space or kept in separate cells instead.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ FILL = {
     "host-only": "#bfdbfe",
     "full tombstone": "#d1d5db",
 }
+SHORT_KIND = {"device": "device", "tombstone": "tombstone", "host-only": "host-only",
+              "full tombstone": "full tomb."}
 KIND_TEXT = {
     "device": "device: KV and state on device",
     "tombstone": "tombstone: KV on device, state only on host",
@@ -39,6 +43,7 @@ PIN_COLOR = "#7c3aed"
 HIGHLIGHT = "#fb923c"
 GHOST = "#9ca3af"
 COLLAPSED_FILL = "#f3f4f6"
+NAME_COLOR = "#1d4ed8"
 
 
 def node_attrs(v: NodeView) -> dict[str, str]:
@@ -58,14 +63,19 @@ def _row(text: str, bgcolor: str | None = None) -> str:
     return f"<TR><TD{bg}>{text}</TD></TR>"
 
 
+NBSP = "&#160;"
+
+
 def node_label(v: NodeView, *, highlighted: bool = False, ranks: str = "",
-               ghost: bool = False) -> str:
-    """An HTML-like label: id, key preview and length; tiers; counters; markers; LRU ranks."""
+               ghost: bool = False, name: str | None = None) -> str:
+    """An HTML-like label: name (when given), id, key preview and length; tiers; counters;
+    markers; LRU ranks."""
     head_bg = HIGHLIGHT if highlighted else None
+    named = f'<FONT COLOR="{NAME_COLOR}"><B>{escape(name)}</B></FONT>{NBSP}' if name else ""
     if v.is_root:
-        rows = [_row("<B>root</B>", head_bg)]
+        rows = [_row(f"{named}<B>root</B>", head_bg)]
     else:
-        head = f"<B>#{v.id}</B> {escape(key_text(v.key))} {len(v.key)} tok"
+        head = f"{named}<B>#{v.id}</B>{NBSP}{escape(key_text(v.key))} {len(v.key)} tok"
         rows = [
             _row(head, head_bg),
             _row(f"KV={v.kv_tier} M={v.state_tier}"),
@@ -84,7 +94,7 @@ def node_label(v: NodeView, *, highlighted: bool = False, ranks: str = "",
         if v.host_leaf:
             marks.append("Lh")
         if marks:
-            rows.append(_row(" ".join(marks)))
+            rows.append(_row(NBSP.join(marks)))
         if ranks:
             rows.append(_row(ranks))
     return '<<TABLE BORDER="0" CELLBORDER="0" CELLSPACING="0" CELLPADDING="1">' + "".join(rows) + "</TABLE>>"
@@ -99,18 +109,67 @@ def ghost_attrs() -> dict[str, str]:
     return {"style": "dashed,filled", "fillcolor": "#f9fafb", "color": GHOST, "fontcolor": GHOST, "penwidth": "1"}
 
 
-def collapsed_label(n_hidden: int) -> str:
-    return f"… {n_hidden} more node{'s' if n_hidden != 1 else ''}"
+def collapsed_label(n_hidden: int, tokens: int | None = None, kinds: dict[str, int] | None = None,
+                    locked: int = 0) -> str:
+    """The summary box of folded subtrees: ``… 12 more nodes`` and, when known, a line with
+    their tokens (and how many are locked) and one per node kind with its count."""
+    lines = [f"… {n_hidden} more node{'s' if n_hidden != 1 else ''}"]
+    if tokens is not None:
+        lines.append(f"{tokens:,} tok" + (f" · {locked} locked" if locked else ""))
+    lines += [f"{n} {SHORT_KIND[k]}" for k, n in (kinds or {}).items() if n]
+    return "\n".join(lines)
 
 
 def collapsed_attrs() -> dict[str, str]:
     return {"shape": "note", "style": "filled", "fillcolor": COLLAPSED_FILL, "color": GHOST, "fontcolor": "#4b5563"}
 
 
-def title_label(lines: list[str]) -> str:
-    """The graph title: the first line bold, the others plain."""
-    parts = [f"<B>{escape(lines[0], quote=False)}</B>"] + [escape(x, quote=False) for x in lines[1:]]
-    return "<" + '<BR ALIGN="LEFT"/>'.join(parts) + '<BR ALIGN="LEFT"/>>'
+def title_label(lines: list[str], legend: str = "") -> str:
+    """The graph label: the title (first line bold, the others plain) and, below it, the compact
+    legend strip (``legend``: the ``<TABLE>`` of :func:`legend_strip`, or empty)."""
+    rows = []
+    for i, line in enumerate(lines):
+        text = escape(line, quote=False)
+        rows.append(f'<TR><TD ALIGN="LEFT">{f"<B>{text}</B>" if i == 0 else text}</TD></TR>')
+    if legend:
+        rows.append(f'<TR><TD ALIGN="LEFT">{legend}</TD></TR>')
+    return '<<TABLE BORDER="0" CELLBORDER="0" CELLSPACING="0" CELLPADDING="1">' + "".join(rows) + "</TABLE>>"
+
+
+#: The compact legend: (text, cell attributes) per item, one line.
+STRIP = (
+    ("device", {"bgcolor": FILL["device"], "border": "1"}),
+    ("tombstone", {"bgcolor": FILL["tombstone"], "border": "1"}),
+    ("host-only", {"bgcolor": FILL["host-only"], "border": "1"}),
+    ("full tombstone", {"bgcolor": FILL["full tombstone"], "border": "1"}),
+    ("LOCK fl/ml&gt;0", {"border": "2", "color": LOCK_COLOR}),
+    ("PIN hr/hmr&gt;0", {"border": "2", "color": PIN_COLOR}),
+    ("changed", {"bgcolor": HIGHLIGHT, "border": "1"}),
+    ("deleted", {"border": "1", "color": GHOST, "style": "dashed"}),
+    ("… folded", {"bgcolor": COLLAPSED_FILL, "border": "1"}),
+    ("KV=D/H M=d/h · Ld/Lh leaf sets · f m h LRU rank", {}),
+)
+
+
+def legend_strip() -> str:
+    """The compact legend as one graphviz HTML table row: a cell per fill, border and marker."""
+    cells = "".join(
+        f"<TD{''.join(f' {k.upper()}={chr(34)}{v}{chr(34)}' for k, v in attrs.items())}>"
+        f'<FONT POINT-SIZE="8">{text}</FONT></TD>' for text, attrs in STRIP)
+    return f'<TABLE BORDER="0" CELLBORDER="0" CELLSPACING="4" CELLPADDING="2"><TR>{cells}</TR></TABLE>'
+
+
+def legend_html() -> str:
+    """The same strip as plain HTML (the stepper and exported pages show it once, above the steps)."""
+    css = {"bgcolor": "background:{}", "color": "border-color:{}", "style": "border-style:{}"}
+    items = []
+    for text, attrs in STRIP:
+        rules = ["padding:1px 6px", "margin-right:6px", "display:inline-block", "white-space:nowrap"]
+        if attrs.get("border"):
+            rules.append(f"border:{attrs['border']}px solid {BORDER}")
+        rules += [css[k].format(v) for k, v in attrs.items() if k in css]
+        items.append(f'<span style="{";".join(rules)}">{text}</span>')
+    return f'<div class="hm-legend" style="font:12px sans-serif;margin:4px 0">{"".join(items)}</div>'
 
 
 def legend_label() -> str:
@@ -121,8 +180,8 @@ def legend_label() -> str:
 
     rows = [f"<TR>{cell(KIND_TEXT[k], bgcolor=FILL[k], border='1')}</TR>" for k in KIND_TEXT]
     rows += [
-        f"<TR>{cell('<B>LOCK</B> red border: fl&gt;0 or ml&gt;0', border='3', color=LOCK_COLOR)}</TR>",
-        f"<TR>{cell('<B>PIN</B> purple double border: hr&gt;0 or hmr&gt;0', border='2', color=PIN_COLOR)}</TR>",
+        f"<TR>{cell('<B>LOCK</B>&#160;red border: fl&gt;0 or ml&gt;0', border='3', color=LOCK_COLOR)}</TR>",
+        f"<TR>{cell('<B>PIN</B>&#160;purple double border: hr&gt;0 or hmr&gt;0', border='2', color=PIN_COLOR)}</TR>",
         f"<TR>{cell('orange header: highlighted (changed by this step)', bgcolor=HIGHLIGHT, border='1')}</TR>",
         f"<TR>{cell('dashed grey: deleted by this step (ghost)', border='1', color=GHOST, style='dashed')}</TR>",
         f"<TR>{cell('… N more nodes: collapsed subtrees', bgcolor=COLLAPSED_FILL, border='1')}</TR>",

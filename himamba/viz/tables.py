@@ -7,7 +7,9 @@ and returns a fresh DataFrame. pandas is imported on first use (it is slow to im
 
 from __future__ import annotations
 
+import bisect
 import re
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from himamba.observe.recorder import Step
@@ -18,6 +20,7 @@ from himamba.viz.common import (
     as_snapshot,
     depths,
     key_text,
+    name_map,
     node_kind,
 )
 
@@ -25,49 +28,81 @@ if TYPE_CHECKING:
     import pandas as pd
     from pandas.io.formats.style import Styler
 
-LRU_COLUMNS = ["list", "position", "node", "key", "time", "time_rank", "mismatch", "must_match", "locked"]
+LRU_COLUMNS = ["list", "position", "node", "name", "key", "time", "time_rank", "mismatch", "must_match", "locked"]
 
 
-def lru_table(obj: Any) -> pd.DataFrame:
+def misplaced(times: list[float]) -> set[int]:
+    """Positions (0-based, MRU first) of the fewest entries whose removal leaves ``times``
+    non-increasing: the complement of a longest non-increasing subsequence. Among equally long
+    ones the one keeping the earliest (most recently used) positions is kept, so a node retimed
+    without moving (newer than the nodes in front of it) is the one marked. O(n log n)."""
+    n = len(times)
+    tails: list[float] = []  # read from the LRU end: tails[k] = smallest last time of a run of k+1
+    tail_at: list[int] = []
+    before = [-1] * n
+    for j in range(n - 1, -1, -1):
+        t = times[j]
+        k = bisect.bisect_right(tails, t)
+        if k == len(tails):
+            tails.append(t)
+            tail_at.append(j)
+        else:
+            tails[k], tail_at[k] = t, j
+        before[j] = tail_at[k - 1] if k else -1
+    kept, j = set(), tail_at[-1] if tail_at else -1
+    while j >= 0:
+        kept.add(j)
+        j = before[j]
+    return set(range(n)) - kept
+
+
+def lru_table(obj: Any, names: Mapping[Any, str] | None = None) -> pd.DataFrame:
     """One row per member of each LRU list, in list order (MRU first).
 
     ``position`` is the 1-based place in the list (1 = MRU end); ``time_rank`` the 1-based place
     the node would have if the list were sorted by ``last_access_time`` (newest first; ties keep
-    list order); ``mismatch`` is ``position != time_rank``. ``must_match`` tells whether the list
-    is required to follow time order (the device lists ``full`` and ``mamba``, invariant I9; the
-    host-mamba list is not), so ``mismatch & must_match`` rows show a bug such as B3.
+    list order); ``mismatch`` marks only the misplaced rows: the fewest rows whose removal leaves
+    the list in time order (see :func:`misplaced`). ``must_match`` tells whether the list is
+    required to follow time order (the device lists ``full`` and ``mamba``, invariant I9; the
+    host-mamba list is not), so ``mismatch & must_match`` rows show a bug such as B3. With
+    ``names`` (``{node_or_id: "P"}``) a ``name`` column follows ``node``.
     """
     import pandas as pd
 
     snap = as_snapshot(obj)
+    labels = name_map(names)
     rows = []
     for name, ids in snap.lru.items():
         times = [snap.node(nid).last_access_time for nid in ids]
         by_time = sorted(range(len(ids)), key=lambda i: (-times[i], i))
         rank = {i: r + 1 for r, i in enumerate(by_time)}
+        wrong = misplaced(times)
         for i, nid in enumerate(ids):
             v = snap.node(nid)
-            rows.append({"list": name, "position": i + 1, "node": nid, "key": key_text(v.key),
-                         "time": times[i], "time_rank": rank[i], "mismatch": rank[i] != i + 1,
+            rows.append({"list": name, "position": i + 1, "node": nid, "name": labels.get(nid, ""),
+                         "key": key_text(v.key), "time": times[i], "time_rank": rank[i], "mismatch": i in wrong,
                          "must_match": name in TIME_ORDERED_LISTS, "locked": v.locked})
-    df = pd.DataFrame(rows, columns=LRU_COLUMNS)
+    columns = [c for c in LRU_COLUMNS if c != "name" or labels]
+    df = pd.DataFrame(rows, columns=LRU_COLUMNS)[columns]
     return df.astype({"position": "int64", "node": "int64", "time": "float64", "time_rank": "int64",
                       "mismatch": "bool", "must_match": "bool", "locked": "bool"})
 
 
-def node_table(obj: Any) -> pd.DataFrame:
+def node_table(obj: Any, names: Mapping[Any, str] | None = None) -> pd.DataFrame:
     """One row per node (root first, parents before children), indexed by node id: parent,
     depth, key, tokens, start, kind, tiers, every counter (fl, ml, hr, hmr, hit_count), time,
     leaf-set membership (Ld, Lh), locked / pinned flags and the 1-based LRU positions
-    (``f``, ``m``, ``h``; missing = not a member)."""
+    (``f``, ``m``, ``h``; missing = not a member). With ``names`` (``{node_or_id: "P"}``) a
+    ``name`` column comes first."""
     import pandas as pd
 
     snap = as_snapshot(obj)
+    labels = name_map(names)
     depth = depths(snap)
     pos = {LRU_SHORT.get(k, k): {nid: i + 1 for i, nid in enumerate(ids)} for k, ids in snap.lru.items()}
     rows = []
     for v in snap.nodes:
-        row = {"id": v.id, "parent": v.parent, "depth": depth[v.id], "key": key_text(v.key),
+        row = {"id": v.id, **({"name": labels.get(v.id, "")} if labels else {}), "parent": v.parent, "depth": depth[v.id], "key": key_text(v.key),
                "tokens": len(v.key), "start": v.start, "kind": node_kind(v), "KV": v.kv_tier,
                "M": v.state_tier, "fl": v.full_lock_ref, "ml": v.mamba_lock_ref, "hr": v.host_ref_counter,
                "hmr": v.host_mamba_ref_counter, "hit_count": v.hit_count, "time": v.last_access_time,
