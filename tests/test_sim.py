@@ -338,7 +338,7 @@ def test_packed_workload_is_compact_and_equal():
 def test_sim_request_output_by_length():
     r = SimRequest.make([1, 2, 3], 5, session=2, rid=7)
     assert len(r.output) == 5 and r == SimRequest.make([1, 2, 3], 5, session=2, rid=7)
-    with pytest.raises(ValueError, match="non-negative ints"):
+    with pytest.raises(ValueError, match="token ids must be ints"):
         SimRequest.make([1, -2], 1)
 
 

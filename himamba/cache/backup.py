@@ -228,6 +228,7 @@ class BackupMixin(HiTreeBase):
         self._dec_lock_ref(anchor)
         if device is None:
             return None
+        self.kv_pool.allocator.mark_owned(device)
         offset = 0
         for c in chain:
             k = len(c.host_value)
@@ -255,6 +256,7 @@ class BackupMixin(HiTreeBase):
         device = self.cache_controller.load(host, node.id, states)
         if device is not None and restore:
             node.mamba_value = states[0].device.view(1)
+            self.mamba_pool.allocator.mark_owned(node.mamba_value)
             if req is not None:
                 req.mamba_pool_idx = states[0].extra_device
         return device

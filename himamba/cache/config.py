@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from himamba.cache.legacy import normalize_legacy
 from himamba.errors import InvalidInputError
 from himamba.memory.model import ModelSpec
+from himamba.validate import check_bool, check_choice, check_int
 
 WRITE_POLICIES = ("write_through", "write_through_selective", "write_back")
 CASCADE_RULES = ("himamba", "unified")
@@ -41,26 +42,35 @@ class CacheConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "legacy", normalize_legacy(self.legacy))
         ps = self.page_size
-        if not isinstance(ps, int) or ps < 1:
+        if type(ps) is not int or ps < 1:
             raise InvalidInputError(f"page_size must be a positive int, got {ps!r}")
         for name in ("device_kv_tokens", "host_kv_tokens"):
             size = getattr(self, name)
-            if not isinstance(size, int) or size < ps:
+            if type(size) is not int or size < ps:
                 raise InvalidInputError(f"{name}={size!r} is smaller than one page ({ps} tokens)")
             if size % ps:
                 raise InvalidInputError(f"{name}={size} is not a multiple of the page size {ps}")
         for name in ("device_mamba_slots", "host_mamba_slots"):
             size = getattr(self, name)
-            if not isinstance(size, int) or size < 1:
+            if type(size) is not int or size < 1:
                 raise InvalidInputError(f"{name} must be at least 1, got {size!r}")
-        if self.write_policy not in WRITE_POLICIES:
-            raise InvalidInputError(f"write_policy {self.write_policy!r} is not one of {WRITE_POLICIES}")
-        if self.cascade_rule not in CASCADE_RULES:
-            raise InvalidInputError(f"cascade_rule {self.cascade_rule!r} is not one of {CASCADE_RULES}")
+        check_choice(self.write_policy, "write_policy", WRITE_POLICIES)
+        check_choice(self.cascade_rule, "cascade_rule", CASCADE_RULES)
         if not isinstance(self.model, ModelSpec):
             raise InvalidInputError(f"model must be a ModelSpec, got {type(self.model).__name__}")
-        if self.mamba_cache_chunk_size < 1:
-            raise InvalidInputError(f"mamba_cache_chunk_size must be >= 1, got {self.mamba_cache_chunk_size}")
+        check_int(self.mamba_cache_chunk_size, "mamba_cache_chunk_size", 1)
+        check_int(self.load_back_threshold, "load_back_threshold", 0)
+        check_bool(self.enable_storage, "enable_storage")
+
+    def device_bytes(self) -> int:
+        """Bytes the device pools of a cache built from this config take."""
+        m = self.model
+        return self.device_kv_tokens * m.kv_bytes_per_token + self.device_mamba_slots * m.state_bytes_per_slot
+
+    def host_bytes(self) -> int:
+        """Bytes the host pools of a tiered cache built from this config take."""
+        m = self.model
+        return self.host_kv_tokens * m.kv_bytes_per_token + self.host_mamba_slots * m.state_bytes_per_slot
 
     @property
     def extra_buffer(self) -> bool:

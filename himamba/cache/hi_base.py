@@ -17,6 +17,7 @@ from himamba.errors import LockError
 from himamba.memory.pools import KVPool, MambaPool
 from himamba.memory.transfer import TransferController
 from himamba.observe.events import EventKind, operation
+from himamba.validate import check_allocation, physical_memory_bytes
 
 
 def _has_host_state(node: TreeNode) -> bool:
@@ -29,6 +30,13 @@ class HiTreeBase(TreeBase):
     def __init__(self, config=None, *, manual_acks: bool = False, **overrides: Any) -> None:
         self._manual_acks = manual_acks
         super().__init__(config, **overrides)
+
+    def _check_memory(self, config) -> None:
+        """The host pools live in this machine's RAM, next to the device pools when the device is
+        the CPU; refuse sizes that cannot fit before anything is allocated."""
+        super()._check_memory(config)
+        host = config.host_bytes() + (config.device_bytes() if self.device.type == "cpu" else 0)
+        check_allocation(host, "the host pools", physical_memory_bytes(), "this machine's RAM")
 
     def _init_tree(self) -> None:
         cfg = self.config

@@ -63,6 +63,7 @@ class HiLookupMixin(LookupMixin, HiTreeBase):
         if node.value is not None or node.mamba_value is not None:
             raise CacheAssertionError(f"unevict: node #{node.id} is not evicted")
         node.value = value.clone()
+        self.kv_pool.allocator.mark_owned(value)
         self.full_lru_list.insert_mru(node)
         self.full_evictable_size_ += len(value)
         self._refresh_leaf_status(node)

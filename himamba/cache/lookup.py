@@ -18,6 +18,7 @@ from himamba.core.key import RadixKey, as_key, preview
 from himamba.core.node import TreeNode
 from himamba.errors import CacheAssertionError, InvalidInputError
 from himamba.observe.events import EventKind, operation
+from himamba.validate import check_int, check_tree_slots
 
 ANCESTOR_TIME_STEP = 1e-5  # k-th ancestor of a match is retimed to t - k * step
 
@@ -229,13 +230,16 @@ class LookupMixin(TreeBase):
             not isinstance(mamba_value, torch.Tensor) or mamba_value.numel() != 1 or mamba_value.dtype != torch.int64
         ):
             raise InvalidInputError("mamba_value must be a 1-element int64 tensor naming a device state slot")
-        if not 0 <= prev_prefix_len <= len(key):
-            raise InvalidInputError(f"prev_prefix_len={prev_prefix_len} is outside 0..{len(key)}")
+        if type(prev_prefix_len) is not int or not 0 <= prev_prefix_len <= len(key):
+            check_int(prev_prefix_len, "prev_prefix_len", 0, len(key))
         problem = self.kv_pool.allocator.problem_with(value)
         if problem is not None:
             raise InvalidInputError(f"value {problem} (device KV)")
-        if mamba_value is not None and not self.mamba_pool.allocator.all_allocated(mamba_value):
-            raise InvalidInputError("mamba_value names a state slot that is not allocated")
+        check_tree_slots(self.kv_pool.allocator.owned_flags(value), prev_prefix_len, "value", "prev_prefix_len")
+        if mamba_value is not None:
+            if not self.mamba_pool.allocator.all_allocated(mamba_value):
+                raise InvalidInputError("mamba_value names a state slot that is not allocated")
+            check_tree_slots(self.mamba_pool.allocator.owned_flags(mamba_value), 0, "mamba_value")
 
     def _insert_helper(
         self, key: RadixKey, value: torch.Tensor, mamba_value: torch.Tensor, prev_prefix_len: int, chunked: bool
@@ -291,6 +295,8 @@ class LookupMixin(TreeBase):
         node = self._new_node(key, parent)
         node.value = value.clone()
         node.mamba_value = mamba_value.clone().view(1)
+        self.kv_pool.allocator.mark_owned(value)
+        self.mamba_pool.allocator.mark_owned(mamba_value)
         node.last_access_time = self.tick()
         parent.children[key.child_key(self.page_size)] = node
         self.full_lru_list.insert_mru(node)
@@ -309,6 +315,7 @@ class LookupMixin(TreeBase):
 
     def _attach_state(self, node: TreeNode, mamba_value: torch.Tensor) -> None:
         node.mamba_value = mamba_value.clone().view(1)
+        self.mamba_pool.allocator.mark_owned(mamba_value)
         self.mamba_lru_list.insert_mru(node)
         self.mamba_evictable_size_ += 1
         self.full_lru_list.reset_node_mru(node)

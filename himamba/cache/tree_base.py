@@ -19,10 +19,11 @@ from himamba.core.key import RadixKey, as_key
 from himamba.core.lru import LRUList
 from himamba.core.node import TreeNode
 from himamba.errors import CacheAssertionError, InvalidInputError, LockError
-from himamba.memory.device import resolve_device
+from himamba.memory.device import memory_bytes, resolve_device
 from himamba.memory.pools import KVPool, MambaPool
 from himamba.observe.display import Displayable
 from himamba.observe.events import EventBus, EventKind, operation
+from himamba.validate import check_allocation
 
 
 def _on_device(node: TreeNode) -> bool:
@@ -50,6 +51,7 @@ class TreeBase(Displayable):
         self.config = config
         self.page_size = config.page_size
         self.device = resolve_device(config.device)
+        self._check_memory(config)
         self.events = EventBus()
         self.kv_pool = KVPool(config.model, config.device_kv_tokens, config.page_size, self.device)
         self.mamba_pool = MambaPool(config.model, config.device_mamba_slots, self.device)
@@ -57,6 +59,10 @@ class TreeBase(Displayable):
         self.mamba_lru_list = LRUList("mamba", _has_device_state)
         self._empty_indices = torch.empty(0, dtype=torch.int64, device=self.device)
         self._init_tree()
+
+    def _check_memory(self, config: CacheConfig) -> None:
+        """Refuse pools larger than the memory they would be allocated in (before allocating)."""
+        check_allocation(config.device_bytes(), "the device pools", memory_bytes(self.device), f"device {self.device}")
 
     # -- construction / reset --------------------------------------------------------------------
     def _init_tree(self) -> None:

@@ -7,11 +7,11 @@ Slicing a key keeps its extra key.
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Hashable, Iterable, Sequence
 from typing import Any
 
 from himamba.errors import InvalidInputError
+from himamba.validate import check_token_ids
 
 
 class RadixKey:
@@ -24,12 +24,7 @@ class RadixKey:
     __slots__ = ("token_ids", "extra_key")
 
     def __init__(self, token_ids: Iterable[int], extra_key: Hashable | None = None) -> None:
-        if isinstance(token_ids, (str, bytes)):
-            raise InvalidInputError(f"token ids must be a sequence of ints, got {type(token_ids).__name__}")
-        ids = token_ids if type(token_ids) is list else list(token_ids)
-        if not set(map(type, ids)) <= _INT_TYPES:
-            ids = [_token(t) for t in ids]
-        self.token_ids: list[int] = ids
+        self.token_ids: list[int] = check_token_ids(token_ids, "token_ids")
         self.extra_key = extra_key
 
     @classmethod
@@ -117,19 +112,6 @@ def as_key(key: RadixKey | Sequence[int], extra_key: Hashable | None = None) -> 
     if isinstance(key, (str, bytes)) or not isinstance(key, Sequence):
         raise InvalidInputError(f"a key must be a RadixKey or a list of ints, got {type(key).__name__}")
     return RadixKey(list(key), extra_key)
-
-
-def _token(t: object) -> int:
-    """One token id as a plain int; integer-like objects (numpy ints) are accepted."""
-    if not isinstance(t, bool):
-        try:
-            return operator.index(t)
-        except TypeError:
-            pass
-    raise InvalidInputError(f"token ids must be ints, got {t!r} ({type(t).__name__})")
-
-
-_INT_TYPES = {int}
 
 
 def preview(ids: Sequence[int], limit: int = 6) -> str:

@@ -14,12 +14,15 @@ from __future__ import annotations
 import torch
 
 from himamba.errors import InvalidInputError, PoolError
+from himamba.validate import check_int
 
 
 class SlotAllocator:
     """Free-list allocator over ``capacity`` slots grouped in pages of ``page_size``."""
 
     def __init__(self, capacity: int, page_size: int = 1, device: torch.device | str = "cpu") -> None:
+        check_int(page_size, "page_size")
+        check_int(capacity, "capacity")
         if page_size < 1:
             raise InvalidInputError(f"page_size must be >= 1, got {page_size}")
         if capacity < page_size:
@@ -34,6 +37,7 @@ class SlotAllocator:
         self._released: list[torch.Tensor] = []
         self._available_pages = self.num_pages
         self._in_use = torch.zeros(self.num_pages, dtype=torch.int32, device=self.device)
+        self._owned = torch.zeros(self.num_pages, dtype=torch.bool, device=self.device)  # held by a tree node
         self._offsets = torch.arange(page_size, dtype=torch.int64, device=self.device)
 
     # -- queries -------------------------------------------------------------------------------
@@ -81,12 +85,24 @@ class SlotAllocator:
             return "names the same slot more than once"
         return None
 
+    # -- ownership: which allocated slots a tree node holds ----------------------------------------
+    def mark_owned(self, indices: torch.Tensor) -> None:
+        """Record that a tree node adopted these (allocated) slots; freeing them clears the mark."""
+        self._owned[self._pages_of(indices, check=False)] = True
+
+    def owned_flags(self, indices: torch.Tensor) -> torch.Tensor:
+        """One flag per slot (indices must be in range): does a tree node hold its page?"""
+        flat = indices.reshape(-1)
+        return self._owned[flat if self.page_size == 1 else flat // self.page_size]
+
     # -- alloc / free --------------------------------------------------------------------------
     def alloc(self, n: int) -> torch.Tensor | None:
         """``n`` free slots as an int64 tensor, or ``None`` when fewer than ``n`` are free.
 
         ``n`` must be a non-negative multiple of the page size.
         """
+        if type(n) is not int:
+            n = check_int(n, "alloc(n)")
         if n < 0 or n % self.page_size:
             raise InvalidInputError(f"cannot allocate {n} slots: need a non-negative multiple of page size {self.page_size}")
         pages_needed = n // self.page_size
@@ -117,6 +133,7 @@ class SlotAllocator:
             listed = pages.tolist()
             bad = sorted({p for p in listed if int(in_use[p]) < 1 or listed.count(p) > 1})
             raise PoolError(f"double free: slot(s) {[p * self.page_size for p in bad[:8]]} are not in use (or named twice)")
+        self._owned[pages] = False
         self._queue_released(pages)
 
     def free_owned(self, indices: torch.Tensor) -> None:
@@ -126,6 +143,7 @@ class SlotAllocator:
         if pages.numel() == 0:
             return
         self._in_use[pages] = 0
+        self._owned[pages] = False
         self._queue_released(pages)
 
     def _queue_released(self, pages: torch.Tensor) -> None:

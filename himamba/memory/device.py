@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from himamba.errors import InvalidInputError
+from himamba.validate import physical_memory_bytes
 
 
 def resolve_device(name: str | torch.device = "auto") -> torch.device:
@@ -20,6 +21,8 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
         except (RuntimeError, TypeError) as exc:
             raise InvalidInputError(f"unknown device {name!r}: {exc}") from None
     if dev.type == "cpu":
+        if dev.index not in (None, 0):
+            raise InvalidInputError(f"device {str(dev)!r}: there is one CPU device (use 'cpu')")
         return dev
     if dev.type == "cuda":
         if not torch.cuda.is_available():
@@ -30,3 +33,11 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
             )
         return dev
     raise InvalidInputError(f"device type {dev.type!r} is not supported (use 'auto', 'cpu' or 'cuda')")
+
+
+def memory_bytes(device: torch.device) -> int | None:
+    """The memory a pool on ``device`` can take: the GPU's total memory, or this machine's RAM
+    for the CPU (``None`` when unknown)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    return physical_memory_bytes()

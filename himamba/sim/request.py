@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from himamba.errors import InvalidInputError
+from himamba.validate import check_request_length, check_token_ids
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,9 +40,7 @@ class SimRequest:
         are drawn deterministically from ``(rid, prompt length, output length)``."""
         prompt = tuple(check_token_ids(prompt, "prompt"))
         if isinstance(output, int) and not isinstance(output, bool):
-            if output < 0:
-                raise InvalidInputError(f"output length must be >= 0, got {output}")
-            output = drawn_output(rid, len(prompt), output, vocab)
+            output = drawn_output(rid, len(prompt), check_request_length(output), vocab)
         else:
             output = tuple(check_token_ids(output, "output"))
         return cls(prompt, output, session, rid)
@@ -57,19 +56,6 @@ class SimRequest:
 
     def __len__(self) -> int:
         return len(self.prompt) + len(self.output)
-
-
-def check_token_ids(tokens: Iterable[int], what: str, error: type[InvalidInputError] = InvalidInputError) -> list[int]:
-    """``tokens`` as a list, once every one is a non-negative ``int`` (a ``bool`` is not); else
-    raise ``error`` naming the first bad one as ``what[i]``. A well-formed list costs two
-    C-level passes."""
-    out = list(tokens)
-    if set(map(type, out)) <= {int} and (not out or min(out) >= 0):
-        return out
-    for i, t in enumerate(out):
-        if type(t) is not int or t < 0:
-            raise error(f"{what}[{i}] is {t!r}: token ids must be non-negative ints")
-    return out
 
 
 def drawn_output(rid: int, prompt_len: int, n: int, vocab: int = 32000) -> tuple[int, ...]:

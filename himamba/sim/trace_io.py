@@ -20,7 +20,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from himamba.errors import InvalidInputError
-from himamba.sim.request import SimRequest, check_token_ids, drawn_output
+from himamba.sim.request import SimRequest, drawn_output
+from himamba.validate import MAX_REQUEST_TOKENS, check_token_ids
 
 FORMATS = ("native", "trace")
 
@@ -34,15 +35,19 @@ def load_jsonl(path: str | Path) -> list[SimRequest]:
     path = Path(path)
     out: list[SimRequest] = []
     with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise TraceFormatError(f"{where}: not valid JSON ({exc.msg})") from None
-            out.append(_parse(rec, where, len(out)))
+        lineno = 0
+        try:
+            for lineno, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                where = f"{path}:{lineno}"
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise TraceFormatError(f"{where}: not valid JSON ({exc.msg})") from None
+                out.append(_parse(rec, where, len(out)))
+        except UnicodeDecodeError:
+            raise TraceFormatError(f"{path}:{lineno + 1}: not UTF-8 text (is it a JSON-lines file?)") from None
     if not out:
         raise TraceFormatError(f"{path}: no requests in the file")
     return out
@@ -125,8 +130,8 @@ def _parse_native(rec: dict, where: str, index: int) -> SimRequest:
     if "output" in rec:
         return SimRequest(tuple(prompt), tuple(_tokens(rec["output"], "output", where)), session, rid)
     n = rec.get("output_len", 0)
-    if type(n) is not int or n < 0:
-        raise TraceFormatError(f"{where}: output_len must be a non-negative int, got {n!r}")
+    if type(n) is not int or not 0 <= n <= MAX_REQUEST_TOKENS:
+        raise TraceFormatError(f"{where}: output_len must be a non-negative int, at most {MAX_REQUEST_TOKENS}, got {n!r}")
     return SimRequest(tuple(prompt), drawn_output(rid, len(prompt), n), session, rid)
 
 

@@ -1,0 +1,241 @@
+"""Checks every public entry point makes before it changes anything.
+
+One module, below every floor (it imports only :mod:`himamba.errors` and the standard library),
+so the core, the memory pools, the caches, the simulator and the command line all raise the
+same errors with the same sentences: the argument, the value, and what is allowed.
+
+* numbers: :func:`check_int`, :func:`check_count`, :func:`check_optional_count`,
+  :func:`check_quota`, :func:`check_bool`, :func:`check_choice`;
+* token ids: :func:`check_token_ids` (non-negative, below ``2**63``, so that they fit an int64
+  tensor) and :data:`MAX_REQUEST_TOKENS`, the bound on lengths read from files or asked for;
+* memory: :func:`check_allocation` refuses pools larger than the memory they would live in,
+  before anything is allocated;
+* output folders: :func:`prepare_output_dir`, :func:`prepare_output_file` and
+  :func:`write_text_no_follow` refuse non-empty folders (unless ``force``) and never follow a
+  symbolic link when writing.
+
+A check that passes returns the value (as a plain ``int`` where one is asked for) and costs a
+few attribute lookups; the hot paths of replay call only the token check, in C-level passes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import operator
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from himamba.errors import InvalidInputError
+
+MAX_TOKEN_ID = 2**63 - 1  # token ids travel in int64 tensors
+MAX_REQUEST_TOKENS = 1 << 24  # the longest request a workload may ask for (16,777,216 tokens)
+
+__all__ = [
+    "MAX_REQUEST_TOKENS",
+    "MAX_TOKEN_ID",
+    "check_allocation",
+    "check_bool",
+    "check_choice",
+    "check_count",
+    "check_int",
+    "check_optional_count",
+    "check_quota",
+    "check_request_length",
+    "check_token_ids",
+    "prepare_output_dir",
+    "prepare_output_file",
+    "write_text_no_follow",
+]
+
+
+# -- numbers ----------------------------------------------------------------------------------------
+def _describe(value: object) -> str:
+    text = repr(value)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"{text} ({type(value).__name__})"
+
+
+def check_int(value: object, name: str, low: int | None = None, high: int | None = None,
+              error: type[InvalidInputError] = InvalidInputError) -> int:
+    """``value`` as a plain int when it is an integer (numpy integers count; ``bool`` does not)
+    within ``low..high`` (either bound may be ``None``); else raise ``error`` naming ``name``."""
+    if type(value) is not int:
+        if isinstance(value, bool):
+            raise error(f"{name} must be an int, got {_describe(value)}")
+        try:
+            value = operator.index(value)
+        except TypeError:
+            raise error(f"{name} must be an int, got {_describe(value)}") from None
+    if (low is not None and value < low) or (high is not None and value > high):
+        if high is None:
+            allowed = f">= {low}"
+        elif low is None:
+            allowed = f"<= {high}"
+        else:
+            allowed = f"in {low}..{high}"
+        raise error(f"{name} must be {allowed}, got {value}")
+    return value
+
+
+def check_count(value: object, name: str, high: int | None = None) -> int:
+    """A non-negative int (a size, a number of tokens or states)."""
+    return check_int(value, name, 0, high)
+
+
+def check_optional_count(value: object, name: str, high: int | None = None) -> int | None:
+    """``None`` or a non-negative int."""
+    return None if value is None else check_int(value, name, 0, high)
+
+
+def check_quota(value: object, name: str = "mem_quota") -> int | float | None:
+    """``None`` (no limit) or a non-negative, non-NaN number (``inf`` is no limit either)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        try:
+            return check_int(value, name, 0)
+        except InvalidInputError:
+            raise InvalidInputError(f"{name} must be None or a non-negative number, got {_describe(value)}") from None
+    if math.isnan(value) or value < 0:
+        raise InvalidInputError(f"{name} must be None or a non-negative number, got {value!r}")
+    return value
+
+
+def check_bool(value: object, name: str) -> bool:
+    """Exactly ``True`` or ``False`` (``"no"``, ``0`` and ``None`` are refused)."""
+    if value is True or value is False:
+        return value
+    raise InvalidInputError(f"{name} must be True or False, got {_describe(value)}")
+
+
+def check_choice(value: object, name: str, choices: Sequence[object]) -> object:
+    """One of ``choices``."""
+    try:
+        ok = value in choices
+    except TypeError:
+        ok = False
+    if not ok:
+        raise InvalidInputError(f"{name} must be one of {tuple(choices)}, got {_describe(value)}")
+    return value
+
+
+# -- token ids --------------------------------------------------------------------------------------
+def check_token_ids(tokens: Iterable[int], what: str = "token_ids",
+                    error: type[InvalidInputError] = InvalidInputError) -> list[int]:
+    """``tokens`` as a list of plain ints, once every one is an int (a ``bool`` is not; numpy
+    integers become ints) in ``0 .. 2**63 - 1``; else raise ``error`` naming the first bad one as
+    ``what[i]``. A well-formed list of ints costs three C-level passes and is returned as is."""
+    if isinstance(tokens, (str, bytes)):
+        raise error(f"{what} must be a sequence of ints, got {type(tokens).__name__}")
+    out = tokens if type(tokens) is list else list(tokens)
+    if not out or (set(map(type, out)) <= _PLAIN_INT and min(out) >= 0 and max(out) <= MAX_TOKEN_ID):
+        return out
+    fixed = []
+    for i, t in enumerate(out):
+        if type(t) is not int and not isinstance(t, bool):
+            with contextlib.suppress(TypeError):
+                t = operator.index(t)
+        if type(t) is not int or not 0 <= t <= MAX_TOKEN_ID:
+            raise error(f"{what}[{i}] is {_describe(t)}: token ids must be ints in 0..2**63-1")
+        fixed.append(t)
+    return fixed
+
+
+_PLAIN_INT = {int}
+
+
+def check_request_length(n: object, name: str = "output length") -> int:
+    """A token count a request may ask for: ``0 .. MAX_REQUEST_TOKENS``."""
+    return check_int(n, name, 0, MAX_REQUEST_TOKENS)
+
+
+# -- memory -----------------------------------------------------------------------------------------
+def physical_memory_bytes() -> int | None:
+    """This machine's RAM in bytes (``None`` where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def check_allocation(nbytes: int, what: str, limit: int | None, where: str) -> None:
+    """Refuse to allocate ``nbytes`` for ``what`` when it exceeds ``limit`` bytes (the memory of
+    ``where``: the RAM, or the GPU's memory). ``limit=None`` skips the check."""
+    if limit is not None and nbytes > limit:
+        raise InvalidInputError(
+            f"{what} would take {nbytes:,} bytes but {where} has {limit:,} bytes: choose smaller sizes"
+        )
+
+
+# -- output folders and files -----------------------------------------------------------------------
+def prepare_output_dir(path: str | os.PathLike, force: bool = False, flag: str = "--force") -> Path:
+    """Create ``path`` as a folder to write into, or accept an existing empty one.
+
+    Refused (:class:`InvalidInputError`, nothing written): ``path`` or a folder above it that is
+    a symbolic link, ``path`` naming something that is not a folder, and a folder that already
+    holds files unless ``force`` (then existing files may be replaced, never followed)."""
+    out = Path(path)
+    for p in (out, *out.parents):
+        if p.is_symlink():
+            raise InvalidInputError(f"output folder {str(out)!r}: {str(p)!r} is a symbolic link; it is not followed")
+    if out.exists():
+        if not out.is_dir():
+            raise InvalidInputError(f"output folder {str(out)!r} exists and is not a folder")
+        if not force and any(out.iterdir()):
+            raise InvalidInputError(f"output folder {str(out)!r} is not empty; pass {flag} to write into it anyway")
+    else:
+        out.mkdir(parents=True)
+    return out
+
+
+def prepare_output_file(path: str | os.PathLike, force: bool = False, flag: str = "--force") -> Path:
+    """Accept ``path`` as a file to write: its folder must exist and no part may be a symbolic
+    link; an existing file is refused unless ``force``."""
+    out = Path(path)
+    for p in (out, *out.parents):
+        if p.is_symlink():
+            raise InvalidInputError(f"output file {str(out)!r}: {str(p)!r} is a symbolic link; it is not followed")
+    if out.exists():
+        if not out.is_file():
+            raise InvalidInputError(f"output file {str(out)!r} exists and is not a regular file")
+        if not force:
+            raise InvalidInputError(f"output file {str(out)!r} exists; pass {flag} to replace it")
+    elif not out.parent.is_dir():
+        raise InvalidInputError(f"output file {str(out)!r}: folder {str(out.parent)!r} does not exist")
+    return out
+
+
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
+def write_text_no_follow(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` without following a symbolic link planted there
+    (``O_NOFOLLOW``: a link makes the open fail and nothing is written)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _NOFOLLOW, 0o644)
+    except OSError as exc:
+        if os.path.islink(path):
+            raise InvalidInputError(f"{os.fspath(path)!r} is a symbolic link; it is not followed") from None
+        raise InvalidInputError(f"cannot write {os.fspath(path)!r}: {exc.strerror}") from None
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+
+
+# -- slot ownership ---------------------------------------------------------------------------------
+def check_tree_slots(owned, tree_len: int, name: str, len_name: str | None = None) -> None:
+    """``owned`` (a bool tensor, one flag per slot of ``name``: does a tree node hold it?) must be
+    True for the first ``tree_len`` slots (the caller got them from the tree) and False for the
+    rest (the caller's own, which the tree will adopt or free)."""
+    n_tree = int(owned[:tree_len].sum()) if tree_len else 0
+    n_all = int(owned.sum()) if len(owned) else 0
+    if n_all != n_tree:
+        raise InvalidInputError(
+            f"{name} names {n_all - n_tree} slot(s) past the first {tree_len} that a tree node already owns: "
+            "pass slots the caller allocated (a slot has one owner)")
+    if n_tree != tree_len:
+        raise InvalidInputError(
+            f"{len_name}={tree_len} claims {tree_len} slots of {name} are the tree's, but only {n_tree} are: "
+            f"{len_name} must count the slots the caller got from the tree (match_prefix)")
