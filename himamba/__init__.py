@@ -30,6 +30,7 @@ from himamba.sim.engine import Engine
 from himamba.sim.ops import serve
 from himamba.viz import (
     Stepper,
+    compare,
     counters_table,
     diff_table,
     lru_table,
@@ -66,6 +67,7 @@ __all__ = [
     "Violation",
     "check_integrity",
     "check_invariants",
+    "compare",
     "counters_table",
     "diff",
     "diff_table",

@@ -1,6 +1,6 @@
 """The ``himamba`` command line: demo, fuzz, replay and bench.
 
-    himamba demo OUT_DIR            B1 scenario: an SVG per step and an index.html
+    himamba demo OUT_DIR            B1 scenario on and off, side by side: OUT_DIR/index.html
     himamba fuzz --legacy B1        random operations until an invariant breaks; prints the
                                     shrunk script; exit 1 on a failure, 0 on a clean run
     himamba replay SCRIPT.json      run a saved script again, printing its steps
@@ -34,9 +34,10 @@ def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="himamba", description="Explore SGLang's tiered Mamba radix cache.")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    demo = sub.add_parser("demo", help="replay bug B1 and write an SVG per step plus an HTML page",
-                          description="Run the B1 scenario (reference section 5) with the legacy switch on and off; "
-                                      "write one SVG per recorded step and an index.html under OUT_DIR.")
+    demo = sub.add_parser("demo", help="replay bug B1 with the switch on and off; write one offline HTML page",
+                          description="Run the B1 scenario (reference section 5) with the legacy switch on and off and "
+                                      "write OUT_DIR/index.html: one self-contained page showing both recordings side "
+                                      "by side from the first step where they differ (arrow keys step).")
     demo.add_argument("out_dir", type=Path, help="folder to write (created if missing)")
 
     fuzz = sub.add_parser("fuzz", help="random operations with every check; shrink the first failure",
@@ -110,31 +111,26 @@ def main(argv: list[str] | None = None) -> int:
 # -- demo ----------------------------------------------------------------------------------------
 def _demo(args: argparse.Namespace) -> int:
     from himamba.sim.scenarios import b1_replay
-    from himamba.viz.graph import to_svg
+    from himamba.viz.compare import compare
 
     out: Path = args.out_dir
     out.mkdir(parents=True, exist_ok=True)
-    sections = []
+    runs = {}
     for legacy in (True, False):
-        run = b1_replay(legacy)
-        tag = "legacy" if legacy else "fixed"
-        items = []
-        for step in run.recorder.steps:
-            name = f"{tag}_{step.index:03d}.svg"
-            (out / name).write_text(to_svg(step), encoding="utf-8")
-            items.append(f'<li><p><b>{step.index}</b> {html.escape(step.op)}: {html.escape(step.text)}</p>'
-                         f'<img src="{name}" alt="step {step.index}"></li>')
-        ending = f"ended with {run.error!r}" if run.error else "ended cleanly"
+        run = runs[legacy] = b1_replay(legacy)
         title = "B1 switch on (old code)" if legacy else "B1 fixed (default)"
-        sections.append(f"<h2>{title}: {len(run.recorder.steps)} steps, {html.escape(ending)}</h2>"
-                        f"<ol start=0>{''.join(items)}</ol>")
+        ending = f"ended with {run.error!r}" if run.error else "ended cleanly"
         print(f"{title}: {len(run.recorder.steps)} steps, {ending}")
-    page = ("<!doctype html><html><head><meta charset='utf-8'><title>himamba: bug B1 step by step</title>"
-            "<style>body{font-family:sans-serif;max-width:1100px;margin:auto} li{margin-bottom:2em} "
-            "img{max-width:100%;border:1px solid #ccc}</style></head><body>"
-            "<h1>Bug B1: the tombstone cascade and a host-pinned node</h1>" + "".join(sections) + "</body></html>")
-    (out / "index.html").write_text(page, encoding="utf-8")
-    print(f"wrote {out / 'index.html'}")
+    on, off = runs[True], runs[False]
+    cmp = compare(on.recorder, off.recorder, labels=("B1 switch on (old code)", "B1 fixed (default)"),
+                  names={**on.names, **off.names})
+    ending = (f"<p>With the switch on the run ends with <code>{html.escape(repr(on.error))}</code>; "
+              f"with the fix it ends cleanly. Nodes are named as in the reference: P = [1, 2] "
+              f"(backed up, no state, pinned by its storage backup), C = [3, 4], its only child.</p>")
+    page = cmp.to_html(out / "index.html", title="Bug B1: the tombstone cascade and a host-pinned node")
+    text = page.read_text(encoding="utf-8").replace("<div class=\"hm-controls\">", ending + "<div class=\"hm-controls\">", 1)
+    page.write_text(text, encoding="utf-8")
+    print(f"wrote {page} ({len(cmp.rows())} aligned steps from the first difference)")
     return 0
 
 

@@ -1,4 +1,9 @@
-"""A real browser check: JupyterLab in headless Chromium runs notebook 02 and drives its stepper.
+"""Real browser checks in headless Chromium: an exported step page works offline, and
+JupyterLab runs notebook 02 and drives its stepper.
+
+The exported page is opened from a file with every request that is not that file refused, so a
+page that needed the network would show nothing; next is pressed (button, then arrow key) and the
+drawing must change.
 
 Starts JupyterLab on a free port of 127.0.0.1 over a *copy* of the notebooks (the UI must not
 autosave outputs into the committed files), opens ``02_tombstone_cascade.ipynb``, runs all
@@ -72,16 +77,57 @@ def jupyterlab(tmp_path):
         log.close()
 
 
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
+
+
+def test_exported_page_steps_offline(tmp_path) -> None:
+    playwright = pytest.importorskip("playwright.sync_api")
+    from himamba.sim.scenarios import b1_replay
+
+    run = b1_replay(False)
+    path = run.recorder.to_html(tmp_path / "b1.html", names=run.names)
+    url = path.resolve().as_uri()
+    refused = []
+    with playwright.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        context = browser.new_context(offline=True, viewport={"width": 1200, "height": 900})
+        page = context.new_page()
+
+        def only_the_file(route) -> None:
+            if route.request.url == url:
+                route.continue_()
+            else:
+                refused.append(route.request.url)
+                route.abort()
+
+        page.route("**/*", only_the_file)
+        page.goto(url)
+        shown = page.locator("section.hm-row.hm-on")
+        assert shown.count() == 1
+        first = shown.locator("svg").inner_html()
+        assert "P #" in shown.inner_text() or "root" in first
+        page.click("#hm-next")
+        second = page.locator("section.hm-row.hm-on svg").inner_html()
+        assert second != first
+        page.keyboard.press("ArrowRight")
+        third = page.locator("section.hm-row.hm-on svg").inner_html()
+        assert third != second
+        assert "step 3 of" in page.inner_text("#hm-pos")
+        page.keyboard.press("ArrowLeft")
+        assert page.locator("section.hm-row.hm-on svg").inner_html() == second
+        box = page.locator("section.hm-row.hm-on svg").bounding_box()
+        assert box is not None and box["width"] > 50 and box["height"] > 50  # drawn, not blank
+        browser.close()
+    assert refused == []
+
+
 def test_stepper_in_jupyterlab(jupyterlab) -> None:
     playwright = pytest.importorskip("playwright.sync_api")
     base, token = jupyterlab
     shots = ROOT / "build"
     shots.mkdir(exist_ok=True)
     with playwright.sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"],
-        )
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(f"{base}/lab/tree/{NOTEBOOK}?token={token}")
         page.wait_for_selector(".jp-NotebookPanel .jp-Cell", timeout=60_000)

@@ -29,14 +29,17 @@ def test_every_command_has_help(capsys, command: str) -> None:
     assert text.startswith("usage: himamba " + command) and len(text.splitlines()) > 4
 
 
-def test_demo_writes_one_svg_per_step_and_a_page(capsys, tmp_path: Path) -> None:
+def test_demo_writes_one_offline_page_with_both_runs_side_by_side(capsys, tmp_path: Path) -> None:
     code, out, _ = run(capsys, "demo", str(tmp_path / "b1"))
     assert code == 0
-    svgs = sorted((tmp_path / "b1").glob("*.svg"))
+    assert [p.name for p in (tmp_path / "b1").iterdir()] == ["index.html"]
     page = (tmp_path / "b1" / "index.html").read_text()
-    assert any(p.name.startswith("legacy_") for p in svgs) and any(p.name.startswith("fixed_") for p in svgs)
-    assert page.count("<img") == len(svgs)
+    assert "<img" not in page and "http://" not in page.replace("http://www.w3.org", "")
+    assert page.count('class="hm-legend"') == 1  # the legend once, not per step
+    assert "B1 switch on (old code)" in page and "B1 fixed (default)" in page
     assert "parent does not have child key" in page and "host pin" in page
+    assert "MatchResult(" not in page and "P #" in page
+    assert page.count("<svg") >= 2 and 'class="hm-col hm-differs"' in page
     assert "B1 switch on (old code)" in out and "ended cleanly" in out
 
 

@@ -411,15 +411,17 @@ def recorded() -> hm.Recorder:
 
 def test_stepper_buttons_and_stepping_back():
     rec = recorded()
-    st = hm.Stepper(rec, lru_rank=True)
+    st = hm.Stepper(rec, lru_rank=True, all_steps=True)
     assert st.index == 0 and st.step is rec.steps[0] and len(st) == len(rec)
     assert st.prev_button.disabled and not st.next_button.disabled
     first, first_info = st.tree_html.value, st.info_html.value
     assert first.lstrip().startswith("<?xml") and "<svg" in first
-    assert first == hm.to_svg(rec.steps[0], lru_rank=True)
+    # one title per step: in the info pane, not again inside the drawing; no legend per step
+    assert first == hm.to_svg(rec.steps[0], lru_rank=True, title=False, legend=False)
+    assert rec.steps[0].text in first_info and html.escape(rec.steps[0].text) not in first
     st.next_button.click()
     assert st.index == 1 and st.slider.value == 1 and st.play.value == 1
-    assert st.tree_html.value != first and rec.steps[1].text in st.info_html.value
+    assert st.tree_html.value != first and html.escape(rec.steps[1].text) in st.info_html.value
     second = st.tree_html.value
     st.next()
     st.prev_button.click()
@@ -433,13 +435,67 @@ def test_stepper_buttons_and_stepping_back():
     st.next()
     assert st.index == len(rec) - 1
     st.slider.value = 2  # the slider (and play, linked to it) drive the view too
-    assert st.index == 2 and st.tree_html.value == hm.to_svg(rec.steps[2], lru_rank=True)
+    assert st.index == 2 and st.step is rec.steps[2]
     st.play.value = 3
     assert st.index == 3
     with pytest.raises(IndexError):
         st.go(len(rec))
     assert "mismatch" in st.lru_html.value
-    assert st.widget.children[2] is st.tree_html
+    assert st.widget.children[1].value.count("hm-legend") == 1  # the legend, once
+
+
+def test_stepper_shows_decision_steps_unless_asked_for_all():
+    rec = recorded()
+    decisions = [s for s in rec.steps if s.changed or s.deleted or s.kind == "cascade"
+                 or hm.diff(s.before, s.snapshot)]
+    assert 0 < len(decisions) < len(rec)
+    st = hm.Stepper(rec)
+    assert len(st) == len(decisions)
+    seen = []
+    for i in range(len(st)):
+        st.go(i)
+        seen.append(st.step)
+    assert seen == decisions and all(s.kind not in ("op_begin", "op_end") for s in seen)
+    st.go(1)
+    kept = st.step
+    st.all_steps.value = True  # the toggle: every step, staying on the one shown
+    assert len(st) == len(rec) and st.step is kept
+    st.all_steps.value = False
+    assert len(st) == len(decisions) and st.step is kept
+
+
+def test_to_html_writes_one_offline_page(tmp_path):
+    rec = recorded()
+    names = {rec.steps[0].snapshot.nodes[1].id: "A"}
+    path = rec.to_html(tmp_path / "steps.html", names=names)
+    page = path.read_text()
+    assert page.count('<section class="hm-row"') == len(rec)
+    n_decision = page.count('data-decision="1"')
+    assert 0 < n_decision < len(rec)
+    assert page.count("<svg") == len(rec) and "<?xml" not in page and "<!DOCTYPE svg" not in page
+    assert not re.search(r'(?:src|href)="(?:https?:)?//', page) and "<img" not in page
+    assert page.count("hm-legend") == 1 and 'id="hm-next"' in page and "ArrowRight" in page
+    assert "A #" in page
+
+
+def test_compare_aligns_two_recordings_and_starts_where_they_differ(tmp_path):
+    on, p_on = record_b1(True)
+    off, p_off = record_b1(False)
+    cmp = hm.compare(on, off, labels=("B1 on", "B1 off"), names={p_on.id: "P"})
+    first = cmp.first_difference
+    assert first is not None and first > 0
+    a, b = cmp.pairs[first]
+    assert a is not None and b is not None and a.text != b.text
+    assert all(x.text == y.text for x, y in cmp.pairs[:first])
+    assert any("host pin" in y.text for _, y in cmp.pairs[first:] if y is not None)
+    rows = cmp.rows()
+    assert len(rows) == len(cmp.pairs) - cmp.start and rows[first - cmp.start].differs
+    page = cmp.to_html(tmp_path / "b1.html").read_text()
+    assert "B1 on" in page and "B1 off" in page and page.count('class="hm-col hm-differs"') >= 2
+    same = hm.compare(on, on)
+    assert same.first_difference is None and same.start == 0
+    with pytest.raises(hm.InvalidInputError, match="labels"):
+        hm.compare(on, off, labels=("only one",))
 
 
 def test_stepper_without_steps_and_bad_input():
@@ -464,7 +520,7 @@ def test_recorder_jsonl_round_trip_and_stepper_on_loaded_steps(tmp_path):
     for a, b in zip(rec.steps, loaded.steps, strict=True):
         assert (a.index, a.op_index, a.op, a.kind, a.text, a.event.nodes) == (b.index, b.op_index, b.op, b.kind, b.text, b.event.nodes)
         assert (a.snapshot, a.changed, a.deleted, a.before) == (b.snapshot, b.changed, b.deleted, b.before)
-    live, offline = hm.Stepper(rec), hm.Stepper(loaded)
+    live, offline = hm.Stepper(rec, all_steps=True), hm.Stepper(loaded, all_steps=True)
     for i in range(len(rec)):
         live.go(i)
         offline.go(i)

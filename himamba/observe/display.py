@@ -14,9 +14,27 @@ from typing import Any
 _RENDERERS: dict[str, Callable[[Any], dict[str, Any]]] = {}
 
 
+_EXPORTERS: dict[str, Callable[..., Any]] = {}
+
+
 def register_renderer(name: str, fn: Callable[[Any], dict[str, Any]]) -> None:
     """Install ``fn(obj) -> mimebundle`` as the display of Displayable objects."""
     _RENDERERS[name] = fn
+
+
+def register_exporter(name: str, fn: Callable[..., Any]) -> None:
+    """Install ``fn`` as the exporter called ``name`` (``"html"``: steps to one HTML page)."""
+    _EXPORTERS[name] = fn
+
+
+def exporter(name: str) -> Callable[..., Any]:
+    """The exporter called ``name``; importing :mod:`himamba.viz` registers them (done here on
+    first use, so a recorder can export without its caller importing the viz floor)."""
+    if name not in _EXPORTERS:
+        import importlib
+
+        importlib.import_module("himamba.viz")
+    return _EXPORTERS[name]
 
 
 class Displayable:

@@ -5,6 +5,7 @@
     rec.steps                 # [Step(...), ...], one per event
     rec.operations            # [[steps of the 1st public call], [steps of the 2nd], ...]
     rec.to_frame()            # a pandas DataFrame, one row per step
+    rec.to_html("steps.html")  # one offline page stepping through them
 
 Each step knows which public operation caused it (``op``, ``op_index``) and which nodes the
 step changed or deleted (from the snapshot before). Steps export to JSON lines and load back.
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from himamba.observe.display import Displayable
+from himamba.observe.display import Displayable, exporter
 from himamba.observe.events import CacheListener, Event, EventKind
 from himamba.observe.snapshot import Snapshot, changed_nodes, take
 
@@ -144,6 +145,13 @@ class Recorder(CacheListener):
             for s in self.steps:
                 fh.write(json.dumps(s.to_dict()) + "\n")
         return path
+
+    def to_html(self, path: str | Path, **kw: Any) -> Path:
+        """Write the steps as one self-contained HTML page that works offline (inline SVGs,
+        previous / next buttons, a slider, arrow keys; decision steps by default). ``kw``:
+        ``title``, ``names``, ``show_lru``, ``zoom`` and any render option (see
+        :func:`himamba.viz.stepper.to_html`). Returns the path."""
+        return exporter("html")(self, path, **kw)
 
     @classmethod
     def load_jsonl(cls, path: str | Path) -> Recorder:

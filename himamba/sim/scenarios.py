@@ -9,7 +9,7 @@ more. With ``legacy=True`` the old cascade deletes ``P`` and the last call fails
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from himamba.cache.config import CacheConfig
 from himamba.cache.hi_mamba import HiMambaRadixCache
@@ -20,11 +20,13 @@ from himamba.sim.ops import serve
 
 @dataclass
 class ScenarioRun:
-    """A recorded scenario: the cache, its steps, and the error it ended with (if any)."""
+    """A recorded scenario: the cache, its steps, the error it ended with (if any) and the
+    names the reference gives its nodes (``{id: "P"}``)."""
 
     cache: HiMambaRadixCache
     recorder: Recorder
     error: Exception | None
+    names: dict[int, str] = field(default_factory=dict)
 
 
 def b1_replay(legacy: bool) -> ScenarioRun:
@@ -43,6 +45,7 @@ def b1_replay(legacy: bool) -> ScenarioRun:
     with rec:
         cache.match_prefix([1, 2])  # lookup split: P = [1, 2] (no state) over C = [3, 4]
         p = cache.node_at([1, 2])
+        names = {p.id: "P", next(iter(p.children.values())).id: "C"}
         cache.write_backup_storage(p)  # archive P: pinned until the storage ack
         cache.evict(4)  # C, then P, demoted to host
         cache.evict_host(2)  # C deleted: the cascade meets pinned P
@@ -52,4 +55,4 @@ def b1_replay(legacy: bool) -> ScenarioRun:
             cache.evict_host(2)
         except CacheAssertionError as exc:
             error = exc
-    return ScenarioRun(cache, rec, error)
+    return ScenarioRun(cache, rec, error, names)

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from himamba.observe.display import register_renderer
+from himamba.observe.display import register_exporter, register_renderer
 from himamba.observe.recorder import Step
 from himamba.observe.snapshot import Snapshot
+from himamba.viz.compare import Comparison, compare
 from himamba.viz.graph import render, to_svg
-from himamba.viz.stepper import Stepper
+from himamba.viz.stepper import Player, Stepper, to_html
 from himamba.viz.tables import (
     counters_table,
     diff_table,
@@ -48,9 +49,13 @@ def mimebundle(obj: Any) -> dict[str, Any]:
 
 
 register_renderer("tree", mimebundle)
+register_exporter("html", to_html)
 
 __all__ = [
+    "Comparison",
+    "Player",
     "Stepper",
+    "compare",
     "counters_table",
     "diff_table",
     "lru_table",
@@ -59,5 +64,6 @@ __all__ = [
     "render",
     "style_lru",
     "style_nodes",
+    "to_html",
     "to_svg",
 ]

@@ -3,129 +3,234 @@
     rec = hm.Recorder(cache)
     with rec:
         cache.evict(8)
-    hm.Stepper(rec)          # in a notebook: buttons, play, slider, step text, tree, LRU table
+    hm.Stepper(rec)                      # decision steps; "all steps" shows the others too
+    hm.Stepper(rec, names={p: "P"})      # named nodes in the trees, texts and tables
+    rec.to_html("steps.html")            # the same, as one offline page
 
-Each step shows its operation and event text, the diff from the step before, the tree
-(``render(step)``: changes highlighted, deletions as ghosts) and the LRU table. A step's SVG
-and HTML are built once and kept, so going back shows exactly what was shown before. Works on a
-live :class:`~himamba.observe.recorder.Recorder`, on one loaded with ``Recorder.load_jsonl``, or
-on any sequence of Steps. Drivable from Python: ``next()``, ``prev()``, ``go(i)``, the buttons'
-``click()``, ``index`` and ``step``. ipywidgets is imported when a Stepper is built.
+Each step shows one title (its operation and event text), the changes from the step before,
+the tree (``render(step)``: changes highlighted, deletions as ghosts, big trees zoomed on the
+changes) and the LRU table; the legend is shown once, above. Steps that change nothing are
+hidden unless "all steps" is ticked. Keys: left / right arrows (with the pointer over the
+widget). A step's view is built once and kept, so going back shows exactly what was shown
+before. Works on a live :class:`~himamba.observe.recorder.Recorder`, on one loaded with
+``Recorder.load_jsonl``, or on any sequence of Steps. Drivable from Python: ``next()``,
+``prev()``, ``go(i)``, the buttons' ``click()``, ``all_steps.value``, ``index`` and ``step``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from html import escape
+from pathlib import Path
 from typing import Any
 
 from himamba.observe.recorder import Recorder, Step
-from himamba.observe.snapshot import diff
-from himamba.viz.graph import to_svg
-from himamba.viz.tables import lru_table, style_lru
+from himamba.viz.export import Row, write_page
+from himamba.viz.frames import Frame, build_frame, is_decision
+from himamba.viz.style import legend_html
 
 
-class Stepper:
-    """Widgets over ``steps`` (a Recorder or a sequence of Steps), as they are when the Stepper
-    is built (steps recorded later need a new Stepper).
+class Player:
+    """Widgets over ``rows`` (a sequence of :class:`~himamba.viz.export.Row`, or a count and a
+    function building row ``i`` on first use): controls, the legend once, and per column a
+    title-and-changes pane, a tree pane and an LRU pane.
 
-    ``render_kw`` is passed to :func:`himamba.viz.graph.render` (e.g. ``lru_rank=True``,
-    ``max_nodes=60``, ``legend=False``); ``show_lru=False`` leaves the LRU table out.
-    Attributes: ``widget`` (the VBox), ``prev_button``, ``next_button``, ``play``, ``slider``,
-    ``info_html``, ``tree_html`` (``.value`` = current SVG markup), ``lru_html``.
+    ``decisions`` (one flag per row; default: each row's own) picks the rows shown while "all
+    steps" is off. Attributes: ``widget``, ``prev_button``, ``next_button``, ``play``,
+    ``slider``, ``all_steps``, ``position``, ``info_panes``, ``tree_panes``, ``lru_panes``.
     """
 
-    def __init__(self, steps: Recorder | Sequence[Step], *, show_lru: bool = True, **render_kw: Any) -> None:
+    def __init__(self, rows: Sequence[Row] | tuple[int, Callable[[int], Row]], *,
+                 columns: Sequence[str] = ("",), decisions: Sequence[bool] | None = None,
+                 show_lru: bool = True, all_steps: bool = False) -> None:
         import ipywidgets as widgets
 
-        self.steps: list[Step] = list(steps.steps if isinstance(steps, Recorder) else steps)
-        if not all(isinstance(s, Step) for s in self.steps):
-            raise TypeError("Stepper needs a Recorder or a sequence of Step objects")
-        self.show_lru = show_lru
-        self.render_kw = render_kw
-        self._cache: dict[int, tuple[str, str, str]] = {}
-        last = max(len(self.steps) - 1, 0)
-        self.prev_button = widgets.Button(description="◀ prev", tooltip="previous step",
-                                          layout=widgets.Layout(width="80px"))
-        self.next_button = widgets.Button(description="next ▶", tooltip="next step",
-                                          layout=widgets.Layout(width="80px"))
-        self.play = widgets.Play(value=0, min=0, max=last, step=1, interval=800, description="play")
-        self.slider = widgets.IntSlider(value=0, min=0, max=last, description="step",
-                                        continuous_update=False, layout=widgets.Layout(width="60%"))
+        if isinstance(rows, tuple) and len(rows) == 2 and callable(rows[1]):
+            self._count, self._build = rows
+        else:
+            fixed = list(rows)
+            self._count, self._build = len(fixed), fixed.__getitem__
+        self._rows: dict[int, Row] = {}
+        self._decisions = list(decisions) if decisions is not None else [self._row(i).decision for i in range(self._count)]
+        self.prev_button = widgets.Button(description="◀ prev", tooltip="previous step (←)", layout=widgets.Layout(width="80px"))
+        self.next_button = widgets.Button(description="next ▶", tooltip="next step (→)", layout=widgets.Layout(width="80px"))
+        self.play = widgets.Play(value=0, min=0, max=0, step=1, interval=900, description="play")
+        self.slider = widgets.IntSlider(value=0, min=0, max=0, description="step", continuous_update=False,
+                                        layout=widgets.Layout(width="40%"))
         widgets.link((self.play, "value"), (self.slider, "value"))
-        self.info_html = widgets.HTML()
-        self.tree_html = widgets.HTML(layout=widgets.Layout(overflow="auto", max_width="100%"))
-        self.lru_html = widgets.HTML()
+        self.all_steps = widgets.Checkbox(value=all_steps, description=f"all steps ({self._count})", indent=False,
+                                          layout=widgets.Layout(width="140px"))
+        self.position = widgets.HTML()
+        n = len(columns)
+        self.info_panes = [widgets.HTML() for _ in range(n)]
+        self.tree_panes = [widgets.HTML(layout=widgets.Layout(overflow="auto", max_width="100%")) for _ in range(n)]
+        self.lru_panes = [widgets.HTML() for _ in range(n)]
+        self.show_lru = show_lru
         self.prev_button.on_click(lambda _b: self.prev())
         self.next_button.on_click(lambda _b: self.next())
         self.slider.observe(lambda change: self._show(change["new"]), names="value")
-        controls = widgets.HBox([self.prev_button, self.next_button, self.play, self.slider])
-        parts = [controls, self.info_html, self.tree_html] + ([self.lru_html] if show_lru else [])
-        self.widget = widgets.VBox(parts)
+        self.all_steps.observe(lambda _c: self._refilter(), names="value")
+        controls = widgets.HBox([self.prev_button, self.next_button, self.play, self.slider, self.all_steps,
+                                 self.position])
+        panes = []
+        for i, name in enumerate(columns):
+            parts = ([widgets.HTML(f"<b>{escape(name)}</b>")] if name else []) + [self.info_panes[i], self.tree_panes[i]]
+            parts += [self.lru_panes[i]] if show_lru else []
+            panes.append(widgets.VBox(parts, layout=widgets.Layout(flex="1 1 0", min_width="0")))
+        body = panes[0] if n == 1 else widgets.HBox(panes)
+        self.widget = widgets.VBox([controls, widgets.HTML(legend_html()), body])
+        self._keys = _arrow_keys(self.widget, self)
+        self._shown: list[int] = []
         self._index = 0
-        self._show(0)
+        self._refilter()
 
     # -- navigation ----------------------------------------------------------------------------
     @property
     def index(self) -> int:
-        """Index of the step shown (0 when there are no steps)."""
+        """Position among the rows shown (0 when there are none)."""
         return self._index
 
     @property
-    def step(self) -> Step | None:
-        """The step shown, or ``None`` when there are no steps."""
-        return self.steps[self._index] if self.steps else None
+    def row_index(self) -> int | None:
+        """Index of the row shown among all rows (``None`` when there are none)."""
+        return self._shown[self._index] if self._shown else None
 
     def __len__(self) -> int:
-        return len(self.steps)
+        return len(self._shown)
 
-    def go(self, i: int) -> Step | None:
-        """Show step ``i`` (negative counts from the end). Raises ``IndexError`` when out of range."""
-        if not self.steps:
+    def go(self, i: int) -> int | None:
+        """Show shown-row ``i`` (negative counts from the end). Raises ``IndexError`` when out of
+        range."""
+        if not self._shown:
             return None
-        n = len(self.steps)
+        n = len(self._shown)
         if not -n <= i < n:
-            raise IndexError(f"step {i} out of range: {n} step(s)")
-        self.slider.value = i % n  # the slider's observer calls _show (and moves the play widget)
-        return self.step
+            raise IndexError(f"step {i} out of range: {n} step(s) shown")
+        self.slider.value = i % n  # the slider's observer calls _show
+        if self.slider.value == self._index:
+            self._show(i % n)
+        return self.row_index
 
-    def next(self) -> Step | None:
+    def next(self) -> int | None:
         """Show the next step; stays on the last one."""
-        return self.go(min(self._index + 1, len(self.steps) - 1)) if self.steps else None
+        return self.go(min(self._index + 1, len(self._shown) - 1)) if self._shown else None
 
-    def prev(self) -> Step | None:
+    def prev(self) -> int | None:
         """Show the previous step; stays on the first one."""
-        return self.go(max(self._index - 1, 0)) if self.steps else None
+        return self.go(max(self._index - 1, 0)) if self._shown else None
 
     # -- drawing -------------------------------------------------------------------------------
-    def _parts(self, i: int) -> tuple[str, str, str]:
-        if i not in self._cache:
-            step = self.steps[i]
-            self._cache[i] = (self._info(step, i), to_svg(step, **self.render_kw),
-                              style_lru(lru_table(step)).hide(axis="index").to_html() if self.show_lru else "")
-        return self._cache[i]
+    def _row(self, i: int) -> Row:
+        if i not in self._rows:
+            self._rows[i] = self._build(i)
+        return self._rows[i]
 
-    def _info(self, step: Step, i: int) -> str:
-        changes = diff(step.before, step.snapshot) if step.before is not None else []
-        items = "".join(f"<li>{escape(c)}</li>" for c in changes) or "<li>(no change)</li>"
-        return (f"<b>step {step.index} ({i + 1} of {len(self.steps)})</b> · "
-                f"operation #{step.op_index}: <code>{escape(step.op)}</code><br>"
-                f"<b>{escape(step.kind)}</b>: {escape(step.text)}"
-                f"<details><summary>{len(changes)} change(s)</summary><ul>{items}</ul></details>")
+    def _refilter(self) -> None:
+        current = self.row_index
+        shown = [i for i in range(self._count) if self.all_steps.value or self._decisions[i]]
+        self._shown = shown or list(range(self._count))
+        last = max(len(self._shown) - 1, 0)
+        self.slider.max = self.play.max = last
+        target = self._shown.index(current) if current in self._shown else 0
+        self._index = -1
+        self.slider.value = target
+        self._show(target)
 
     def _show(self, i: int) -> None:
-        if not self.steps:
-            self.info_html.value = "<i>no steps recorded</i>"
-            self.tree_html.value = self.lru_html.value = ""
+        if not self._shown:
+            self.info_panes[0].value = "<i>no steps recorded</i>"
+            for pane in (*self.tree_panes, *self.lru_panes):
+                pane.value = ""
             self.prev_button.disabled = self.next_button.disabled = True
+            self.position.value = ""
             return
         self._index = i
-        info, svg, lru = self._parts(i)
-        self.info_html.value, self.tree_html.value, self.lru_html.value = info, svg, lru
+        row = self._row(self._shown[i])
+        for k, frame in enumerate(row.frames):
+            self.info_panes[k].value = _info(frame, row)
+            self.tree_panes[k].value = frame.svg if frame else ""
+            self.lru_panes[k].value = frame.lru if frame else ""
         self.prev_button.disabled = i == 0
-        self.next_button.disabled = i == len(self.steps) - 1
+        self.next_button.disabled = i == len(self._shown) - 1
+        kind = "all steps" if self.all_steps.value else "decision steps"
+        self.position.value = f"{i + 1} of {len(self._shown)} {kind}"
 
     def _ipython_display_(self) -> None:
         from IPython.display import display
 
         display(self.widget)
+
+
+def _info(frame: Frame | None, row: Row) -> str:
+    if frame is None:
+        return '<i style="color:#6b7280">(no step here)</i>'
+    bar = "border-left:4px solid #f97316;padding-left:6px" if row.differs else ""
+    return f'<div style="{bar}"><b>{escape(frame.title)}</b>{frame.changes}</div>'
+
+
+def _arrow_keys(widget: Any, player: Player) -> Any:
+    """Left / right arrow keys over ``widget`` step the player (needs ipyevents; None without)."""
+    try:
+        from ipyevents import Event
+    except ImportError:  # pragma: no cover - ipyevents is a dependency; a bare install still works
+        return None
+    keys = Event(source=widget, watched_events=["keydown"], prevent_default_action=True)
+
+    def on_key(event: dict[str, Any]) -> None:
+        if event.get("key") == "ArrowRight":
+            player.next()
+        elif event.get("key") == "ArrowLeft":
+            player.prev()
+
+    keys.on_dom_event(on_key)
+    return keys
+
+
+class Stepper(Player):
+    """A :class:`Player` over one recording: ``steps`` (a Recorder or a sequence of Steps), as
+    they are when the Stepper is built (steps recorded later need a new Stepper).
+
+    ``names`` (``{node_or_id: "P"}``) labels nodes in trees, texts and tables; ``all_steps=True``
+    starts with every step shown; ``zoom=False`` draws big trees whole (as fitted);
+    ``show_lru=False`` leaves the LRU table out; ``render_kw`` goes to
+    :func:`himamba.viz.graph.render` (e.g. ``lru_rank=True``, ``layout="LR"``).
+    ``info_html``, ``tree_html`` (``.value`` = current SVG markup) and ``lru_html`` are the
+    panes; ``step`` is the step shown.
+    """
+
+    def __init__(self, steps: Recorder | Sequence[Step], *, show_lru: bool = True, all_steps: bool = False,
+                 names: Mapping[Any, str] | None = None, zoom: bool = True, **render_kw: Any) -> None:
+        self.steps: list[Step] = list(steps.steps if isinstance(steps, Recorder) else steps)
+        if not all(isinstance(s, Step) for s in self.steps):
+            raise TypeError("Stepper needs a Recorder or a sequence of Step objects")
+        self.render_kw = {"names": names, "zoom": zoom, "show_lru": show_lru, **render_kw}
+
+        def build(i: int) -> Row:
+            frame = build_frame(self.steps[i], **self.render_kw)
+            return Row((frame,), frame.title, frame.decision)
+
+        super().__init__((len(self.steps), build), decisions=[is_decision(s) for s in self.steps],
+                         show_lru=show_lru, all_steps=all_steps)
+        self.info_html, self.tree_html, self.lru_html = self.info_panes[0], self.tree_panes[0], self.lru_panes[0]
+
+    @property
+    def step(self) -> Step | None:
+        """The step shown, or ``None`` when there are no steps."""
+        return self.steps[self.row_index] if self._shown else None
+
+    def to_html(self, path: str | Path, title: str = "himamba: recorded steps") -> Path:
+        """All steps as one offline page (see :func:`to_html`)."""
+        return to_html(self.steps, path, title=title, **self.render_kw)
+
+
+def to_html(steps: Recorder | Sequence[Step], path: str | Path, *, title: str = "himamba: recorded steps",
+            names: Mapping[Any, str] | None = None, show_lru: bool = True, zoom: bool = True,
+            **render_kw: Any) -> Path:
+    """Write ``steps`` as one self-contained HTML page (see :mod:`himamba.viz.export`): decision
+    steps by default, every step with the "all steps" box; returns the path."""
+    steps = list(steps.steps if isinstance(steps, Recorder) else steps)
+    rows = []
+    for step in steps:
+        frame = build_frame(step, names=names, show_lru=show_lru, zoom=zoom, **render_kw)
+        rows.append(Row((frame,), f"step {step.index}", frame.decision))
+    return write_page(path, title, rows)

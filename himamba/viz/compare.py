@@ -1,0 +1,126 @@
+"""Compare: two recordings aligned step by step, shown side by side from where they part.
+
+    cmp = hm.compare(rec_on, rec_off, labels=("B1 switch on", "B1 fixed"))
+    cmp.first_difference        # index of the first row where the two differ (None: identical)
+    cmp                         # in a notebook: a stepper with both trees side by side
+    cmp.to_html("b1.html")      # one self-contained page, offline
+
+Steps are aligned on what they say (their operation, kind and text, with node ids kept), the
+longest common sequence first (:mod:`difflib`); a step with no partner gets an empty cell.
+Only decision steps are aligned unless ``all_steps=True``. The view starts one row before the
+first difference (for context); the rows before it are the same in both recordings.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from himamba.errors import InvalidInputError
+from himamba.observe.recorder import Recorder, Step
+from himamba.viz.export import Row, write_page
+from himamba.viz.frames import Frame, build_frame, is_decision
+
+
+def _signature(step: Step) -> tuple[str, str, str]:
+    return (step.op, step.kind, step.text)
+
+
+def _steps(rec: Recorder | Sequence[Step], all_steps: bool) -> list[Step]:
+    steps = list(rec.steps if isinstance(rec, Recorder) else rec)
+    if not all(isinstance(s, Step) for s in steps):
+        raise InvalidInputError("compare needs two Recorders or two sequences of Step objects")
+    return steps if all_steps else [s for s in steps if is_decision(s)]
+
+
+def align(a: Sequence[Step], b: Sequence[Step]) -> list[tuple[Step | None, Step | None]]:
+    """Pairs of steps (``None`` where one side has no partner), in order."""
+    pairs: list[tuple[Step | None, Step | None]] = []
+    matcher = difflib.SequenceMatcher(None, [_signature(s) for s in a], [_signature(s) for s in b], autojunk=False)
+    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+        if tag == "equal":
+            pairs += list(zip(a[i1:i2], b[j1:j2], strict=True))
+            continue
+        left, right = list(a[i1:i2]), list(b[j1:j2])
+        for k in range(max(len(left), len(right))):
+            pairs.append((left[k] if k < len(left) else None, right[k] if k < len(right) else None))
+    return pairs
+
+
+@dataclass
+class Comparison:
+    """Two recordings aligned (see the module docstring). ``pairs`` holds every aligned pair,
+    ``first_difference`` the index of the first pair that differs (``None`` when the two say
+    the same things), ``labels`` the column names."""
+
+    pairs: list[tuple[Step | None, Step | None]]
+    labels: tuple[str, str]
+    render_kw: dict[str, Any] = field(default_factory=dict)
+    _rows: list[Row] | None = None
+
+    @property
+    def first_difference(self) -> int | None:
+        for i, (x, y) in enumerate(self.pairs):
+            if x is None or y is None or _signature(x) != _signature(y):
+                return i
+        return None
+
+    @property
+    def start(self) -> int:
+        """The first pair shown: one before the first difference (0 when none differs)."""
+        first = self.first_difference
+        return max((first or 0) - 1, 0)
+
+    def rows(self) -> list[Row]:
+        """The player rows from :attr:`start` on (built once)."""
+        if self._rows is None:
+            cache: dict[int, Frame] = {}
+
+            def frame(step: Step | None) -> Frame | None:
+                if step is None:
+                    return None
+                if id(step) not in cache:
+                    cache[id(step)] = build_frame(step, **self.render_kw)
+                return cache[id(step)]
+
+            rows = []
+            for i, (x, y) in enumerate(self.pairs[self.start:], self.start):
+                differs = x is None or y is None or _signature(x) != _signature(y)
+                heading = f"aligned step {i + 1} of {len(self.pairs)}" + (" · differs" if differs else " · same")
+                rows.append(Row((frame(x), frame(y)), heading, True, differs))
+            self._rows = rows
+        return self._rows
+
+    def intro(self) -> str:
+        first = self.first_difference
+        if first is None:
+            return f"<p>The two recordings say the same things in all {len(self.pairs)} steps.</p>"
+        return (f"<p>The first {first} aligned step(s) are the same in both; they part at step "
+                f"{first + 1} (orange bar), shown here from step {self.start + 1}.</p>")
+
+    def to_html(self, path: str | Path, title: str | None = None) -> Path:
+        """Write one self-contained page with both recordings side by side; returns the path."""
+        title = title or f"{self.labels[0]} vs {self.labels[1]}"
+        return write_page(path, title, self.rows(), self.labels, self.intro())
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import HTML, display
+
+        from himamba.viz.stepper import Player
+
+        display(HTML(self.intro()))
+        display(Player(self.rows(), columns=self.labels).widget)
+
+
+def compare(rec_a: Recorder | Sequence[Step], rec_b: Recorder | Sequence[Step], *,
+            labels: Sequence[str] = ("A", "B"), all_steps: bool = False,
+            names: Mapping[Any, str] | None = None, **render_kw: Any) -> Comparison:
+    """Align two recordings (Recorders or sequences of Steps); see the module docstring.
+    ``labels`` names the two columns; ``names`` and ``render_kw`` go to every drawing."""
+    if len(labels) != 2:
+        raise InvalidInputError(f"labels must name the two recordings, got {list(labels)!r}")
+    pairs = align(_steps(rec_a, all_steps), _steps(rec_b, all_steps))
+    return Comparison(pairs, (str(labels[0]), str(labels[1])), {"names": names, **render_kw})
