@@ -63,21 +63,23 @@ def check_int(value: object, name: str, low: int | None = None, high: int | None
     """``value`` as a plain int when it is an integer (numpy integers count; ``bool`` does not)
     within ``low..high`` (either bound may be ``None``); else raise ``error`` naming ``name``."""
     if type(value) is not int:
-        if isinstance(value, bool):
-            raise error(f"{name} must be an int, got {_describe(value)}")
         try:
+            if isinstance(value, bool):
+                raise TypeError
             value = operator.index(value)
         except TypeError:
-            raise error(f"{name} must be an int, got {_describe(value)}") from None
+            raise error(f"{name} must be {_allowed(low, high)}, got {_describe(value)}") from None
     if (low is not None and value < low) or (high is not None and value > high):
-        if high is None:
-            allowed = f">= {low}"
-        elif low is None:
-            allowed = f"<= {high}"
-        else:
-            allowed = f"in {low}..{high}"
-        raise error(f"{name} must be {allowed}, got {value}")
+        raise error(f"{name} must be {_allowed(low, high)}, got {value}")
     return value
+
+
+def _allowed(low: int | None, high: int | None) -> str:
+    if high is None:
+        return {None: "an int", 0: "a non-negative int", 1: "a positive int"}.get(low, f"an int >= {low}")
+    if low is None:
+        return f"an int <= {high}"
+    return f"an int in {low}..{high}"
 
 
 def check_count(value: object, name: str, high: int | None = None) -> int:
@@ -239,3 +241,16 @@ def check_tree_slots(owned, tree_len: int, name: str, len_name: str | None = Non
         raise InvalidInputError(
             f"{len_name}={tree_len} claims {tree_len} slots of {name} are the tree's, but only {n_tree} are: "
             f"{len_name} must count the slots the caller got from the tree (match_prefix)")
+
+
+def check_slot_tensor(value: object, name: str, one: bool = False) -> None:
+    """``value`` must be a 1-D int64 tensor of slot ids (``one``: exactly one slot, any shape)."""
+    import torch
+
+    if not isinstance(value, torch.Tensor) or value.dtype != torch.int64:
+        what = f"dtype {value.dtype}" if isinstance(value, torch.Tensor) else type(value).__name__
+        raise InvalidInputError(f"{name} must be an int64 tensor of slot ids, got {what}")
+    if one and value.numel() != 1:
+        raise InvalidInputError(f"{name} must name exactly one state slot, got {value.numel()}")
+    if not one and value.dim() != 1:
+        raise InvalidInputError(f"{name} must be a 1-D tensor of slot ids, got shape {tuple(value.shape)}")

@@ -18,6 +18,7 @@ from himamba.core.node import TreeNode
 from himamba.errors import InvalidInputError
 from himamba.memory.transfer import StateTransfer
 from himamba.observe.events import EventKind, operation
+from himamba.validate import check_bool, check_quota, check_slot_tensor, check_tree_slots
 
 
 class BackupMixin(HiTreeBase):
@@ -35,6 +36,7 @@ class BackupMixin(HiTreeBase):
         child's eviction cannot delete the node being written (upstream has no such guard).
         """
         self._check_in_tree(node)
+        check_bool(write_back, "write_back")
         if node is self.root_node or node.value is None:
             raise InvalidInputError(f"write_backup: node #{node.id} has no device KV to back up")
         if node.host_value is not None:
@@ -89,6 +91,7 @@ class BackupMixin(HiTreeBase):
         writes never locked, and a locked write drained this way is unlocked too (upstream's
         blocking drain unlocks nothing, which only matters if a locked write was in flight).
         Returns acks processed."""
+        check_bool(write_back, "write_back")
         queue = self.cache_controller.ack_write_queue
         done = 0
         if write_back:
@@ -160,7 +163,7 @@ class BackupMixin(HiTreeBase):
         loads, returns (its device indices, ``node``). Otherwise climbs to the nearest ancestor
         with device KV and a device state (or the root) and returns (empty, that node).
         """
-        self._check_in_tree(node)
+        self._check_load_args(node, mem_quota, req)
         root = self.root_node
         if node.value is None or (node.mamba_value is None and node.mamba_host_value is not None):
             loaded = self._load_back(node, mem_quota, req)
@@ -188,8 +191,27 @@ class BackupMixin(HiTreeBase):
         inserts at the MRU end, which breaks list/time order when ``node`` is not the node the
         last match retimed most recently, e.g. ``best_match_node`` above a deeper usable node).
         """
-        self._check_in_tree(node)
+        self._check_load_args(node, mem_quota, req)
+        if node is self.root_node or not (node.value is None or (node.mamba_value is None and node.mamba_host_value is not None)):
+            raise InvalidInputError(f"load_back: node #{node.id} has nothing to load (its KV and state are on device or it has no host copy)")
         return self._load_back(node, mem_quota, req)
+
+    def _check_load_args(self, node: TreeNode, mem_quota: object, req: object) -> None:
+        """``node`` in this tree, ``mem_quota`` None or a non-negative number, ``req`` None or a
+        Request whose ``mamba_pool_idx`` (if set) is one allocated state slot of its own."""
+        self._check_in_tree(node)
+        check_quota(mem_quota, "mem_quota")
+        if req is None:
+            return
+        if not isinstance(req, Request):
+            raise InvalidInputError(f"req must be a Request or None, got {type(req).__name__}")
+        slot = req.mamba_pool_idx
+        if slot is not None:
+            check_slot_tensor(slot, "req.mamba_pool_idx", one=True)
+            alloc = self.mamba_pool.allocator
+            if not alloc.all_allocated(slot):
+                raise InvalidInputError("req.mamba_pool_idx names a state slot that is not allocated")
+            check_tree_slots(alloc.owned_flags(slot), 0, "req.mamba_pool_idx")
 
     def _load_back(self, node: TreeNode, mem_quota: int | None, req: Request | None) -> torch.Tensor | None:
         chain = []

@@ -17,8 +17,9 @@ import heapq
 from himamba.cache.tree_base import TreeBase
 from himamba.core.key import preview
 from himamba.core.node import TreeNode
-from himamba.errors import CacheAssertionError, InvalidInputError
+from himamba.errors import CacheAssertionError
 from himamba.observe.events import EventKind, operation
+from himamba.validate import check_count
 
 
 class DeviceEvictionMixin(TreeBase):
@@ -33,8 +34,7 @@ class DeviceEvictionMixin(TreeBase):
         the queue. Returns the device tokens freed, cascade deletions included. Locked nodes are
         never touched.
         """
-        if not isinstance(num_tokens, int) or num_tokens < 0:
-            raise InvalidInputError(f"evict(num_tokens) needs a non-negative int, got {num_tokens!r}")
+        check_count(num_tokens, "evict(num_tokens)")
         return self._evict_leaves_by_time(self.evictable_full_device_leaves, self._evict_device_leaf, num_tokens)
 
     def _evict_leaves_by_time(self, leaves: set[TreeNode], evict_one, budget: int) -> int:
@@ -163,8 +163,7 @@ class DeviceEvictionMixin(TreeBase):
         unless legacy B8 is on, which evicts them anyway and asserts as upstream does.
         Returns the states freed.
         """
-        if not isinstance(num_states, int) or num_states < 0:
-            raise InvalidInputError(f"evict_mamba(n) needs a non-negative int, got {num_states!r}")
+        check_count(num_states, "evict_mamba(n)")
         legacy_b8 = self.config.has_legacy("B8")
 
         def take(x: TreeNode) -> int:

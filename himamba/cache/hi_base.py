@@ -13,11 +13,11 @@ from typing import Any
 from himamba.cache.tree_base import TreeBase
 from himamba.core.lru import LRUList
 from himamba.core.node import TreeNode
-from himamba.errors import LockError
+from himamba.errors import InvalidInputError, LockError
 from himamba.memory.pools import KVPool, MambaPool
 from himamba.memory.transfer import TransferController
 from himamba.observe.events import EventKind, operation
-from himamba.validate import check_allocation, physical_memory_bytes
+from himamba.validate import check_allocation, check_bool, physical_memory_bytes
 
 
 def _has_host_state(node: TreeNode) -> bool:
@@ -28,7 +28,7 @@ class HiTreeBase(TreeBase):
     """Host tier bookkeeping shared by the tiered cache's mixins."""
 
     def __init__(self, config=None, *, manual_acks: bool = False, **overrides: Any) -> None:
-        self._manual_acks = manual_acks
+        self._manual_acks = check_bool(manual_acks, "manual_acks")
         super().__init__(config, **overrides)
 
     def _check_memory(self, config) -> None:
@@ -134,16 +134,60 @@ class HiTreeBase(TreeBase):
         the host-leaf set (and the host LRU list). Use this, not ``node.protect_host()``, so that
         the leaf sets stay right."""
         self._check_in_tree(node)
+        check_bool(mamba, "mamba")
+        if node is self.root_node or node.host_value is None:
+            raise InvalidInputError(f"protect_host: node #{node.id} has no host KV to pin (pin a backed-up node)")
+        if mamba and node.mamba_host_value is None:
+            raise InvalidInputError(f"protect_host(mamba=True): node #{node.id} has no host state to pin")
         self._protect_host_node(node, mamba)
 
     @operation("release_host")
     def release_host(self, node: TreeNode, mamba: bool = False) -> None:
         """Release one pin taken by :meth:`protect_host` (same ``mamba`` flag). Raises
         :class:`LockError`, changing nothing, when a counter would go below zero."""
-        if node.host_ref_counter <= 0 or (mamba and node.host_mamba_ref_counter <= 0):
-            raise LockError(f"release_host(#{node.id}, mamba={mamba}): no pin to release "
-                            f"(hr={node.host_ref_counter}, hmr={node.host_mamba_ref_counter})")
+        self._check_in_tree(node)
+        check_bool(mamba, "mamba")
+        kv_held, mamba_held = self._internal_pins(node)
+        if node.host_ref_counter <= kv_held or (mamba and node.host_mamba_ref_counter <= mamba_held):
+            held = f"; {kv_held} held by storage operations in flight" if kv_held else ""
+            raise LockError(f"release_host(#{node.id}, mamba={mamba}): no pin of the caller's to release "
+                            f"(hr={node.host_ref_counter}, hmr={node.host_mamba_ref_counter}{held})")
         self._release_host_node(node, mamba)
+
+    def _internal_pins(self, node: TreeNode) -> tuple[int, int]:
+        """Host pins on ``node`` that storage operations in flight hold (KV pins, state pins);
+        only their completion releases them."""
+        kv = state = 0
+        for pinned, mamba in self.ongoing_backup.values():
+            if pinned is node:
+                kv, state = kv + 1, state + mamba
+        for entry in self.ongoing_prefetch.values():
+            if entry[0] is node:
+                kv, state = kv + 1, state + (entry[4] is not None)
+        return kv, state
+
+    def _check_releasable(self, node: TreeNode) -> None:
+        """Also refuse a release that would take a lock an in-flight load or locked write holds
+        (those are released by ``loading_check`` / ``writing_check`` only): on every node of the
+        path the caller must hold at least one lock of its own."""
+        super()._check_releasable(node)
+        if not self.ongoing_load_back and not self._locked_writes:
+            return
+        root = self.root_node
+        held: dict[int, int] = {}
+        writes = (self.ongoing_write_through[i] for i in self._locked_writes if i in self.ongoing_write_through)
+        for holder in (*self.ongoing_load_back.values(), *writes):
+            x = holder
+            while x is not root:
+                held[x.id] = held.get(x.id, 0) + 1
+                x = x.parent
+        x = node
+        while x is not root:
+            h = held.get(x.id, 0)
+            if h and x.full_lock_ref + x.evicted_lock_ref <= h:
+                raise LockError(f"dec_lock_ref(#{node.id}): the lock on node #{x.id} belongs to a load-back or "
+                                "write-through in flight (released by loading_check / writing_check), not to the caller")
+            x = x.parent
 
     def _protect_host_node(self, node: TreeNode, protect_mamba: bool = True) -> None:
         node.protect_host()

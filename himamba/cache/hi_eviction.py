@@ -17,8 +17,9 @@ from himamba.cache.device_eviction import DeviceEvictionMixin
 from himamba.cache.hi_base import HiTreeBase
 from himamba.core.key import preview
 from himamba.core.node import TreeNode
-from himamba.errors import CacheAssertionError, InvalidInputError
+from himamba.errors import CacheAssertionError
 from himamba.observe.events import EventKind, operation
+from himamba.validate import check_count
 
 
 class HiEvictionMixin(DeviceEvictionMixin, HiTreeBase):
@@ -120,8 +121,7 @@ class HiEvictionMixin(DeviceEvictionMixin, HiTreeBase):
         each leaf's host tokens and the cascade's *device* tokens but not the cascade's host
         tokens (B11). Returns the host KV tokens actually freed. Pinned nodes are never taken.
         """
-        if not isinstance(num_tokens, int) or num_tokens < 0:
-            raise InvalidInputError(f"evict_host(num_tokens) needs a non-negative int, got {num_tokens!r}")
+        check_count(num_tokens, "evict_host(num_tokens)")
         before = self.host_kv_pool.available_size()
         self._evict_leaves_by_time(self.evictable_full_host_leaves, self._evict_host_leaf, num_tokens)
         return self.host_kv_pool.available_size() - before
@@ -153,8 +153,7 @@ class HiEvictionMixin(DeviceEvictionMixin, HiTreeBase):
         A host-only leaf goes whole (host KV too, then the cascade); any other node only loses
         its host state. Returns the host states freed.
         """
-        if not isinstance(num_states, int) or num_states < 0:
-            raise InvalidInputError(f"evict_mamba_host(n) needs a non-negative int, got {num_states!r}")
+        check_count(num_states, "evict_mamba_host(n)")
         lru = self.mamba_host_lru_list
         old_rule = self.config.has_legacy("B5")
 

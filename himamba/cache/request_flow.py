@@ -16,6 +16,13 @@ from himamba.cache.tree_base import TreeBase
 from himamba.core.key import RadixKey
 from himamba.errors import CacheAssertionError, InvalidInputError
 from himamba.observe.events import operation
+from himamba.validate import (
+    check_bool,
+    check_int,
+    check_slot_tensor,
+    check_token_ids,
+    check_tree_slots,
+)
 
 
 class RequestFlowMixin(TreeBase):
@@ -33,10 +40,10 @@ class RequestFlowMixin(TreeBase):
         owns nothing (``kv_indices`` empty, state slots ``None``). Bad input raises before
         anything changes.
         """
+        check_bool(is_insert, "is_insert")
+        self._check_request(req)
         tokens, kv = self._committed(req)
         protected = req.cache_protected_len
-        if req.last_node is not None:
-            self._check_releasable(req.last_node)
         cache_len, state = 0, None
         if is_insert:
             if self.config.extra_buffer:
@@ -73,12 +80,12 @@ class RequestFlowMixin(TreeBase):
         ``req.last_node`` is locked and ``req.cache_protected_len`` tokens belong to the tree.
         Bad input raises before anything changes.
         """
+        check_bool(chunked, "chunked")
+        self._check_request(req)
         tokens = req.fill_ids
         kv = req.kv_indices
         if len(kv) < len(tokens):
             raise InvalidInputError(f"request has {len(kv)} KV slots for {len(tokens)} prefilled tokens")
-        if req.last_node is not None:
-            self._check_releasable(req.last_node)
         protected = req.cache_protected_len
         if self.config.extra_buffer:
             cache_len = req.mamba_last_track_seqlen
@@ -126,6 +133,35 @@ class RequestFlowMixin(TreeBase):
         req.mamba_last_track_seqlen = None
 
     # -- helpers ---------------------------------------------------------------------------------
+    def _check_request(self, req: Request) -> None:
+        """Types and ranges of every field the request flow reads, and who owns each slot: the
+        first ``cache_protected_len`` KV slots are the tree's, the rest and the state slots the
+        request's. Raises before anything changes."""
+        if not isinstance(req, Request):
+            raise InvalidInputError(f"req must be a Request, got {type(req).__name__}")
+        check_token_ids(req.token_ids, "req.token_ids")
+        kv = req.kv_indices
+        check_slot_tensor(kv, "req.kv_indices")
+        if req.fill_len is not None:
+            check_int(req.fill_len, "req.fill_len", 0, len(req.token_ids))
+        protected = check_int(req.cache_protected_len, "req.cache_protected_len", 0, len(kv))
+        if req.mamba_last_track_seqlen is not None:
+            check_int(req.mamba_last_track_seqlen, "req.mamba_last_track_seqlen", 0, len(kv))
+        alloc = self.mamba_pool.allocator
+        for name in ("mamba_pool_idx", "mamba_track_idx"):
+            slot = getattr(req, name)
+            if slot is not None:
+                check_slot_tensor(slot, f"req.{name}", one=True)
+                if not alloc.all_allocated(slot):
+                    raise InvalidInputError(f"req.{name} names a state slot that is not allocated")
+                check_tree_slots(alloc.owned_flags(slot), 0, f"req.{name}")
+        problem = self.kv_pool.allocator.problem_with(kv)
+        if problem is not None:
+            raise InvalidInputError(f"req.kv_indices {problem}")
+        check_tree_slots(self.kv_pool.allocator.owned_flags(kv), protected, "req.kv_indices", "req.cache_protected_len")
+        if req.last_node is not None:
+            self._check_releasable(req.last_node)
+
     def _committed(self, req: Request) -> tuple[list[int], torch.Tensor]:
         kv = req.kv_indices
         if len(kv) > len(req.token_ids):

@@ -17,10 +17,12 @@ from dataclasses import dataclass, field
 import torch
 
 from himamba.cache.results import InsertResult, Request
+from himamba.cache.tree_base import TreeBase
 from himamba.core.key import RadixKey
 from himamba.core.node import TreeNode
 from himamba.errors import InvalidInputError
 from himamba.memory.content import write_kv, write_state
+from himamba.validate import check_bool, check_count, check_token_ids
 
 
 class OracleError(AssertionError):
@@ -44,8 +46,11 @@ def serve(cache, tokens: list[int] | RadixKey) -> InsertResult | None:
     the tree already had one -> unlock. Returns the insert's result, or ``None`` when memory
     could not be found (nothing changes then but evictions). Acks are left to the caller.
     """
-    tokens = list(tokens.token_ids if isinstance(tokens, RadixKey) else tokens)
-    m = cache.match_prefix(tokens)
+    if not isinstance(cache, TreeBase):
+        raise InvalidInputError(f"serve needs a cache (MambaRadixCache or HiMambaRadixCache), got {type(cache).__name__}")
+    key = tokens if isinstance(tokens, RadixKey) else RadixKey(tokens)  # checks the token ids
+    tokens = key.token_ids
+    m = cache.match_prefix(key)
     prefix, node = m.device_indices, m.last_device_node
     # Lock the matched device prefix first: the load-back below may evict to make room, and
     # best_match_node (upstream: last_host_node) can sit above the deepest matched device node.
@@ -65,7 +70,7 @@ def serve(cache, tokens: list[int] | RadixKey) -> InsertResult | None:
             return None
         new, slot = slots
         write_state(cache.mamba_pool, slot, tokens)
-        result = cache.insert(tokens, torch.cat((prefix, new)), slot, prev_prefix_len=n)
+        result = cache.insert(key, torch.cat((prefix, new)), slot, prev_prefix_len=n)
         if result.mamba_exist:
             cache.mamba_pool.free(slot)
         return result
@@ -211,5 +216,50 @@ def apply(cache, state: DriverState, op: dict) -> None:
         raise InvalidInputError(f"unknown fuzz operation {kind!r}")
 
 
-OPERATIONS = ("request", "chunked", "match", "lock", "unlock", "evict", "evict_mamba", "evict_host",
-              "evict_mamba_host", "ack", "ack_all", "events", "load", "pin", "unpin", "prefetch", "prefetch_done")
+# Each operation's fields: required ones, then optional ones (with the check each value gets).
+_TOKENS, _COUNT, _FLAG = "tokens", "count", "flag"
+OPERATION_FIELDS: dict[str, tuple[dict[str, str], dict[str, str]]] = {
+    "request": ({"tokens": _TOKENS}, {}),
+    "chunked": ({"tokens": _TOKENS, "chunk": _COUNT}, {}),
+    "match": ({"tokens": _TOKENS}, {}),
+    "lock": ({"tokens": _TOKENS}, {"exact": _FLAG}),
+    "unlock": ({"k": _COUNT}, {}),
+    "evict": ({"n": _COUNT}, {}),
+    "evict_mamba": ({"n": _COUNT}, {}),
+    "evict_host": ({"n": _COUNT}, {}),
+    "evict_mamba_host": ({"n": _COUNT}, {}),
+    "ack": ({"k": _COUNT}, {}),
+    "ack_all": ({}, {}),
+    "events": ({}, {}),
+    "load": ({"tokens": _TOKENS}, {"quota": _COUNT}),
+    "pin": ({"tokens": _TOKENS}, {"mamba": _FLAG}),
+    "unpin": ({"k": _COUNT}, {}),
+    "prefetch": ({"tokens": _TOKENS, "split": _COUNT, "req": "id"}, {}),
+    "prefetch_done": ({}, {}),
+}
+OPERATIONS = tuple(OPERATION_FIELDS)
+
+
+def check_op(i: int, op: object) -> None:
+    """Raise :class:`InvalidInputError` naming operation ``i`` unless ``op`` is a known operation
+    with every field it needs, each of the right kind (token lists, counts, flags)."""
+    if not isinstance(op, dict) or op.get("op") not in OPERATION_FIELDS:
+        raise InvalidInputError(f"script op {i}: unknown operation {op!r} (known: {', '.join(OPERATIONS)})")
+    required, optional = OPERATION_FIELDS[op["op"]]
+    for key, kind in (*required.items(), *optional.items()):
+        if key not in op:
+            if key in required:
+                raise InvalidInputError(f"script op {i} ({op['op']}): the field {key!r} is missing")
+            continue
+        value, what = op[key], f"script op {i} ({op['op']}): {key!r}"
+        if kind == _TOKENS:
+            if not isinstance(value, list):
+                raise InvalidInputError(f"{what} must be a list of ints, got {type(value).__name__}")
+            check_token_ids(value, what)
+        elif kind == _COUNT:
+            if not (key == "quota" and value is None):
+                check_count(value, what)
+        elif kind == _FLAG:
+            check_bool(value, what)
+        elif not isinstance(value, (int, str)) or isinstance(value, bool):
+            raise InvalidInputError(f"{what} must be a request id (an int or a string), got {value!r}")

@@ -17,7 +17,8 @@ from himamba.cache.integrity import check_integrity
 from himamba.cache.invariants import check_invariants
 from himamba.cache.mamba import MambaRadixCache
 from himamba.errors import InvalidInputError
-from himamba.sim.ops import OPERATIONS, DriverState, apply
+from himamba.sim.ops import DriverState, apply, check_op
+from himamba.validate import check_bool
 
 
 @dataclass(frozen=True)
@@ -156,13 +157,7 @@ def check_script(script: object) -> None:
     ops = script.get("ops")
     if not isinstance(ops, list):
         raise InvalidInputError("script has no 'ops' list")
+    check_bool(script.get("manual_acks", False), "script 'manual_acks'")
     for i, op in enumerate(ops):
-        if not isinstance(op, dict) or op.get("op") not in OPERATIONS:
-            raise InvalidInputError(f"script op {i}: unknown operation {op!r}")
-        for key in ("tokens",):
-            if key in op and not (isinstance(op[key], list) and all(type(t) is int for t in op[key])):
-                raise InvalidInputError(f"script op {i}: '{key}' must be a list of ints")
-        for key in ("n", "k", "chunk", "split"):
-            if key in op and (type(op[key]) is not int or op[key] < 0):
-                raise InvalidInputError(f"script op {i}: '{key}' must be a non-negative int")
+        check_op(i, op)
 
