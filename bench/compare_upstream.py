@@ -1,0 +1,195 @@
+#!/usr/bin/env python3
+"""himamba's MambaRadixCache against SGLang 0.5.11's own, on the shared replay protocol, interleaved.
+
+    python ../shared/bench/multiturn_trace.py --requests 2000 --seed 0 > trace.jsonl
+    python bench/compare_upstream.py --trace trace.jsonl [--repeat 5]
+
+Both caches replay the same trace with the same protocol (``../shared/bench/README.md``: match,
+lock, allocate KV with ``evict(short + 256)`` on shortage and a state slot with
+``evict_mamba(8)``, insert, unlock; every 50 requests evict to 25% free; 300,000 KV tokens, 600
+states, page size 1, one torch thread). Runs alternate himamba, SGLang, himamba, ... so both see
+the same machine load; the line printed has each side's median ``requests_per_s`` over the runs,
+``speedup`` (median of the per-pair ratios himamba / SGLang), hit rates and eviction counts.
+
+SGLang's cache runs on its real CPU pools (``TokenToKVPoolAllocator``, ``HybridReqToTokenPool``
+with a small ``MambaPool``). Importing SGLang 0.5.11 on a CPU-only machine needs three stand-ins,
+installed here only when SGLang is importable (see ``import_sglang``). Without SGLang the bench
+prints why and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import importlib.machinery
+import importlib.util
+import json
+import statistics
+import sys
+import time
+import types
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from himamba.sim import protocol  # noqa: E402
+from himamba.sim.trace_io import load_token_trace  # noqa: E402
+
+SIZES = protocol.PROTOCOL
+
+
+# -- importing SGLang 0.5.11 on a CPU ----------------------------------------------------------------
+class _Anything(type):
+    """A stand-in class: any attribute is another stand-in, calling it gives None."""
+
+    def __getattr__(cls, attr: str):
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+        return _Anything(attr, (), {})
+
+    def __call__(cls, *args, **kwargs):
+        return None
+
+
+class _StandIn(types.ModuleType):
+    """A module whose every attribute is a stand-in (imported for names never used on our paths)."""
+
+    def __getattr__(self, attr: str):
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+        return _Anything(attr, (), {})
+
+
+def import_sglang():
+    """SGLang's ``mem_cache`` modules, or ``None`` when SGLang is not installed. The registry's
+    torchvision is a CUDA build and ``sgl_kernel`` holds CUDA kernels: both are imported at module
+    level by modules on the path but never called by the cache code, so stand-in modules take their
+    place (only when the real ones are absent)."""
+    if importlib.util.find_spec("sglang") is None:
+        return None
+    for name in ("torchvision", "torchvision.io", "torchvision.ops", "torchvision.transforms",
+                 "torchvision.transforms.functional", "torchvision.transforms.v2",
+                 "torchvision.transforms.v2.functional", "sgl_kernel"):
+        if name not in sys.modules:
+            module = _StandIn(name)
+            module.__spec__ = importlib.machinery.ModuleSpec(name, None)
+            module.__path__ = []
+            sys.modules[name] = module
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from sglang.srt.configs.mamba_utils import Mamba2CacheParams, Mamba2StateShape
+        from sglang.srt.mem_cache import base_prefix_cache, mamba_radix_cache, radix_cache
+        from sglang.srt.mem_cache.allocator import TokenToKVPoolAllocator
+        from sglang.srt.mem_cache.cache_init_params import CacheInitParams
+        from sglang.srt.mem_cache.memory_pool import HybridReqToTokenPool
+        from sglang.srt import server_args
+    if server_args._global_server_args is None:
+        # match_prefix reads one server setting (the mamba cache chunk, max(FLA chunk 64, page
+        # size)); himamba's CacheConfig uses the same 64. A full ServerArgs needs a model path.
+        server_args._global_server_args = types.SimpleNamespace(mamba_cache_chunk_size=64)
+    return types.SimpleNamespace(
+        Mamba2CacheParams=Mamba2CacheParams, Mamba2StateShape=Mamba2StateShape, params=base_prefix_cache,
+        MambaRadixCache=mamba_radix_cache.MambaRadixCache, RadixKey=radix_cache.RadixKey,
+        TokenToKVPoolAllocator=TokenToKVPoolAllocator, CacheInitParams=CacheInitParams,
+        HybridReqToTokenPool=HybridReqToTokenPool)
+
+
+def sglang_cache(sg):
+    """SGLang's MambaRadixCache on real CPU pools of the protocol's sizes (a two-layer toy state)."""
+    shape = sg.Mamba2StateShape.create(tp_world_size=1, intermediate_size=4, n_groups=1, num_heads=2, head_dim=2,
+                                       state_size=2, conv_kernel=4)
+    req_pool = sg.HybridReqToTokenPool(
+        size=1, mamba_size=SIZES["device_mamba_slots"], mamba_spec_state_size=SIZES["device_mamba_slots"],
+        max_context_len=8, device="cpu", enable_memory_saver=False,
+        cache_params=sg.Mamba2CacheParams(shape=shape, layers=[0, 1]), mamba_layer_ids=[0, 1],
+        enable_mamba_extra_buffer=False, enable_overlap_schedule=False)
+    kv = sg.TokenToKVPoolAllocator(SIZES["device_kv_tokens"], torch.bfloat16, "cpu", None, False)
+    return sg.MambaRadixCache(sg.CacheInitParams(disable=False, req_to_token_pool=req_pool,
+                                                 token_to_kv_pool_allocator=kv, page_size=1))
+
+
+def replay_sglang(sg, items) -> dict:
+    """The protocol on SGLang's cache, driven through its own parameter objects."""
+    cache = sglang_cache(sg)
+    kv, states = cache.token_to_kv_pool_allocator, cache.req_to_token_pool.mamba_pool
+    P = sg.params
+    kv_cap, st_cap = kv.size, states.size
+    matched_total = prompt_total = evicted_tokens = evicted_states = 0
+    start = time.perf_counter()
+    for i, (tokens, plen, _, _) in enumerate(items):
+        full = sg.RadixKey(tokens)
+        m = cache.match_prefix(P.MatchPrefixParams(key=full[:plen]))
+        prefix, node = m.device_indices, m.last_device_node
+        matched = len(prefix)
+        matched_total += matched
+        prompt_total += plen
+        cache.inc_lock_ref(node)
+        need = len(tokens) - matched
+        new = kv.alloc(need)
+        if new is None:
+            evicted_tokens += cache.evict(P.EvictParams(num_tokens=need - kv.available_size() + 256)).num_tokens_evicted
+            new = kv.alloc(need)
+        slot = states.alloc(1)
+        if slot is None:
+            evicted_states += cache.evict(P.EvictParams(num_tokens=0, mamba_num=8)).mamba_num_evicted
+            slot = states.alloc(1)
+        value = torch.cat((prefix, new)) if matched else new
+        result = cache.insert(P.InsertParams(key=full, value=value, mamba_value=slot, prev_prefix_len=matched))
+        if result.mamba_exist:
+            states.free(slot)
+        cache.dec_lock_ref(node)
+        if (i + 1) % 50 == 0:
+            want = kv_cap // 4 - kv.available_size()
+            if want > 0:
+                evicted_tokens += cache.evict(P.EvictParams(num_tokens=want)).num_tokens_evicted
+            want = st_cap // 4 - len(states.free_slots)
+            if want > 0:
+                evicted_states += cache.evict(P.EvictParams(num_tokens=0, mamba_num=want)).mamba_num_evicted
+    elapsed = time.perf_counter() - start
+    accounting_ok = (kv.available_size() + cache.full_evictable_size() + cache.full_protected_size() == kv_cap
+                     and len(states.free_slots) + cache.mamba_evictable_size() + cache.mamba_protected_size() == st_cap)
+    return {"requests_per_s": round(len(items) / elapsed, 1), "seconds": round(elapsed, 3),
+            "hit_rate": round(matched_total / prompt_total, 6), "evicted_tokens": evicted_tokens,
+            "evicted_states": evicted_states, "accounting_ok": accounting_ok}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--trace", required=True, help="the shared token trace (prompt_len, tokens per line)")
+    ap.add_argument("--repeat", type=int, default=5, help="pairs of runs (default 5)")
+    ap.add_argument("--limit", type=int, default=None, help="replay only the first N requests")
+    args = ap.parse_args(argv)
+    sg = import_sglang()
+    if sg is None:
+        print("SGLang is not installed: nothing to compare against (pip install --no-deps sglang==0.5.11 and "
+              "the pinned CPU dependency list; see ../shared/upstream/README.md)", file=sys.stderr)
+        return 0
+    torch.set_num_threads(1)
+    items = protocol.token_items(load_token_trace(args.trace)[: args.limit])
+    gc.collect()
+    gc.freeze()
+    ours, theirs = [], []
+    for _ in range(max(1, args.repeat)):
+        ours.append(protocol.replay(protocol.make_cache(), items))
+        theirs.append(replay_sglang(sg, items))
+    ratios = [a["seconds"] and b["seconds"] / a["seconds"] for a, b in zip(ours, theirs, strict=True)]
+    out = {
+        "requests": len(items), "pairs": len(ours),
+        "himamba_requests_per_s": statistics.median(r["requests_per_s"] for r in ours),
+        "sglang_requests_per_s": statistics.median(r["requests_per_s"] for r in theirs),
+        "speedup": round(statistics.median(ratios), 3), "speedups": [round(r, 3) for r in ratios],
+        "himamba_hit_rate": ours[-1]["hit_rate"], "sglang_hit_rate": theirs[-1]["hit_rate"],
+        "himamba_evicted": [ours[-1]["evicted_tokens"], ours[-1]["evicted_states"]],
+        "sglang_evicted": [theirs[-1]["evicted_tokens"], theirs[-1]["evicted_states"]],
+        "accounting_ok": ours[-1]["accounting_ok"] and theirs[-1]["accounting_ok"],
+    }
+    print(json.dumps(out))
+    return 0 if out["accounting_ok"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
