@@ -81,12 +81,12 @@ def import_sglang():
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        from sglang.srt import server_args
         from sglang.srt.configs.mamba_utils import Mamba2CacheParams, Mamba2StateShape
         from sglang.srt.mem_cache import base_prefix_cache, mamba_radix_cache, radix_cache
         from sglang.srt.mem_cache.allocator import TokenToKVPoolAllocator
         from sglang.srt.mem_cache.cache_init_params import CacheInitParams
         from sglang.srt.mem_cache.memory_pool import HybridReqToTokenPool
-        from sglang.srt import server_args
     if server_args._global_server_args is None:
         # match_prefix reads one server setting (the mamba cache chunk, max(FLA chunk 64, page
         # size)); himamba's CacheConfig uses the same 64. A full ServerArgs needs a model path.

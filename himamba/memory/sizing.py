@@ -21,6 +21,9 @@ from himamba.sim.mooncake import BLOCK_TOKENS
 
 GB = 10**9
 GPUS_GB = {"H100": 80.0, "H200": 141.0, "B200": 180.0, "A100-80G": 80.0}
+# SGLang's default split: mamba state memory / full-attention KV memory = 0.9
+# (``--mamba-full-memory-ratio``), so states get 0.9 / 1.9 of the cache.
+SGLANG_STATE_SHARE = 0.9 / 1.9
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +65,7 @@ class PoolSizing:
 
 
 def size_pools(model: ModelSpec, *, gpu_gb: float = GPUS_GB["H200"], weights_gb: float | None = None,
-               weight_bytes_per_param: float = 2.0, cache_fraction: float = 0.9, state_share: float = 0.5,
+               weight_bytes_per_param: float = 2.0, cache_fraction: float = 0.9, state_share: float = SGLANG_STATE_SHARE,
                host_gb: float = 0.0, host_state_share: float | None = None,
                block_tokens: int = BLOCK_TOKENS) -> PoolSizing:
     """Pool sizes for ``model`` on one GPU of ``gpu_gb`` GB.
@@ -70,7 +73,8 @@ def size_pools(model: ModelSpec, *, gpu_gb: float = GPUS_GB["H200"], weights_gb:
     ``weights_gb``: the weights' size; default ``model.params_b`` billion parameters times
     ``weight_bytes_per_param`` (2 for bf16, 1 for fp8). The cache gets ``cache_fraction`` of the
     memory left after the weights (the rest is activations and the runtime's own buffers), and
-    ``state_share`` of the cache goes to state slots, the remainder to KV blocks. ``host_gb`` of
+    ``state_share`` of the cache goes to state slots (default SGLang's split, 0.9 / 1.9), the
+    remainder to KV blocks. ``host_gb`` of
     host memory is split the same way (``host_state_share``, default ``state_share``). Counts are
     rounded down. Raises InvalidInputError when the weights do not fit or a share is out of range.
     """

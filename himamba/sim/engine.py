@@ -20,6 +20,17 @@ KV rows and states hold real content (:mod:`himamba.memory.content`), so
 ``hm.check_integrity(cache)`` holds after every step, and ``hm.check_invariants(cache,
 held_kv=engine.held_kv(), held_states=engine.held_states())`` balances the pools exactly.
 
+Checkpoint policy (``checkpoint``): ``None`` keeps a state where SGLang's scheduler does (every
+chunk end and the end of prefill, then the end of the sequence); ``"sequence_end"`` inserts only
+when the request finishes (one state at the end of its sequence); ``"page_aligned"`` does the
+same but cuts a request that names its ``aligned_len`` (a block-mode prompt whose last block is
+partial, :func:`himamba.sim.mooncake.to_requests`) to those full blocks, and counts its whole prompt
+in ``prompt_tokens`` (the partial block is a miss, as for the ceilings).
+
+Clock (``step_ms``): when given, every step lasts ``step_ms`` milliseconds, a request is admitted
+no earlier than its ``arrival_ms`` and, when nothing runs, the clock jumps to the next arrival;
+``max_running`` is the concurrency limit. Step rows carry ``time_ms`` (the step's start).
+
 When no running request can get memory in a step, the newest is retracted (its KV and slots
 released, re-queued at the front; admission pauses until a request finishes). A request that
 cannot run even alone raises :class:`EngineStall`. With ``page_size > 1`` each request is cut
@@ -31,17 +42,19 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 
 from himamba.cache.results import MatchResult, Request
 from himamba.core.node import TreeNode
-from himamba.errors import HiMambaError, InvalidInputError
+from himamba.errors import HiMambaError
 from himamba.memory.content import prefix_fingerprint, write_kv, write_state_of
-from himamba.sim.metrics import STEP_COLUMNS, SimMetrics
+from himamba.sim.engine_args import CHECKPOINTS, check_engine_args
+from himamba.sim.metrics import STEP_COLUMNS, TRANSFERS, SimMetrics
 from himamba.sim.probe import EvictionProbe
 from himamba.sim.request import SimRequest
+
+__all__ = ["CHECKPOINTS", "Engine", "EngineStall", "check_engine_args"]
 
 
 class EngineStall(HiMambaError, RuntimeError):
@@ -62,19 +75,6 @@ class _Live:
     fp_len: int = 0
 
 
-def check_engine_args(**args: Any) -> None:
-    """Raise InvalidInputError for an :class:`Engine` argument out of range (``chunk_size``,
-    ``decode_tokens``, ``max_running``: positive ints; ``evict_headroom``: a non-negative int;
-    ``load_back_quota``: ``None`` or a non-negative int). Arguments not given are not checked."""
-    for name, v in args.items():
-        if name == "load_back_quota" and v is None:
-            continue
-        low = 1 if name in ("chunk_size", "decode_tokens", "max_running") else 0
-        if type(v) is not int or v < low:
-            kind = "a positive int" if low else "a non-negative int" + (" or None" if name == "load_back_quota" else "")
-            raise InvalidInputError(f"{name} must be {kind}, got {v!r}")
-
-
 class Engine:
     """A small serving scheduler around ``cache`` (a MambaRadixCache or HiMambaRadixCache).
 
@@ -91,9 +91,12 @@ class Engine:
 
     def __init__(self, cache, *, chunk_size: int = 512, decode_tokens: int = 16, max_running: int = 4,
                  load_back_quota: int | None = None, evict_headroom: int = 0, probe: bool = True,
-                 keep_steps: bool = True, keep_requests: bool = True) -> None:
+                 keep_steps: bool = True, keep_requests: bool = True, checkpoint: str | None = None,
+                 step_ms: float | None = None) -> None:
         check_engine_args(chunk_size=chunk_size, decode_tokens=decode_tokens, max_running=max_running,
-                          load_back_quota=load_back_quota, evict_headroom=evict_headroom)
+                          load_back_quota=load_back_quota, evict_headroom=evict_headroom, checkpoint=checkpoint,
+                          step_ms=step_ms)
+        self.checkpoint, self.step_ms, self.clock_ms = checkpoint, step_ms, 0.0
         self.cache = cache
         self.tiered = bool(getattr(cache, "tiered", False))
         ps = cache.page_size
@@ -112,7 +115,7 @@ class Engine:
         self._loads_queued = False
         self._retractions: dict[int, int] = {}
         cc = getattr(cache, "cache_controller", None)
-        self._bytes = (cc.bytes_device_to_host, cc.bytes_host_to_device) if cc is not None else (0, 0)
+        self._moved = _moved(cc) if cc is not None else {}
 
     # -- public ---------------------------------------------------------------------------------
     def submit(self, requests: Iterable[SimRequest]) -> None:
@@ -194,6 +197,11 @@ class Engine:
         self.step_index += 1
         row = dict.fromkeys(STEP_COLUMNS, 0)
         row["step"] = self.step_index
+        if self.step_ms is not None:
+            nxt = self._peek()
+            if not self.running and nxt is not None and nxt.arrival_ms is not None and nxt.arrival_ms > self.clock_ms:
+                self.clock_ms = nxt.arrival_ms  # nothing to do until the next arrival
+            row["time_ms"] = self.clock_ms
         before = dict(self.probe.counts) if self.probe is not None else None
         if self.tiered:
             self._process_acks()
@@ -207,6 +215,8 @@ class Engine:
             self._resolve_stall(row)
         self._close_row(row, before)
         self.metrics.add_step(row)
+        if self.step_ms is not None:
+            self.clock_ms += self.step_ms
         return row
 
     def _close_row(self, row: dict[str, int], before: dict[str, int] | None) -> None:
@@ -220,10 +230,10 @@ class Engine:
         row["device_states_used"] = cache.mamba_pool.used_size()
         row["device_states_cached"] = cache.mamba_evictable_size_ + cache.mamba_protected_size_
         if self.tiered:
-            cc = cache.cache_controller
-            row["bytes_device_to_host"] = cc.bytes_device_to_host - self._bytes[0]
-            row["bytes_host_to_device"] = cc.bytes_host_to_device - self._bytes[1]
-            self._bytes = (cc.bytes_device_to_host, cc.bytes_host_to_device)
+            moved = _moved(cache.cache_controller)
+            for k, v in moved.items():
+                row[k] = v - self._moved[k]
+            self._moved = moved
             row["host_kv_used"] = cache.host_kv_pool.used_size()
             row["host_states_used"] = cache.host_mamba_pool.used_size()
 
@@ -254,6 +264,8 @@ class Engine:
             item = self._peek()
             if item is None or (item.session is not None and item.session in self._sessions):
                 break
+            if self.step_ms is not None and item.arrival_ms is not None and item.arrival_ms > self.clock_ms:
+                break
             started = self._start(item, row)
             if started is None:
                 if not self.running:
@@ -272,9 +284,14 @@ class Engine:
         nothing to simulate (shorter than a page), or None when no state slot can be had."""
         cache, ps = self.cache, self.cache.page_size
         tokens = item.tokens
-        total_end = len(tokens) - len(tokens) % ps
+        limit = len(tokens)
+        whole_prompt = self.checkpoint == "page_aligned" and item.aligned_len is not None
+        if whole_prompt:
+            limit = min(limit, item.aligned_len)
+        total_end = limit - limit % ps
         if total_end == 0:
             row["admitted"] += 1
+            row["prompt_tokens"] += item.prompt_len if whole_prompt else 0
             self._record(item, row, self._admission(0, 0, 0, 0, False))
             return True
         del tokens[total_end:]
@@ -295,7 +312,7 @@ class Engine:
         if self.extra_buffer:
             req.mamba_track_idx = slots[1]
         row["admitted"] += 1
-        row["prompt_tokens"] += prompt_end
+        row["prompt_tokens"] += item.prompt_len if whole_prompt else prompt_end
         row["device_hit_tokens"] += n - loaded
         row["host_hit_tokens"] += loaded
         row["load_backs"] += loaded > 0
@@ -341,7 +358,11 @@ class Engine:
             if not self._extend(live, end):
                 return False
             row["prefill_tokens"] += end - start
-            if end < live.prompt_end:
+            if self.checkpoint is not None:  # one state, at the end of the sequence
+                live.req.fill_len = end if end < live.prompt_end else None
+                if end == total_end:
+                    self._finish(live, row)
+            elif end < live.prompt_end:
                 live.req.fill_len = end
                 self._insert_unfinished(live, chunked=True)
             else:
@@ -448,6 +469,11 @@ class Engine:
         self._retractions[live.item.rid] = self._retractions.get(live.item.rid, 0) + 1
         self._admit_paused = True
         row["retracted"] += 1
+
+
+def _moved(cc) -> dict[str, int]:
+    """The transfer controller's running totals, by step column (bytes and slots per direction)."""
+    return {k: getattr(cc, k) for k in TRANSFERS}
 
 
 def _depth(node: TreeNode) -> int:

@@ -9,9 +9,11 @@ Per step (:data:`STEP_COLUMNS`):
   (requests that started from a cached state, on device or restored from host), ``load_backs``;
 * evictions (from :class:`~himamba.sim.probe.EvictionProbe`) — tokens and states freed per tier,
   demotions, tombstones, cascade deletions (all zero when the engine runs without the probe);
-* transfers — ``bytes_device_to_host`` / ``bytes_host_to_device`` moved during the step;
+* transfers — ``bytes_device_to_host`` / ``bytes_host_to_device`` moved during the step, and the
+  slots behind them (``kv_slots_*``, ``states_*``: block mode prices them at a real model's sizes);
 * occupancy at the end of the step — slots in use per pool (``*_used``, requests included) and
-  device KV / states owned by the tree (``*_cached``).
+  device KV / states owned by the tree (``*_cached``);
+* ``time_ms`` — the step's start on the engine's clock (0 when the engine runs without one).
 
 Per request (:data:`REQUEST_COLUMNS`): lengths, the cached prefix it started from and how much of
 it was loaded back, the steps it was admitted and finished, how often it was retracted. A
@@ -35,11 +37,12 @@ if TYPE_CHECKING:
 
 TRAFFIC = ("waiting", "running", "admitted", "finished", "retracted", "prefill_tokens", "decode_tokens")
 REUSE = ("prompt_tokens", "device_hit_tokens", "host_hit_tokens", "state_hits_device", "state_hits_host", "load_backs")
-TRANSFERS = ("bytes_device_to_host", "bytes_host_to_device")
+TRANSFERS = ("bytes_device_to_host", "bytes_host_to_device", "kv_slots_device_to_host", "kv_slots_host_to_device",
+             "states_device_to_host", "states_host_to_device")
 OCCUPANCY = ("device_kv_used", "device_kv_cached", "device_states_used", "device_states_cached",
              "host_kv_used", "host_states_used")
-STEP_COLUMNS = ("step", *TRAFFIC, *REUSE, *EVICTION_FIELDS, *TRANSFERS, *OCCUPANCY)
-FLOWS = tuple(c for c in STEP_COLUMNS if c not in ("step", "waiting", "running", *OCCUPANCY))
+STEP_COLUMNS = ("step", *TRAFFIC, *REUSE, *EVICTION_FIELDS, *TRANSFERS, *OCCUPANCY, "time_ms")
+FLOWS = tuple(c for c in STEP_COLUMNS if c not in ("step", "waiting", "running", "time_ms", *OCCUPANCY))
 REQUEST_COLUMNS = ("rid", "session", "prompt_len", "total_len", "cached_tokens", "host_loaded_tokens",
                    "state_from_host", "admitted_step", "finished_step", "retractions")
 
@@ -150,17 +153,27 @@ def plot_occupancy(steps: pd.DataFrame, title: str = "pool occupancy") -> Figure
     return fig
 
 
-def plot_hits(steps: pd.DataFrame, window: int = 50, title: str = "prefix reuse") -> Figure:
-    """Rolling hit rates (device matches and host load-backs, as shares of prompt tokens) over
-    ``window`` steps."""
+def _x(steps: pd.DataFrame, over: str):
+    """The x values and label of a plot over steps or over the engine's clock (seconds)."""
+    if over == "step":
+        return steps.index, "step"
+    if over == "time":
+        return steps["time_ms"] / 1000, "time (s, engine clock)"
+    raise ValueError(f"over must be 'step' or 'time', got {over!r}")
+
+
+def plot_hits(steps: pd.DataFrame, window: int = 50, title: str = "prefix reuse", over: str = "step") -> Figure:
+    """Rolling hit rates per tier (device matches and host load-backs, as shares of prompt tokens)
+    over ``window`` steps, against the step or (``over="time"``) the engine's clock."""
     fig, axes = _subplots(1, title, height=3.2)
     ax = axes[0]
+    x, xlabel = _x(steps, over)
     prompt = steps["prompt_tokens"].rolling(window, min_periods=1).sum().where(lambda s: s > 0)
     for col, label in (("device_hit_tokens", "device hits"), ("host_hit_tokens", "host hits (loaded back)")):
-        ax.plot(steps.index, steps[col].rolling(window, min_periods=1).sum() / prompt, label=label)
+        ax.plot(x, steps[col].rolling(window, min_periods=1).sum() / prompt, label=label)
     ax.set_ylim(0, 1)
-    ax.set_ylabel(f"share of prompt tokens ({window}-step window)")
-    ax.set_xlabel("step")
+    ax.set_ylabel(f"share of prompt ({window}-step window)")
+    ax.set_xlabel(xlabel)
     ax.legend(loc="upper left", fontsize="small")
     return fig
 
@@ -182,14 +195,23 @@ def plot_evictions(steps: pd.DataFrame, title: str = "evictions (cumulative)") -
     return fig
 
 
-def plot_transfers(steps: pd.DataFrame, title: str = "bytes moved (cumulative)") -> Figure:
-    """Cumulative bytes copied device -> host and host -> device."""
+def plot_transfers(steps: pd.DataFrame, title: str = "bytes moved (cumulative)", over: str = "step",
+                   prices: tuple[int, int] | None = None) -> Figure:
+    """Cumulative bytes copied device -> host and host -> device, against the step or (``over=
+    "time"``) the engine's clock. ``prices`` = (bytes of one KV slot, bytes of one state) counts
+    the slots moved at those sizes instead of the pools' own (block mode: a real model's block and
+    state, e.g. ``(sizing.block_bytes, sizing.state_bytes)``); then the axis is in GB."""
     fig, axes = _subplots(1, title, height=3.2)
     ax = axes[0]
-    ax.plot(steps.index, steps["bytes_device_to_host"].cumsum() / 2**20, label="device -> host")
-    ax.plot(steps.index, steps["bytes_host_to_device"].cumsum() / 2**20, label="host -> device")
-    ax.set_ylabel("MiB")
-    ax.set_xlabel("step")
+    x, xlabel = _x(steps, over)
+    for way, label in (("device_to_host", "device -> host"), ("host_to_device", "host -> device")):
+        if prices is None:
+            moved, unit = steps[f"bytes_{way}"] / 2**20, "MiB"
+        else:
+            moved, unit = (steps[f"kv_slots_{way}"] * prices[0] + steps[f"states_{way}"] * prices[1]) / 1e9, "GB"
+        ax.plot(x, moved.cumsum(), label=label)
+    ax.set_ylabel(unit)
+    ax.set_xlabel(xlabel)
     ax.legend(loc="upper left", fontsize="small")
     return fig
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from himamba.errors import InvalidInputError
+from himamba.sim.request import SimRequest
 from himamba.sim.trace_io import TraceFormatError
 
 BLOCK_TOKENS = 512
@@ -60,6 +61,13 @@ class MooncakeRequest:
     def tokens_in(self, blocks: int) -> int:
         """Prompt tokens in the first ``blocks`` blocks."""
         return min(blocks * self.block_tokens, self.input_length)
+
+
+def to_requests(trace: Iterable[MooncakeRequest]) -> list[SimRequest]:
+    """The trace as engine requests in block mode: the prompt is the hash ids (one element per
+    block), no output (the trace has no hashes for output tokens), ``arrival_ms`` the timestamp and
+    ``aligned_len`` the full blocks; numbered 0, 1, ... in file order."""
+    return [SimRequest(r.hash_ids, (), None, i, float(r.timestamp), r.full_blocks) for i, r in enumerate(trace)]
 
 
 def check_checkpoint(checkpoint: str) -> str:

@@ -26,12 +26,19 @@ from himamba.validate import check_request_length, check_token_ids
 @dataclass(frozen=True, slots=True)
 class SimRequest:
     """One request: ``prompt`` tokens, the ``output`` tokens it will generate, its ``session``
-    (``None``: independent) and ``rid`` (the generators number requests 0, 1, ...)."""
+    (``None``: independent) and ``rid`` (the generators number requests 0, 1, ...).
+
+    Two fields traces fill in: ``arrival_ms`` (when the client sent it; the engine admits it no
+    earlier when it runs on a clock) and ``aligned_len`` (the prompt elements that form whole
+    blocks, for a block-mode prompt whose last block is partial: what the ``page_aligned``
+    checkpoint inserts). ``None``: not given."""
 
     prompt: tuple[int, ...]
     output: tuple[int, ...] = ()
     session: int | None = None
     rid: int = 0
+    arrival_ms: float | None = None
+    aligned_len: int | None = None
 
     @classmethod
     def make(cls, prompt: Sequence[int], output: int | Sequence[int] = 0, session: int | None = None,
@@ -69,15 +76,19 @@ class PackedWorkload(Sequence[SimRequest]):
     """Requests stored compactly (numpy arrays); a read-only sequence of :class:`SimRequest`.
 
     ``tokens`` (int32, all requests back to back), ``starts`` (int64, ``len + 1`` offsets),
-    ``prompt_lens`` (int32) and ``sessions`` (int64, ``-1`` for none). Picklable and small.
+    ``prompt_lens`` (int32) and ``sessions`` (int64, ``-1`` for none); optionally ``arrivals``
+    (float64 ms, NaN for none) and ``aligned_lens`` (int32, ``-1`` for none). Picklable and small.
     """
 
-    __slots__ = ("prompt_lens", "sessions", "starts", "tokens")
+    __slots__ = ("aligned_lens", "arrivals", "prompt_lens", "sessions", "starts", "tokens")
 
-    def __init__(self, tokens: np.ndarray, starts: np.ndarray, prompt_lens: np.ndarray, sessions: np.ndarray) -> None:
-        if len(starts) != len(prompt_lens) + 1 or len(sessions) != len(prompt_lens):
+    def __init__(self, tokens: np.ndarray, starts: np.ndarray, prompt_lens: np.ndarray, sessions: np.ndarray,
+                 arrivals: np.ndarray | None = None, aligned_lens: np.ndarray | None = None) -> None:
+        if len(starts) != len(prompt_lens) + 1 or len(sessions) != len(prompt_lens) or any(
+                a is not None and len(a) != len(prompt_lens) for a in (arrivals, aligned_lens)):
             raise InvalidInputError("packed workload arrays have inconsistent lengths")
         self.tokens, self.starts, self.prompt_lens, self.sessions = tokens, starts, prompt_lens, sessions
+        self.arrivals, self.aligned_lens = arrivals, aligned_lens
 
     def __len__(self) -> int:
         return len(self.prompt_lens)
@@ -92,7 +103,9 @@ class PackedWorkload(Sequence[SimRequest]):
         s, e, p = int(self.starts[i]), int(self.starts[i + 1]), int(self.prompt_lens[i])
         seq = self.tokens[s:e].tolist()
         session = int(self.sessions[i])
-        return SimRequest(tuple(seq[:p]), tuple(seq[p:]), None if session < 0 else session, i)
+        arrival = None if self.arrivals is None or np.isnan(self.arrivals[i]) else float(self.arrivals[i])
+        aligned = None if self.aligned_lens is None or self.aligned_lens[i] < 0 else int(self.aligned_lens[i])
+        return SimRequest(tuple(seq[:p]), tuple(seq[p:]), None if session < 0 else session, i, arrival, aligned)
 
     def __iter__(self) -> Iterator[SimRequest]:
         for i in range(len(self)):
@@ -104,7 +117,8 @@ class PackedWorkload(Sequence[SimRequest]):
 
     @property
     def nbytes(self) -> int:
-        return sum(a.nbytes for a in (self.tokens, self.starts, self.prompt_lens, self.sessions))
+        return sum(a.nbytes for a in (self.tokens, self.starts, self.prompt_lens, self.sessions, self.arrivals,
+                                      self.aligned_lens) if a is not None)
 
     def __repr__(self) -> str:
         return f"PackedWorkload({len(self)} requests, {self.total_tokens} tokens, {self.nbytes / 2**20:.1f} MiB)"
@@ -127,7 +141,12 @@ def pack(requests: Iterable[SimRequest]) -> PackedWorkload:
         tokens[s : s + len(seq)] = seq
     prompt_lens = np.fromiter((r.prompt_len for r in reqs), dtype=np.int32, count=len(reqs))
     sessions = np.fromiter((-1 if r.session is None else r.session for r in reqs), dtype=np.int64, count=len(reqs))
-    return PackedWorkload(tokens, starts, prompt_lens, sessions)
+    arrivals = aligned = None
+    if any(r.arrival_ms is not None for r in reqs):
+        arrivals = np.array([np.nan if r.arrival_ms is None else r.arrival_ms for r in reqs], dtype=np.float64)
+    if any(r.aligned_len is not None for r in reqs):
+        aligned = np.array([-1 if r.aligned_len is None else r.aligned_len for r in reqs], dtype=np.int32)
+    return PackedWorkload(tokens, starts, prompt_lens, sessions, arrivals, aligned)
 
 
 def describe(requests: Iterable[SimRequest]) -> dict[str, int]:

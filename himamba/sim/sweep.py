@@ -43,7 +43,8 @@ from himamba.sim.request import PackedWorkload, SimRequest, pack
 if TYPE_CHECKING:
     import pandas as pd
 
-ENGINE_PARAMS = ("chunk_size", "decode_tokens", "max_running", "load_back_quota", "evict_headroom")
+ENGINE_PARAMS = ("chunk_size", "decode_tokens", "max_running", "load_back_quota", "evict_headroom", "checkpoint",
+                 "step_ms")
 CONFIG_PARAMS = tuple(f.name for f in dataclasses.fields(CacheConfig) if f.name not in ("device", "model"))
 PARAMS = ("cache", *CONFIG_PARAMS, *ENGINE_PARAMS)
 # A sweep replays whole traces, so its engine decodes in bigger batches and runs more requests
@@ -129,12 +130,16 @@ def run_config(index: int, params: dict[str, Any], workload: PackedWorkload, pro
 def sweep(grid: Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]],
           workload: Sequence[SimRequest] | PackedWorkload | str | Path, *, client=None, address: str | None = None,
           base: Mapping[str, Any] | None = None, n_workers: int = 2, memory_limit: str | int = "1GiB",
-          probe: bool = True, progress: bool | None = None) -> pd.DataFrame:
+          probe: bool = True, progress: bool | None = None, trace_format: str = "jsonl",
+          limit: int | None = None) -> pd.DataFrame:
     """One replay of ``workload`` per configuration of ``grid``; returns one row per
     configuration: its parameters, then every total of :meth:`SimMetrics.totals`, ``violations``
     and ``integrity_violations`` (checked at the end), ``seconds``, ``worker_peak_rss_mb`` and
     ``error`` (None when it ran). ``workload`` may be a list of requests, a PackedWorkload or a
-    JSON-lines file. ``probe=False`` skips eviction counting (faster; eviction columns are 0).
+    JSON-lines file: ``trace_format="jsonl"`` (native or shared trace lines) or ``"mooncake"`` (a
+    Mooncake trace in block mode, :func:`himamba.sim.mooncake.to_requests`: pool sizes count blocks,
+    and the engine's ``checkpoint`` and ``step_ms`` replay its policies and arrival times); ``limit``
+    keeps its first requests. ``probe=False`` skips eviction counting (faster; eviction columns are 0).
     ``progress``: a tqdm bar over configurations (default: shown from 8 configurations on).
     """
     import pandas as pd
@@ -142,10 +147,17 @@ def sweep(grid: Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]],
     configs = expand_grid(grid, base)
     for params in configs:  # every value checked on the client, before anything is shipped
         _parts(params)
+    if trace_format not in ("jsonl", "mooncake"):
+        raise InvalidInputError(f"trace_format must be 'jsonl' or 'mooncake', got {trace_format!r}")
     if isinstance(workload, (str, Path)):
-        from himamba.sim.trace_io import load_jsonl
+        if trace_format == "mooncake":
+            from himamba.sim.mooncake import load_mooncake, to_requests
 
-        workload = load_jsonl(workload)
+            workload = to_requests(load_mooncake(workload, limit=limit))
+        else:
+            from himamba.sim.trace_io import load_jsonl
+
+            workload = load_jsonl(workload)[:limit]
     packed = pack(workload)
     client, owned = _connect(client, address, n_workers, memory_limit)
     try:
