@@ -12,7 +12,8 @@ from helpers import alloc_kv, alloc_state, assert_healthy, make_cache, node_at, 
 
 import himamba as hm
 from himamba.core.key import as_key, common_prefix_len
-from himamba.core.lru import LRUList
+from himamba.core.lru import LRULink, LRUList
+from himamba.core.node import full_lru_list, host_mamba_lru_list, mamba_lru_list
 from himamba.errors import CacheAssertionError
 from himamba.memory.allocator import SlotAllocator
 from himamba.memory.content import (
@@ -171,12 +172,13 @@ def _chain(*specs):
         if has_value:
             node.value = torch.tensor([node_id])
             node.mamba_value = torch.tensor([node_id])
+            node.mamba_host_value = torch.tensor([node_id])
         nodes[node_id] = node
     return nodes
 
 
 def _full_list():
-    return LRUList("full", lambda n: n.value is not None)
+    return full_lru_list()
 
 
 class TestLRUList:
@@ -268,24 +270,43 @@ class TestLRUList:
         with pytest.raises(CacheAssertionError):
             lst.prev_no_lock(hm.TreeNode(9, hm.RadixKey([9])))
 
-    def test_each_list_kind_skips_on_its_own_lock(self):
+    def test_each_list_skips_on_its_own_lock(self):
         n = _chain((1, 0, True), (2, 0, True))
-        for kind, attr in (("full", "full_lock_ref"), ("mamba", "mamba_lock_ref"), ("host_mamba", "mamba_lock_ref")):
-            lst = LRUList(kind, lambda x: True)
+        for make, attr in ((full_lru_list, "full_lock_ref"), (mamba_lru_list, "mamba_lock_ref"),
+                           (host_mamba_lru_list, "mamba_lock_ref")):
+            lst = make()
             lst.insert_mru(n[1])
             lst.insert_mru(n[2])
             assert lst.lru_no_lock() is n[1]
             setattr(n[1], attr, 1)
-            assert lst.lru_no_lock() is n[2], kind
+            assert lst.lru_no_lock() is n[2], lst.kind
             setattr(n[1], attr, 0)
             other = "full_lock_ref" if attr == "mamba_lock_ref" else "mamba_lock_ref"
             setattr(n[1], other, 1)
-            assert lst.lru_no_lock() is n[1], kind
+            assert lst.lru_no_lock() is n[1], lst.kind
             setattr(n[1], other, 0)
+
+    def test_each_list_chains_its_own_link_and_admits_only_holders(self):
+        n = _chain((1, 0, True), (2, 0, False))
+        for make, link, value in ((full_lru_list, "full_link", "value"), (mamba_lru_list, "mamba_link", "mamba_value"),
+                                  (host_mamba_lru_list, "host_mamba_link", "mamba_host_value")):
+            lst = make()
+            lst.insert_mru(n[1])
+            assert lst.head.next is getattr(n[1], link) and getattr(n[1], link).next is lst.tail, lst.kind
+            others = {"full_link", "mamba_link", "host_mamba_link"} - {link}
+            assert all(getattr(n[1], o).prev is None for o in others), lst.kind
+            with pytest.raises(CacheAssertionError, match="no value"):
+                lst.insert_mru(n[2])
+            setattr(n[2], value, torch.tensor([2]))
+            lst.insert_mru(n[2])
+            assert lst.order() == [2, 1]
+            setattr(n[2], value, None)
+            lst.remove_node(n[1])
+            lst.remove_node(n[2])
 
     def test_the_three_lists_are_independent(self):
         n = _chain((1, 0, True), (2, 0, True))
-        full, mamba = _full_list(), LRUList("mamba", lambda x: x.mamba_value is not None)
+        full, mamba = _full_list(), mamba_lru_list()
         full.insert_mru(n[1])
         full.insert_mru(n[2])
         mamba.insert_mru(n[2])
@@ -294,9 +315,17 @@ class TestLRUList:
         full.remove_node(n[1])
         assert mamba.order() == [1, 2]
 
-    def test_unknown_kind(self):
-        with pytest.raises(ValueError, match="unknown LRU list kind"):
-            LRUList("host", lambda x: True)
+    def test_a_list_over_any_node_type(self):
+        class Item:
+            def __init__(self, item_id, locks=0):
+                self.id, self.parent, self.locks, self.last_access_time = item_id, None, locks, 0.0
+                self.link = LRULink(self)
+
+        lst = LRUList("items", link=lambda x: x.link, lock_count=lambda x: x.locks, holds_value=lambda x: True)
+        a, b, c = Item(1), Item(2, locks=1), Item(3)
+        for x in (a, b, c):
+            lst.insert_mru(x)
+        assert lst.order() == [3, 2, 1] and lst.lru_no_lock() is a and lst.prev_no_lock(a) is c
 
 
 # -- SlotAllocator ------------------------------------------------------------------------------

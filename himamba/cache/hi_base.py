@@ -12,16 +12,12 @@ from typing import Any
 
 from himamba.cache.tree_base import TreeBase
 from himamba.core.lru import LRUList
-from himamba.core.node import TreeNode
+from himamba.core.node import TreeNode, host_mamba_lru_list
 from himamba.errors import InvalidInputError, LockError
 from himamba.memory.pools import KVPool, MambaPool
 from himamba.memory.transfer import TransferController
 from himamba.observe.events import EventKind, operation
 from himamba.validate import check_allocation, check_bool, physical_memory_bytes
-
-
-def _has_host_state(node: TreeNode) -> bool:
-    return node.mamba_host_value is not None
 
 
 class HiTreeBase(TreeBase):
@@ -44,7 +40,7 @@ class HiTreeBase(TreeBase):
             pin = self.device.type == "cuda"
             self.host_kv_pool = KVPool(cfg.model, cfg.host_kv_tokens, cfg.page_size, "cpu", pin_memory=pin)
             self.host_mamba_pool = MambaPool(cfg.model, cfg.host_mamba_slots, "cpu", pin_memory=pin)
-            self.mamba_host_lru_list = LRUList("host_mamba", _has_host_state)
+            self.mamba_host_lru_list = host_mamba_lru_list()
             self.cache_controller = TransferController(
                 self.kv_pool, self.mamba_pool, self.host_kv_pool, self.host_mamba_pool,
                 manual_acks=self._manual_acks,

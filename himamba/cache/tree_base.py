@@ -17,21 +17,13 @@ import torch
 from himamba.cache.config import CacheConfig
 from himamba.core.key import RadixKey, as_key
 from himamba.core.lru import LRUList
-from himamba.core.node import TreeNode
+from himamba.core.node import TreeNode, full_lru_list, mamba_lru_list
 from himamba.errors import CacheAssertionError, InvalidInputError, LockError
 from himamba.memory.device import memory_bytes, resolve_device
 from himamba.memory.pools import KVPool, MambaPool
 from himamba.observe.display import Displayable
 from himamba.observe.events import EventBus, EventKind, operation
 from himamba.validate import check_allocation
-
-
-def _on_device(node: TreeNode) -> bool:
-    return node.value is not None
-
-
-def _has_device_state(node: TreeNode) -> bool:
-    return node.mamba_value is not None
 
 
 class TreeBase(Displayable):
@@ -55,8 +47,8 @@ class TreeBase(Displayable):
         self.events = EventBus()
         self.kv_pool = KVPool(config.model, config.device_kv_tokens, config.page_size, self.device)
         self.mamba_pool = MambaPool(config.model, config.device_mamba_slots, self.device)
-        self.full_lru_list = LRUList("full", _on_device)
-        self.mamba_lru_list = LRUList("mamba", _has_device_state)
+        self.full_lru_list = full_lru_list()
+        self.mamba_lru_list = mamba_lru_list()
         self._empty_indices = torch.empty(0, dtype=torch.int64, device=self.device)
         self._init_tree()
 

@@ -1,63 +1,55 @@
 """Intrusive LRU lists with explicit link objects and sentinels.
 
-Every :class:`~himamba.core.node.TreeNode` carries one :class:`LRULink` per list
-(``full_link``, ``mamba_link``, ``host_mamba_link``). A list is a doubly linked chain of those
-links between two sentinels: ``head`` (most recently used side) and ``tail`` (least recently used
-side). Membership is "the link is chained" (``link.prev is not None``), so no dictionary is kept.
+Every node carries one :class:`LRULink` per list, as an ordinary field (a
+:class:`~himamba.core.node.TreeNode` has ``full_link``, ``mamba_link`` and ``host_mamba_link``).
+A list is a doubly linked chain of those links between two sentinels: ``head`` (most recently
+used side) and ``tail`` (least recently used side). Membership is "the link is chained"
+(``link.prev is not None``), so no dictionary is kept.
 
-The three lists of the tiered cache (reference §1.4):
-
-=================  ==================  ===================================================
-list               skips when locked   members
-=================  ==================  ===================================================
-``full``           ``full_lock_ref``   non-root nodes whose KV is on the device
-``mamba``          ``mamba_lock_ref``  nodes with a device state
-``host_mamba``     ``mamba_lock_ref``  nodes with a host state and no host-state pin
-                   (the *device* lock: an upstream quirk kept on purpose)
-=================  ==================  ===================================================
+A list is told three things when it is built, each as a plain function of a node: ``link`` (which
+of the node's link fields it chains), ``lock_count`` (the counter that, when not 0, makes
+:meth:`LRUList.lru_no_lock` pass the node by) and ``holds_value`` (may the node be a member).
+This module knows no node class; :mod:`himamba.core.node` builds the tiered cache's three lists
+(reference §1.4) with :func:`~himamba.core.node.full_lru_list` and its siblings.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from typing import Any
 
 from himamba.errors import CacheAssertionError
 
-if TYPE_CHECKING:
-    from himamba.core.node import TreeNode
+Node = Any  # anything with an ``id``, a ``parent`` and a ``last_access_time``
 
 
 class LRULink:
-    """One node's position in one LRU list."""
+    """One node's position in one LRU list (``node`` is ``None`` for the two sentinels)."""
 
     __slots__ = ("prev", "next", "node")
 
-    def __init__(self, node: TreeNode | None) -> None:
+    def __init__(self, node: Node | None) -> None:
         self.prev: LRULink | None = None
         self.next: LRULink | None = None
         self.node = node
 
 
-_LINK_ATTR = {"full": "full_link", "mamba": "mamba_link", "host_mamba": "host_mamba_link"}
-_LOCK_ATTR = {"full": "full_lock_ref", "mamba": "mamba_lock_ref", "host_mamba": "mamba_lock_ref"}
-
-
 class LRUList:
     """A doubly linked LRU list over one of the node's link fields.
 
-    ``kind`` is ``"full"``, ``"mamba"`` or ``"host_mamba"``; it picks the link field and the
-    lock counter that :meth:`lru_no_lock` skips on. ``holds_value`` tells whether a node may be
-    a member (KV on device, device state, host state); :meth:`insert_mru` asserts it and
+    ``name`` labels messages (``"full"``, ``"mamba"``, ``"host_mamba"``). ``link(node)`` is the
+    node's link for this list; ``lock_count(node)`` its lock counter for this list (members with
+    a counter other than 0 are skipped by :meth:`lru_no_lock`, :meth:`prev_no_lock` and
+    :meth:`drain`); ``holds_value(node)`` tells whether a node may be a member (KV on device,
+    device state, host state): :meth:`insert_mru` asserts it and
     :meth:`reset_node_and_parents_mru` moves only ancestors for which it holds.
     """
 
-    def __init__(self, kind: str, holds_value: Callable[[TreeNode], bool]) -> None:
-        if kind not in _LINK_ATTR:
-            raise ValueError(f"unknown LRU list kind {kind!r}; expected one of {sorted(_LINK_ATTR)}")
-        self.kind = kind
-        self.link_attr = _LINK_ATTR[kind]
-        self.lock_attr = _LOCK_ATTR[kind]
+    def __init__(self, name: str, *, link: Callable[[Node], LRULink], lock_count: Callable[[Node], int],
+                 holds_value: Callable[[Node], bool]) -> None:
+        self.kind = name
+        self.link = link
+        self.lock_count = lock_count
         self.holds_value = holds_value
         self.head = LRULink(None)
         self.tail = LRULink(None)
@@ -66,11 +58,8 @@ class LRUList:
         self.size = 0
 
     # -- membership ----------------------------------------------------------------------------
-    def link(self, node: TreeNode) -> LRULink:
-        return getattr(node, self.link_attr)
-
-    def in_list(self, node: TreeNode | None) -> bool:
-        return node is not None and getattr(node, self.link_attr).prev is not None
+    def in_list(self, node: Node | None) -> bool:
+        return node is not None and self.link(node).prev is not None
 
     __contains__ = in_list
 
@@ -78,7 +67,8 @@ class LRUList:
         return self.size
 
     # -- mutation ------------------------------------------------------------------------------
-    def _link_after(self, anchor: LRULink, link: LRULink) -> None:
+    @staticmethod
+    def _link_after(anchor: LRULink, link: LRULink) -> None:
         nxt = anchor.next
         link.prev = anchor
         link.next = nxt
@@ -91,93 +81,91 @@ class LRUList:
         link.next.prev = link.prev
         link.prev = link.next = None
 
-    def insert_mru(self, node: TreeNode) -> None:
-        """Add ``node`` at the most-recently-used end. It must not be a member yet."""
-        link = getattr(node, self.link_attr)
+    def _outside_link(self, node: Node) -> LRULink:
+        """``node``'s link, which must not be chained yet, for a node that may be a member."""
+        link = self.link(node)
         if link.prev is not None:
             raise CacheAssertionError(f"{self.kind} LRU: node {node.id} is already in the list")
         if not self.holds_value(node):
             raise CacheAssertionError(f"{self.kind} LRU: node {node.id} has no value for this list")
-        self._link_after(self.head, link)
+        return link
+
+    def _member_link(self, node: Node) -> LRULink:
+        """``node``'s link, which must be chained."""
+        link = self.link(node)
+        if link.prev is None:
+            raise CacheAssertionError(f"{self.kind} LRU: node {node.id} is not in the list")
+        return link
+
+    def insert_mru(self, node: Node) -> None:
+        """Add ``node`` at the most-recently-used end. It must not be a member yet."""
+        self._link_after(self.head, self._outside_link(node))
         self.size += 1
 
-    def insert_by_time(self, node: TreeNode) -> None:
+    def insert_by_time(self, node: Node) -> None:
         """Add ``node`` where its ``last_access_time`` belongs (behind every newer member), so that
         list order stays time order. Equals :meth:`insert_mru` for the newest node."""
-        link = getattr(node, self.link_attr)
-        if link.prev is not None:
-            raise CacheAssertionError(f"{self.kind} LRU: node {node.id} is already in the list")
-        if not self.holds_value(node):
-            raise CacheAssertionError(f"{self.kind} LRU: node {node.id} has no value for this list")
-        anchor, t = self.head, node.last_access_time
-        while anchor.next is not self.tail and anchor.next.node.last_access_time > t:
+        link = self._outside_link(node)
+        anchor, t, tail = self.head, node.last_access_time, self.tail
+        while anchor.next is not tail and anchor.next.node.last_access_time > t:
             anchor = anchor.next
         self._link_after(anchor, link)
         self.size += 1
 
-    def remove_node(self, node: TreeNode) -> None:
+    def remove_node(self, node: Node) -> None:
         """Take ``node`` out of the list. It must be a member."""
-        link = getattr(node, self.link_attr)
-        if link.prev is None:
-            raise CacheAssertionError(f"{self.kind} LRU: node {node.id} is not in the list")
-        self._unlink(link)
+        self._unlink(self._member_link(node))
         self.size -= 1
 
-    def discard(self, node: TreeNode) -> None:
+    def discard(self, node: Node) -> None:
         """Take ``node`` out of the list if it is a member."""
-        link = getattr(node, self.link_attr)
+        link = self.link(node)
         if link.prev is not None:
             self._unlink(link)
             self.size -= 1
 
-    def reset_node_mru(self, node: TreeNode) -> None:
+    def reset_node_mru(self, node: Node) -> None:
         """Move a member to the most-recently-used end."""
-        link = getattr(node, self.link_attr)
-        if link.prev is None:
-            raise CacheAssertionError(f"{self.kind} LRU: node {node.id} is not in the list")
+        link = self._member_link(node)
         self._unlink(link)
         self._link_after(self.head, link)
 
-    def reset_node_and_parents_mru(self, node: TreeNode, root: TreeNode) -> None:
+    def reset_node_and_parents_mru(self, node: Node, root: Node) -> None:
         """Move ``node`` and its ancestors (up to, not including, ``root``) to the MRU end,
         child ahead of parent. Ancestors for which ``holds_value`` is false are skipped; the
         ones that qualify must already be members."""
         anchor = self.head
-        attr = self.link_attr
-        holds = self.holds_value
+        link_of, holds = self.link, self.holds_value
         while node is not root and node is not None:
             if holds(node):
-                link = getattr(node, attr)
+                link = link_of(node)
                 if link.prev is None:
                     raise CacheAssertionError(f"{self.kind} LRU: node {node.id} is not in the list")
-                if link is not anchor.next:
+                if link.prev is not anchor:
                     self._unlink(link)
                     self._link_after(anchor, link)
                 anchor = link
             node = node.parent
 
     # -- queries -------------------------------------------------------------------------------
-    def lru_no_lock(self) -> TreeNode | None:
+    def lru_no_lock(self) -> Node | None:
         """The least recently used member whose lock counter is 0, or ``None``."""
         return self._walk_to_head(self.tail.prev)
 
-    def prev_no_lock(self, node: TreeNode) -> TreeNode | None:
+    def prev_no_lock(self, node: Node) -> Node | None:
         """The next more-recently-used unlocked member after ``node`` (toward the head)."""
-        link = getattr(node, self.link_attr)
-        if link.prev is None:
-            raise CacheAssertionError(f"{self.kind} LRU: node {node.id} is not in the list")
-        return self._walk_to_head(link.prev)
+        return self._walk_to_head(self._member_link(node).prev)
 
-    def _walk_to_head(self, link: LRULink) -> TreeNode | None:
-        lock_attr = self.lock_attr
+    def _walk_to_head(self, link: LRULink) -> Node | None:
+        lock_count = self.lock_count
         head = self.head
         while link is not head:
-            if getattr(link.node, lock_attr) == 0:
+            if lock_count(link.node) == 0:
                 return link.node
             link = link.prev
         return None
 
-    def drain(self, budget: int, take: Callable[[TreeNode], int]) -> int:
+    def drain(self, budget: int, take: Callable[[Node], int]) -> int:
         """Offer unlocked members to ``take``, least recently used first, until ``budget`` units
         were taken or no member is left; returns the units taken.
 
@@ -197,7 +185,7 @@ class LRUList:
             node = following
         return taken
 
-    def nodes(self) -> Iterator[TreeNode]:
+    def nodes(self) -> Iterator[Node]:
         """Members from most to least recently used."""
         link = self.head.next
         while link is not self.tail:

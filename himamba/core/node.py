@@ -23,7 +23,17 @@ Field names follow SGLang's ``TreeNode`` so that readers can map them one to one
 =========================  ========================================================================
 
 Each LRU list has its own explicit link object on the node (``full_link``, ``mamba_link``,
-``host_mamba_link``); see :mod:`himamba.core.lru`.
+``host_mamba_link``); the functions at the end of this module build the three lists over them
+(reference §1.4):
+
+=================  ==================  ===================================================
+list               skips when locked   members
+=================  ==================  ===================================================
+``full``           ``full_lock_ref``   non-root nodes whose KV is on the device
+``mamba``          ``mamba_lock_ref``  nodes with a device state
+``host_mamba``     ``mamba_lock_ref``  nodes with a host state and no host-state pin
+                   (the *device* lock: an upstream quirk kept on purpose)
+=================  ==================  ===================================================
 """
 
 from __future__ import annotations
@@ -31,7 +41,7 @@ from __future__ import annotations
 from typing import Any
 
 from himamba.core.key import RadixKey, preview
-from himamba.core.lru import LRULink
+from himamba.core.lru import LRULink, LRUList
 from himamba.errors import LockError
 
 
@@ -152,3 +162,24 @@ class TreeNode:
 
     def __repr__(self) -> str:
         return f"TreeNode({self.label()})"
+
+
+# -- the three LRU lists (see the table above) ----------------------------------------------------
+def full_lru_list() -> LRUList:
+    """Device KV: members have ``value``; nodes with ``full_lock_ref`` are passed by."""
+    return LRUList("full", link=lambda n: n.full_link, lock_count=lambda n: n.full_lock_ref,
+                   holds_value=lambda n: n.value is not None)
+
+
+def mamba_lru_list() -> LRUList:
+    """Device states: members have ``mamba_value``; nodes with ``mamba_lock_ref`` are passed by."""
+    return LRUList("mamba", link=lambda n: n.mamba_link, lock_count=lambda n: n.mamba_lock_ref,
+                   holds_value=lambda n: n.mamba_value is not None)
+
+
+def host_mamba_lru_list() -> LRUList:
+    """Host states: members have ``mamba_host_value``; nodes with the *device* state lock
+    ``mamba_lock_ref`` are passed by (upstream's rule). Keeping pinned states out is the cache's
+    business (it inserts and removes them)."""
+    return LRUList("host_mamba", link=lambda n: n.host_mamba_link, lock_count=lambda n: n.mamba_lock_ref,
+                   holds_value=lambda n: n.mamba_host_value is not None)
