@@ -81,31 +81,28 @@ class LRUList:
         link.next.prev = link.prev
         link.prev = link.next = None
 
-    def _outside_link(self, node: Node) -> LRULink:
-        """``node``'s link, which must not be chained yet, for a node that may be a member."""
-        link = self.link(node)
-        if link.prev is not None:
-            raise CacheAssertionError(f"{self.kind} LRU: node {node.id} is already in the list")
-        if not self.holds_value(node):
-            raise CacheAssertionError(f"{self.kind} LRU: node {node.id} has no value for this list")
-        return link
+    def _not_outside(self, node: Node) -> CacheAssertionError:
+        """Why ``node`` cannot be inserted: already a member, or holds no value for this list."""
+        why = "is already in the list" if self.link(node).prev is not None else "has no value for this list"
+        return CacheAssertionError(f"{self.kind} LRU: node {node.id} {why}")
 
-    def _member_link(self, node: Node) -> LRULink:
-        """``node``'s link, which must be chained."""
-        link = self.link(node)
-        if link.prev is None:
-            raise CacheAssertionError(f"{self.kind} LRU: node {node.id} is not in the list")
-        return link
+    def _not_member(self, node: Node) -> CacheAssertionError:
+        return CacheAssertionError(f"{self.kind} LRU: node {node.id} is not in the list")
 
     def insert_mru(self, node: Node) -> None:
         """Add ``node`` at the most-recently-used end. It must not be a member yet."""
-        self._link_after(self.head, self._outside_link(node))
+        link = self.link(node)
+        if link.prev is not None or not self.holds_value(node):
+            raise self._not_outside(node)
+        self._link_after(self.head, link)
         self.size += 1
 
     def insert_by_time(self, node: Node) -> None:
         """Add ``node`` where its ``last_access_time`` belongs (behind every newer member), so that
         list order stays time order. Equals :meth:`insert_mru` for the newest node."""
-        link = self._outside_link(node)
+        link = self.link(node)
+        if link.prev is not None or not self.holds_value(node):
+            raise self._not_outside(node)
         anchor, t, tail = self.head, node.last_access_time, self.tail
         while anchor.next is not tail and anchor.next.node.last_access_time > t:
             anchor = anchor.next
@@ -114,7 +111,10 @@ class LRUList:
 
     def remove_node(self, node: Node) -> None:
         """Take ``node`` out of the list. It must be a member."""
-        self._unlink(self._member_link(node))
+        link = self.link(node)
+        if link.prev is None:
+            raise self._not_member(node)
+        self._unlink(link)
         self.size -= 1
 
     def discard(self, node: Node) -> None:
@@ -126,7 +126,9 @@ class LRUList:
 
     def reset_node_mru(self, node: Node) -> None:
         """Move a member to the most-recently-used end."""
-        link = self._member_link(node)
+        link = self.link(node)
+        if link.prev is None:
+            raise self._not_member(node)
         self._unlink(link)
         self._link_after(self.head, link)
 
@@ -140,7 +142,7 @@ class LRUList:
             if holds(node):
                 link = link_of(node)
                 if link.prev is None:
-                    raise CacheAssertionError(f"{self.kind} LRU: node {node.id} is not in the list")
+                    raise self._not_member(node)
                 if link.prev is not anchor:
                     self._unlink(link)
                     self._link_after(anchor, link)
@@ -154,7 +156,10 @@ class LRUList:
 
     def prev_no_lock(self, node: Node) -> Node | None:
         """The next more-recently-used unlocked member after ``node`` (toward the head)."""
-        return self._walk_to_head(self._member_link(node).prev)
+        link = self.link(node)
+        if link.prev is None:
+            raise self._not_member(node)
+        return self._walk_to_head(link.prev)
 
     def _walk_to_head(self, link: LRULink) -> Node | None:
         lock_count = self.lock_count
