@@ -56,8 +56,9 @@ def throughput(ops: int, big_scale: int, jobs: int, integrity_every: int, repeat
 
 
 def breakdown(scale: int, ops: int, repeat: int) -> None:
-    """Where one check's time goes on a big tree: the tree pass, the LRU walks, the pool counts,
-    the host rules; next to the mean cost of one operation. Best of ``repeat`` timings, under
+    """Where one check's time goes on a big tree: the tree pass with both tiers' per-node rules,
+    the device tier's whole-cache rules (LRU walks, leaf set, counters, pools), the host tier's;
+    next to the mean cost of one operation. Best of ``repeat`` timings, under
     ``torch.inference_mode()`` as the fuzzer runs."""
     import torch
 
@@ -66,8 +67,10 @@ def breakdown(scale: int, ops: int, repeat: int) -> None:
 
 
 def _breakdown(scale: int, ops: int, repeat: int) -> None:
-    from himamba.cache import hi_invariants, invariants
+    from himamba.cache.device_invariants import DeviceRules
+    from himamba.cache.host_invariants import HostRules
     from himamba.cache.integrity import check_integrity
+    from himamba.cache.invariants import check_invariants, walk_tree
     from himamba.sim.fuzz import make_cache, make_script
     from himamba.sim.ops import DriverState, apply
 
@@ -87,24 +90,24 @@ def _breakdown(scale: int, ops: int, repeat: int) -> None:
             times.append((time.perf_counter() - t) / n * 1e6)
         return round(min(times), 1)
 
-    scan = invariants._scan(cache, True, [])
-    root = cache.root_node
+    def rules():
+        out = []
+        return out, DeviceRules(cache, out, only_tier=False), HostRules(cache, out)
+
+    def tree_pass():
+        out, device, host = rules()
+        return walk_tree(cache, out, device.visit, host.visit), device, host
+
+    tree, device, host = tree_pass()
     parts = {
-        "tree_pass_us": best(lambda: invariants._scan(cache, True, [])),
-        "lru_walks_us": best(lambda: (
-            invariants._check_lru(cache.full_lru_list, scan, "value", len(scan.kv), [], root=root),
-            invariants._check_lru(cache.mamba_lru_list, scan, "mamba_value", len(scan.states), []))),
-        "device_pools_us": best(lambda: (
-            invariants._check_pool([], "kv", cache.kv_pool, scan.kv, scan.kv_slots, 0, scan.kv_slots, scan.nodes,
-                                   "value"),
-            invariants._check_pool([], "st", cache.mamba_pool, scan.states, len(scan.states), 0, len(scan.states),
-                                   scan.nodes, "mamba_value"))),
-        "host_rules_and_pools_us": best(lambda: hi_invariants.check_host_invariants(cache, scan, [])),
-        "check_invariants_us": best(lambda: invariants.check_invariants(cache, 0, 0)),
+        "tree_pass_us": best(tree_pass),
+        "device_finish_us": best(lambda: device.finish(tree, 0, 0)),
+        "host_finish_us": best(lambda: host.finish(tree)),
+        "check_invariants_us": best(lambda: check_invariants(cache, 0, 0)),
         "check_integrity_us": best(lambda: check_integrity(cache), 10),
     }
-    print(json.dumps({"scale": scale, "nodes": cache.num_nodes(), "tensors_owned": len(scan.kv) + len(scan.states)
-                      + len(scan.host_kv) + len(scan.host_states), "operation_us": round(op_us, 1), **parts}))
+    print(json.dumps({"scale": scale, "nodes": cache.num_nodes(), "tensors_owned": len(device.kv) + len(device.states)
+                      + len(host.kv) + len(host.states), "operation_us": round(op_us, 1), **parts}))
 
 
 def legacy(seeds: list[int], ops: int, switches: list[str]) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from himamba.cache.invariants import Violation
+from himamba.cache.checks import Violation
 from himamba.memory.content import kv_content_at, prefix_fingerprint, state_content_many
 
 
