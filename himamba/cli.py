@@ -21,11 +21,13 @@ import json
 import os
 import runpy
 import sys
+import tempfile
 from pathlib import Path
 
 from himamba.cache.legacy import LEGACY_BUGS, normalize_legacy
 from himamba.errors import HiMambaError
 from himamba.sim.fuzz import DEFAULT_EPISODE
+from himamba.validate import prepare_output_dir, prepare_output_file, write_text_no_follow
 
 BENCHES = ("replay", "transfer", "render", "fuzz", "sweep")
 
@@ -38,7 +40,8 @@ def _parser() -> argparse.ArgumentParser:
                           description="Run the B1 scenario (reference section 5) with the legacy switch on and off and "
                                       "write OUT_DIR/index.html: one self-contained page showing both recordings side "
                                       "by side from the first step where they differ (arrow keys step).")
-    demo.add_argument("out_dir", type=Path, help="folder to write (created if missing)")
+    demo.add_argument("out_dir", type=Path, help="folder to write (created if missing; refused if not empty)")
+    demo.add_argument("--force", action="store_true", help="write into a folder that is not empty (files replaced)")
 
     fuzz = sub.add_parser("fuzz", help="random operations with every check; shrink the first failure",
                           description="Run random operations against a cache (tiered by default) in episodes, each "
@@ -64,13 +67,16 @@ def _parser() -> argparse.ArgumentParser:
     fuzz.add_argument("--jobs", type=int, default=1,
                       help="processes running episodes side by side: this one and N-1 workers (default 1; the result is the same)")
     fuzz.add_argument("--out", type=Path, default=None, help="also write the shrunk script to this file")
+    fuzz.add_argument("--force", action="store_true", help="replace the --out file if it exists")
     fuzz.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     replay = sub.add_parser("replay", help="run a saved script again and print its steps",
                             description="Run a script written by `himamba fuzz --out` (or by hand) and print each "
                                         "recorded step; exit 1 if it fails.")
     replay.add_argument("script", type=Path, help="JSON script file")
-    replay.add_argument("--svg", type=Path, default=None, metavar="DIR", help="write an SVG of every step here")
+    replay.add_argument("--svg", type=Path, default=None, metavar="DIR",
+                        help="write an SVG of every step into this folder (refused if not empty)")
+    replay.add_argument("--force", action="store_true", help="write into a --svg folder that is not empty")
 
     trace = sub.add_parser("trace", help="look at a trace file",
                            description="Figures about a trace file without replaying it.")
@@ -113,8 +119,7 @@ def _demo(args: argparse.Namespace) -> int:
     from himamba.sim.scenarios import b1_replay
     from himamba.viz.compare import compare
 
-    out: Path = args.out_dir
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_output_dir(args.out_dir, args.force)
     runs = {}
     for legacy in (True, False):
         run = runs[legacy] = b1_replay(legacy)
@@ -127,9 +132,11 @@ def _demo(args: argparse.Namespace) -> int:
     ending = (f"<p>With the switch on the run ends with <code>{html.escape(repr(on.error))}</code>; "
               f"with the fix it ends cleanly. Nodes are named as in the reference: P = [1, 2] "
               f"(backed up, no state, pinned by its storage backup), C = [3, 4], its only child.</p>")
-    page = cmp.to_html(out / "index.html", title="Bug B1: the tombstone cascade and a host-pinned node")
-    text = page.read_text(encoding="utf-8").replace("<div class=\"hm-controls\">", ending + "<div class=\"hm-controls\">", 1)
-    page.write_text(text, encoding="utf-8")
+    with tempfile.TemporaryDirectory() as scratch:  # the page is written where no link can be planted
+        draft = cmp.to_html(Path(scratch) / "index.html", title="Bug B1: the tombstone cascade and a host-pinned node")
+        text = draft.read_text(encoding="utf-8")
+    text = text.replace("<div class=\"hm-controls\">", ending + "<div class=\"hm-controls\">", 1)
+    page = write_text_no_follow(out / "index.html", text)
     print(f"wrote {page} ({len(cmp.rows())} aligned steps from the first difference)")
     return 0
 
@@ -143,6 +150,8 @@ def _fuzz(args: argparse.Namespace) -> int:
         if value is not None and value < 1:
             raise ValueError(f"{flag} must be at least 1, got {value}")
     legacy = normalize_legacy(args.legacy)
+    if args.out is not None:
+        prepare_output_file(args.out, args.force)  # refused before the run, not after it
     bar = None
     progress = None
     if not args.no_progress:
@@ -175,7 +184,7 @@ def _fuzz(args: argparse.Namespace) -> int:
     print(f"shrunk to {len(shrunk['ops'])} operations:")
     print(json.dumps(shrunk, indent=1))
     if args.out is not None:
-        args.out.write_text(json.dumps(shrunk, indent=1), encoding="utf-8")
+        write_text_no_follow(args.out, json.dumps(shrunk, indent=1))
         print(f"wrote {args.out}")
     return 1
 
@@ -190,6 +199,8 @@ def _replay(args: argparse.Namespace) -> int:
     except json.JSONDecodeError as exc:
         raise ValueError(f"{args.script}: not JSON ({exc.msg} at line {exc.lineno})") from None
     check_script(script)
+    if args.svg is not None:
+        prepare_output_dir(args.svg, args.force)
     cache = make_cache(script)
     rec = Recorder(cache, skip={"lock", "unlock", "op_begin", "op_end"})
     failure = run_ops_recorded(cache, script["ops"], rec)
@@ -198,9 +209,8 @@ def _replay(args: argparse.Namespace) -> int:
     if args.svg is not None:
         from himamba.viz.graph import to_svg
 
-        args.svg.mkdir(parents=True, exist_ok=True)
         for step in rec.steps:
-            (args.svg / f"step_{step.index:03d}.svg").write_text(to_svg(step), encoding="utf-8")
+            write_text_no_follow(args.svg / f"step_{step.index:03d}.svg", to_svg(step))
         print(f"wrote {len(rec.steps)} SVG files to {args.svg}")
     if failure is None:
         print(f"replayed {len(script['ops'])} operations: clean")

@@ -30,6 +30,7 @@ from pathlib import Path
 from himamba.errors import InvalidInputError
 
 MAX_TOKEN_ID = 2**63 - 1  # token ids travel in int64 tensors
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 MAX_REQUEST_TOKENS = 1 << 24  # the longest request a workload may ask for (16,777,216 tokens)
 
 __all__ = [
@@ -132,7 +133,13 @@ def check_token_ids(tokens: Iterable[int], what: str = "token_ids",
     ``what[i]``. A well-formed list of ints costs three C-level passes and is returned as is."""
     if isinstance(tokens, (str, bytes)):
         raise error(f"{what} must be a sequence of ints, got {type(tokens).__name__}")
-    out = tokens if type(tokens) is list else list(tokens)
+    if type(tokens) is list:
+        out = tokens
+    else:
+        try:
+            out = list(tokens)
+        except TypeError:
+            raise error(f"{what} must be a sequence of ints, got {type(tokens).__name__}") from None
     if not out or (set(map(type, out)) <= _PLAIN_INT and min(out) >= 0 and max(out) <= MAX_TOKEN_ID):
         return out
     fixed = []
@@ -176,13 +183,12 @@ def check_allocation(nbytes: int, what: str, limit: int | None, where: str) -> N
 def prepare_output_dir(path: str | os.PathLike, force: bool = False, flag: str = "--force") -> Path:
     """Create ``path`` as a folder to write into, or accept an existing empty one.
 
-    Refused (:class:`InvalidInputError`, nothing written): ``path`` or a folder above it that is
-    a symbolic link, ``path`` naming something that is not a folder, and a folder that already
-    holds files unless ``force`` (then existing files may be replaced, never followed)."""
+    Refused (:class:`InvalidInputError`, nothing written): ``path`` being a symbolic link or
+    something that is not a folder, and a folder that already holds entries unless ``force``
+    (then files in it are replaced by :func:`write_text_no_follow`, links in it never followed)."""
     out = Path(path)
-    for p in (out, *out.parents):
-        if p.is_symlink():
-            raise InvalidInputError(f"output folder {str(out)!r}: {str(p)!r} is a symbolic link; it is not followed")
+    if out.is_symlink():
+        raise InvalidInputError(f"output folder {str(out)!r} is a symbolic link; it is not followed")
     if out.exists():
         if not out.is_dir():
             raise InvalidInputError(f"output folder {str(out)!r} exists and is not a folder")
@@ -194,12 +200,11 @@ def prepare_output_dir(path: str | os.PathLike, force: bool = False, flag: str =
 
 
 def prepare_output_file(path: str | os.PathLike, force: bool = False, flag: str = "--force") -> Path:
-    """Accept ``path`` as a file to write: its folder must exist and no part may be a symbolic
-    link; an existing file is refused unless ``force``."""
+    """Accept ``path`` as a file to write: not a symbolic link, its folder existing; an existing
+    file is refused unless ``force``. Nothing is written."""
     out = Path(path)
-    for p in (out, *out.parents):
-        if p.is_symlink():
-            raise InvalidInputError(f"output file {str(out)!r}: {str(p)!r} is a symbolic link; it is not followed")
+    if out.is_symlink():
+        raise InvalidInputError(f"output file {str(out)!r} is a symbolic link; it is not followed")
     if out.exists():
         if not out.is_file():
             raise InvalidInputError(f"output file {str(out)!r} exists and is not a regular file")
@@ -210,20 +215,36 @@ def prepare_output_file(path: str | os.PathLike, force: bool = False, flag: str 
     return out
 
 
-_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
-
-
-def write_text_no_follow(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path`` without following a symbolic link planted there
-    (``O_NOFOLLOW``: a link makes the open fail and nothing is written)."""
+def write_text_no_follow(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) as the file ``path`` without following a symbolic link there: the
+    text goes to a new file beside it (created exclusively), which then replaces the entry
+    ``path`` (a link is replaced, its target untouched). Returns the path."""
+    path = Path(path)
+    folder = path.parent
+    if folder.is_symlink():
+        raise InvalidInputError(f"{str(folder)!r} is a symbolic link; it is not followed")
+    for attempt in range(100):
+        tmp = folder / f".{path.name}.{os.getpid()}.{attempt}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o644)
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise InvalidInputError(f"cannot write {str(path)!r}: {exc.strerror}") from None
+        break
+    else:
+        raise InvalidInputError(f"cannot write {str(path)!r}: no free temporary name beside it")
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _NOFOLLOW, 0o644)
-    except OSError as exc:
-        if os.path.islink(path):
-            raise InvalidInputError(f"{os.fspath(path)!r} is a symbolic link; it is not followed") from None
-        raise InvalidInputError(f"cannot write {os.fspath(path)!r}: {exc.strerror}") from None
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        if path.is_dir() and not path.is_symlink():
+            raise InvalidInputError(f"cannot write {str(path)!r}: it is a folder")
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return path
 
 
 # -- slot ownership ---------------------------------------------------------------------------------

@@ -1,118 +1,19 @@
 """Bad input raises a clear error (a ValueError subclass) and leaves the cache exactly as it was.
 
-Architecture principle 6. "Exactly as it was" is checked with :func:`fingerprint`, which records
-the whole observable state: the tree text, every node's fields (key, times, hit count, locks,
-slots), both LRU orders, the evictable-leaf set, the size counters and the access clock, and for
-each pool its free/used sizes, which slots are handed out, the order in which free slots would be
-handed out next, and a digest of the pool's bytes.
+Architecture principle 6. "Exactly as it was" is checked with :func:`fingerprint.fingerprint`,
+which records the whole observable state (tree, nodes, lists, leaf sets, counters, clock, pools'
+free lists, owners and bytes, host side and queues).
 """
 
 from __future__ import annotations
 
-import copy
-import hashlib
-
 import pytest
 import torch
+from fingerprint import assert_rejected, fingerprint
 from helpers import alloc_kv, alloc_state, assert_healthy, make_cache, node_at, put
 
 import himamba as hm
 from himamba.memory.allocator import SlotAllocator
-
-# -- the fingerprint --------------------------------------------------------------------------------
-
-
-def _digest(*tensors: torch.Tensor) -> str:
-    h = hashlib.sha256()
-    for t in tensors:
-        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
-def _pool_fingerprint(pool) -> tuple:
-    probe = copy.deepcopy(pool.allocator)  # where would the next slots come from?
-    next_order = probe.alloc(probe.available_size())
-    buffers = (pool.k_buffer, pool.v_buffer) if hasattr(pool, "k_buffer") else (pool.conv, pool.ssm)
-    return (
-        pool.available_size(),
-        pool.used_size(),
-        pool.allocator.is_allocated(torch.arange(pool.capacity)).tolist(),
-        next_order.tolist(),
-        _digest(*buffers),
-    )
-
-
-def _tensor(x) -> list | None:
-    return None if x is None else x.tolist()
-
-
-def _request_fingerprint(req: hm.Request) -> tuple:
-    return (
-        list(req.token_ids),
-        req.kv_indices.tolist(),
-        _tensor(req.mamba_pool_idx),
-        _tensor(req.mamba_track_idx),
-        req.mamba_last_track_seqlen,
-        req.fill_len,
-        req.cache_protected_len,
-        None if req.last_node is None else req.last_node.id,
-        _tensor(req.prefix_indices),
-    )
-
-
-def fingerprint(cache, *requests: hm.Request) -> dict:
-    """Everything observable about ``cache`` (and the given requests)."""
-    nodes = [
-        (
-            n.id,
-            None if n.parent is None else n.parent.id,
-            list(n.key.token_ids),
-            n.key.extra_key,
-            n.last_access_time,
-            n.hit_count,
-            n.full_lock_ref,
-            n.mamba_lock_ref,
-            getattr(n, "tombstone_lock_ref", None),
-            _tensor(n.value),
-            _tensor(n.mamba_value),
-            sorted(c.id for c in n.children.values()),
-        )
-        for n in cache.nodes()
-    ]
-    return {
-        "tree": cache.tree_text(),
-        "nodes": nodes,
-        "full_lru": cache.full_lru_list.order(),
-        "mamba_lru": cache.mamba_lru_list.order(),
-        "leaves": sorted(n.id for n in cache.evictable_full_device_leaves),
-        "counters": (
-            cache.full_evictable_size(),
-            cache.full_protected_size(),
-            cache.mamba_evictable_size(),
-            cache.mamba_protected_size(),
-            cache.total_size(),
-            cache.num_nodes(),
-        ),
-        "clock": getattr(cache, "_clock", None),
-        "kv_pool": _pool_fingerprint(cache.kv_pool),
-        "mamba_pool": _pool_fingerprint(cache.mamba_pool),
-        "requests": [_request_fingerprint(r) for r in requests],
-    }
-
-
-def assert_rejected(cache, error: type[Exception], call, *requests: hm.Request, match: str | None = None):
-    """``call()`` raises ``error`` (a ValueError) with a readable message and changes nothing."""
-    assert issubclass(error, ValueError)
-    before = fingerprint(cache, *requests)
-    with pytest.raises(error, match=match) as info:
-        call()
-    assert len(str(info.value)) >= 15, f"unhelpful message: {info.value!r}"
-    after = fingerprint(cache, *requests)
-    changed = [k for k in before if before[k] != after[k]]
-    assert not changed, f"{type(info.value).__name__}({info.value}) left {changed} changed"
-    assert not hm.check_invariants(cache)
-    assert not hm.check_integrity(cache)
-    return info.value
 
 
 def test_fingerprint_sees_every_kind_of_change():

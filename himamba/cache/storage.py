@@ -28,6 +28,7 @@ from himamba.errors import InvalidInputError
 from himamba.memory.content import kv_content, prefix_fingerprint, state_content
 from himamba.memory.model import ModelSpec
 from himamba.observe.events import EventKind, operation
+from himamba.validate import check_token_ids
 
 
 def page_hashes(tokens: Sequence[int], page_size: int, start: int = 0) -> list[int]:
@@ -163,6 +164,11 @@ class StorageMixin(HiTreeBase):
         fetched (0: nothing to fetch, below the threshold, or no room).
         """
         self._check_in_tree(anchor)
+        tokens = check_token_ids(tokens, "tokens")
+        try:
+            hash(req_id)
+        except TypeError:
+            raise InvalidInputError(f"req_id must be hashable (a request id), got {type(req_id).__name__}") from None
         if anchor is not self.root_node and anchor.host_value is None:
             raise InvalidInputError(
                 f"prefetch anchor #{anchor.id} is not backed up: anchor at the root or a match's last_host_node"
