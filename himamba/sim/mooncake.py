@@ -197,6 +197,21 @@ def stats(requests: Sequence[MooncakeRequest]) -> dict[str, float | int]:
     return out
 
 
+def find_trace(name: str = "synthetic_trace.jsonl") -> Path | None:
+    """Where a published trace file lies, or ``None``: ``$HIMAMBA_TRACES/name``, then
+    ``shared/traces/name`` beside the checkout himamba runs from, then beside the working
+    directory and its parents. The traces are not shipped with the package."""
+    import os
+
+    here = Path(__file__).resolve().parents[2]  # the checkout's parent when run from a source tree
+    roots = [Path(os.environ["HIMAMBA_TRACES"])] if os.environ.get("HIMAMBA_TRACES") else []
+    roots += [p / "shared" / "traces" for p in (here.parent, *Path.cwd().resolve().parents, Path.cwd())]
+    for root in roots:
+        if (root / name).is_file():
+            return root / name
+    return None
+
+
 # -- a generated trace in the same format ----------------------------------------------------------
 def generate(n_requests: int = 1000, *, seed: int = 0, n_system: int = 8, system_blocks: tuple[int, int] = (2, 12),
              turn_blocks: tuple[int, int] = (1, 6), new_conversation: float = 0.3, repeat: float = 0.05,
