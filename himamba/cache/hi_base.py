@@ -44,8 +44,8 @@ class HiTreeBase(TreeBase):
             self.cache_controller = TransferController(
                 self.kv_pool, self.mamba_pool, self.host_kv_pool, self.host_mamba_pool,
                 manual_acks=self._manual_acks,
-                evict_host_states=self._evict_mamba_host_for_controller,
-                evict_device_states=self._evict_mamba_for_controller,
+                evict_host_states=self.evict_mamba_host,
+                evict_device_states=self.evict_mamba,
             )
         super()._init_tree()
         self.evictable_full_host_leaves: set[TreeNode] = set()
@@ -76,12 +76,6 @@ class HiTreeBase(TreeBase):
         if storage is not None:
             storage.ops.clear()
         super().reset()
-
-    def _evict_mamba_host_for_controller(self, n: int) -> int:
-        return self.evict_mamba_host(n)
-
-    def _evict_mamba_for_controller(self, n: int) -> int:
-        return self.evict_mamba(n)
 
     def _lru_lists(self) -> tuple[LRUList, ...]:
         return (self.full_lru_list, self.mamba_lru_list, self.mamba_host_lru_list)
@@ -206,8 +200,3 @@ class HiTreeBase(TreeBase):
             self._update_host_leaf_status(node)
         if self.events.active:
             self.events.emit(EventKind.UNPIN, f"unpin #{node.id} (hr={node.host_ref_counter}, hmr={node.host_mamba_ref_counter})", (node.id,))
-
-    # -- sizes --------------------------------------------------------------------------------------
-    def host_size(self) -> int:
-        """Host KV tokens held by the tree."""
-        return sum(len(n.host_value) for n in self.nodes() if n.host_value is not None and n is not self.root_node)

@@ -151,9 +151,6 @@ class LookupMixin(TreeBase):
         if child.value is not None:
             upper.value = child.value[:split_len]
             child.value = child.value[split_len:]
-        if child.hash_value is not None:
-            upper.hash_value = child.hash_value[: split_len // ps]
-            child.hash_value = child.hash_value[split_len // ps :]
         upper.last_access_time = self.tick()
         child.last_access_time = self.tick()
         on_device = child.value is not None

@@ -23,6 +23,7 @@ from himamba.memory.device import memory_bytes, resolve_device
 from himamba.memory.pools import KVPool, MambaPool
 from himamba.observe.display import Displayable
 from himamba.observe.events import EventBus, EventKind, operation
+from himamba.observe.snapshot import take
 from himamba.validate import check_allocation
 
 
@@ -303,14 +304,8 @@ class TreeBase(Displayable):
 
     # -- presentation ------------------------------------------------------------------------------
     def tree_text(self) -> str:
-        """The tree as indented text, one node label per line."""
-        lines = []
-        stack = [(self.root_node, 0)]
-        while stack:
-            node, depth = stack.pop()
-            lines.append("  " * depth + ("root" if node is self.root_node else node.label()))
-            stack.extend((c, depth + 1) for c in reversed(node.children.values()))
-        return "\n".join(lines)
+        """The tree as indented text, one node label per line (a snapshot's text)."""
+        return take(self).tree_text()
 
     def __repr__(self) -> str:
         return (

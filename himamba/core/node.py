@@ -65,7 +65,6 @@ class TreeNode:
         "evicted_lock_ref",
         "hit_count",
         "last_access_time",
-        "hash_value",
         "full_link",
         "mamba_link",
         "host_mamba_link",
@@ -88,7 +87,6 @@ class TreeNode:
         self.evicted_lock_ref = 0
         self.hit_count = 0
         self.last_access_time = 0.0
-        self.hash_value: list | None = None
         self.full_link = LRULink(self)
         self.mamba_link = LRULink(self)
         self.host_mamba_link = LRULink(self)
@@ -144,24 +142,35 @@ class TreeNode:
         return self.last_access_time < other.last_access_time
 
     def kv_tier(self) -> str:
-        """``D``, ``H``, ``DH`` (or ``-`` for the root's empty edge)."""
-        return ("D" if self.value is not None else "") + ("H" if self.host_value is not None else "") or "-"
+        """``D``, ``H``, ``DH`` or ``-``."""
+        return tier_text(self.value is not None, self.host_value is not None)
 
     def state_tier(self) -> str:
         """``-``, ``d``, ``h`` or ``dh``."""
-        tier = ("d" if self.mamba_value is not None else "") + ("h" if self.mamba_host_value is not None else "")
-        return tier or "-"
+        return tier_text(self.mamba_value is not None, self.mamba_host_value is not None, state=True)
 
     def label(self) -> str:
         """One-line summary, e.g. ``#3[4,5] KV=DH M=dh fl=1 ml=1 hr=0 hmr=0``."""
-        return (
-            f"#{self.id}{preview(self.key.token_ids)} KV={self.kv_tier()} M={self.state_tier()} "
-            f"fl={self.full_lock_ref} ml={self.mamba_lock_ref} "
-            f"hr={self.host_ref_counter} hmr={self.host_mamba_ref_counter}"
-        )
+        return node_label(self.id, self.key.token_ids, self.kv_tier(), self.state_tier(), self.full_lock_ref,
+                          self.mamba_lock_ref, self.host_ref_counter, self.host_mamba_ref_counter)
 
     def __repr__(self) -> str:
         return f"TreeNode({self.label()})"
+
+
+# -- the text form of a node (a live one here, a snapshot's NodeView in himamba.observe) ----------
+def tier_text(on_device: bool, on_host: bool, *, state: bool = False) -> str:
+    """Where a node's KV is (``D``, ``H``, ``DH``, ``-``) or, with ``state``, its state (``d``,
+    ``h``, ``dh``, ``-``)."""
+    text = ("D" if on_device else "") + ("H" if on_host else "")
+    return (text.lower() if state else text) or "-"
+
+
+def node_label(node_id: int, tokens, kv_tier: str, state_tier: str, full_lock_ref: int, mamba_lock_ref: int,
+               host_ref_counter: int, host_mamba_ref_counter: int) -> str:
+    """``#3[4,5] KV=DH M=dh fl=1 ml=1 hr=0 hmr=0``: a node in one line."""
+    return (f"#{node_id}{preview(tokens)} KV={kv_tier} M={state_tier} fl={full_lock_ref} ml={mamba_lock_ref} "
+            f"hr={host_ref_counter} hmr={host_mamba_ref_counter}")
 
 
 # -- the three LRU lists (see the table above) ----------------------------------------------------

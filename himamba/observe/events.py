@@ -150,7 +150,7 @@ def operation(name: str) -> Callable[[F], F]:
                 result = fn(self, *args, **kwargs)
             finally:
                 bus.depth -= 1
-            bus.emit(EventKind.OP_END, f"{name} -> {_describe_result(result)}", op=name)
+            bus.emit(EventKind.OP_END, f"{name} -> {_short(result)}", op=name)
             return result
 
         return wrapper  # type: ignore[return-value]
@@ -161,10 +161,6 @@ def operation(name: str) -> Callable[[F], F]:
 def _describe_args(args: tuple, kwargs: dict) -> str:
     parts = [_short(a) for a in args] + [f"{k}={_short(v)}" for k, v in kwargs.items()]
     return ", ".join(parts)
-
-
-def _describe_result(result: Any) -> str:
-    return _short(result)
 
 
 def _short(value: Any) -> str:

@@ -13,6 +13,7 @@ from functools import cached_property
 from typing import Any
 
 from himamba.core.key import preview
+from himamba.core.node import node_label, tier_text
 from himamba.observe.display import Displayable
 
 LRU_NAMES = ("full", "mamba", "host_mamba")
@@ -46,21 +47,16 @@ class NodeView:
 
     @property
     def kv_tier(self) -> str:
-        return ("D" if self.kv_device else "") + ("H" if self.kv_host else "") or "-"
+        return tier_text(self.kv_device, self.kv_host)
 
     @property
     def state_tier(self) -> str:
-        return ("d" if self.state_device else "") + ("h" if self.state_host else "") or "-"
+        return tier_text(self.state_device, self.state_host, state=True)
 
     @property
     def tombstone(self) -> bool:
         """KV on device but no device state."""
         return not self.is_root and not self.state_device
-
-    @property
-    def full_tombstone(self) -> bool:
-        """No state on any tier."""
-        return not self.is_root and not self.state_device and not self.state_host
 
     @property
     def locked(self) -> bool:
@@ -75,9 +71,9 @@ class NodeView:
         return preview(self.key)
 
     def label(self) -> str:
-        """``#3[4,5] KV=DH M=dh fl=1 ml=1 hr=0 hmr=0``."""
-        return (f"#{self.id}{self.key_preview} KV={self.kv_tier} M={self.state_tier} fl={self.full_lock_ref} "
-                f"ml={self.mamba_lock_ref} hr={self.host_ref_counter} hmr={self.host_mamba_ref_counter}")
+        """``#3[4,5] KV=DH M=dh fl=1 ml=1 hr=0 hmr=0`` (as the live node's ``label()``)."""
+        return node_label(self.id, self.key, self.kv_tier, self.state_tier, self.full_lock_ref, self.mamba_lock_ref,
+                          self.host_ref_counter, self.host_mamba_ref_counter)
 
 
 @dataclass(frozen=True)
