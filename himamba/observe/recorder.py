@@ -14,7 +14,8 @@ step changed or deleted (from the snapshot before). Steps export to JSON lines a
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,18 @@ from typing import Any
 from himamba.observe.display import Displayable, exporter
 from himamba.observe.events import CacheListener, Event, EventKind
 from himamba.observe.snapshot import Snapshot, changed_nodes, take
+
+_NODE_REF = re.compile(r"#(\d+)")
+
+
+def with_names(text: str, names: Mapping[Any, str] | None) -> str:
+    """``text`` with every ``#3`` of a node named in ``names`` (``{node_or_id: "P"}``) written
+    ``P #3``."""
+    if not names:
+        return text
+    labels = {getattr(k, "id", k): str(v) for k, v in names.items()}
+    return _NODE_REF.sub(lambda m: f"{labels[int(m.group(1))]} #{m.group(1)}" if int(m.group(1)) in labels
+                         else m.group(0), text)
 
 
 @dataclass(frozen=True)
@@ -115,10 +128,11 @@ class Recorder(CacheListener):
             groups.setdefault(s.op_index, []).append(s)
         return [groups[k] for k in sorted(groups)]
 
-    def texts(self, kinds: Iterable[str] | None = None) -> list[str]:
-        """The steps' sentences (optionally only some event kinds)."""
+    def texts(self, kinds: Iterable[str] | None = None, names: Mapping[Any, str] | None = None) -> list[str]:
+        """The steps' sentences (optionally only some event kinds); with ``names``
+        (``{node_or_id: "P"}``) every ``#3`` of a named node reads ``P #3``."""
         wanted = None if kinds is None else set(kinds)
-        return [s.text for s in self.steps if wanted is None or s.kind in wanted]
+        return [with_names(s.text, names) for s in self.steps if wanted is None or s.kind in wanted]
 
     def to_frame(self):
         """One row per step: step, op index, operation, depth, kind, text, nodes, changed, deleted."""

@@ -130,6 +130,15 @@ def _subplots(nrows: int, title: str, height: float = 2.4):
     return fig, [row[0] for row in axes]
 
 
+def _counts(*axes) -> None:
+    """Integer ticks on axes that count things (steps, tokens, states): no 2.5 states."""
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in axes:
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def plot_occupancy(steps: pd.DataFrame, title: str = "pool occupancy") -> Figure:
     """Device KV, device states, and (if any) host KV and host states over steps: slots in use
     and, on device, slots owned by the tree."""
@@ -147,6 +156,8 @@ def plot_occupancy(steps: pd.DataFrame, title: str = "pool occupancy") -> Figure
         twin.plot(steps.index, steps["host_states_used"], color="C3", label="host states")
         twin.set_ylabel("host states")
         axes[2].set_ylabel("host KV tokens")
+        _counts(twin)
+    _counts(*axes)
     for ax in axes:
         ax.legend(loc="upper left", fontsize="small")
     axes[-1].set_xlabel("step")
@@ -189,6 +200,7 @@ def plot_evictions(steps: pd.DataFrame, title: str = "evictions (cumulative)") -
                        ("evicted_host_states", "host states")):
         axes[1].plot(steps.index, steps[col].cumsum(), label=label)
     axes[1].set_ylabel("states")
+    _counts(*axes)
     for ax in axes:
         ax.legend(loc="upper left", fontsize="small")
     axes[-1].set_xlabel("step")

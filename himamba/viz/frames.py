@@ -10,13 +10,12 @@ everything else folded).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from html import escape
 from typing import Any
 
-from himamba.observe.recorder import Step
+from himamba.observe.recorder import Step, with_names
 from himamba.observe.snapshot import diff
 from himamba.viz.common import name_map
 from himamba.viz.graph import to_svg
@@ -24,7 +23,6 @@ from himamba.viz.tables import lru_table, style_lru
 
 ZOOM_ABOVE = 40  # nodes: bigger trees are drawn zoomed on the step's changes
 DECISION_KINDS = frozenset({"cascade"})
-_NODE_REF = re.compile(r"#(\d+)")
 
 
 def changes(step: Step) -> list[str]:
@@ -35,14 +33,6 @@ def changes(step: Step) -> list[str]:
 def is_decision(step: Step) -> bool:
     """True when the step changed something or is a cascade decision."""
     return bool(step.changed or step.deleted or step.kind in DECISION_KINDS or changes(step))
-
-
-def with_names(text: str, names: Mapping[int, str]) -> str:
-    """``#3`` written ``P #3`` for every named node id in ``text``."""
-    if not names:
-        return text
-    return _NODE_REF.sub(lambda m: f"{names[int(m.group(1))]} #{m.group(1)}" if int(m.group(1)) in names
-                         else m.group(0), text)
 
 
 def step_title(step: Step, names: Mapping[int, str] | None = None) -> str:
