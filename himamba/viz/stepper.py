@@ -54,9 +54,10 @@ class Player:
         self._decisions = list(decisions) if decisions is not None else [self._row(i).decision for i in range(self._count)]
         self.prev_button = widgets.Button(description="◀ prev", tooltip="previous step (←)", layout=widgets.Layout(width="80px"))
         self.next_button = widgets.Button(description="next ▶", tooltip="next step (→)", layout=widgets.Layout(width="80px"))
-        self.play = widgets.Play(value=0, min=0, max=0, step=1, interval=900, description="play")
+        self.play = widgets.Play(value=0, min=0, max=0, step=1, interval=900, description="play",
+                                 show_repeat=False, layout=widgets.Layout(width="90px"))
         self.slider = widgets.IntSlider(value=0, min=0, max=0, description="step", continuous_update=False,
-                                        layout=widgets.Layout(width="40%"))
+                                        readout=False, layout=widgets.Layout(width="30%"))
         widgets.link((self.play, "value"), (self.slider, "value"))
         self.all_steps = widgets.Checkbox(value=all_steps, description=f"all steps ({self._count})", indent=False,
                                           layout=widgets.Layout(width="140px"))
@@ -76,7 +77,8 @@ class Player:
         for i, name in enumerate(columns):
             parts = ([widgets.HTML(f"<b>{escape(name)}</b>")] if name else []) + [self.info_panes[i], self.tree_panes[i]]
             parts += [self.lru_panes[i]] if show_lru else []
-            panes.append(widgets.VBox(parts, layout=widgets.Layout(flex="1 1 0", min_width="0")))
+            side_by_side = widgets.Layout(flex="1 1 0", min_width="0") if n > 1 else widgets.Layout()
+            panes.append(widgets.VBox(parts, layout=side_by_side))
         body = panes[0] if n == 1 else widgets.HBox(panes)
         self.widget = widgets.VBox([controls, widgets.HTML(legend_html()), body])
         self._keys = _arrow_keys(self.widget, self)
@@ -152,8 +154,8 @@ class Player:
             self.lru_panes[k].value = frame.lru if frame else ""
         self.prev_button.disabled = i == 0
         self.next_button.disabled = i == len(self._shown) - 1
-        kind = "all steps" if self.all_steps.value else "decision steps"
-        self.position.value = f"{i + 1} of {len(self._shown)} {kind}"
+        kind = "steps" if self.all_steps.value else "decision steps"
+        self.position.value = f"<span style='white-space:nowrap'>{i + 1} of {len(self._shown)} {kind}</span>"
 
     def _ipython_display_(self) -> None:
         from IPython.display import display
