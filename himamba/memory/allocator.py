@@ -64,7 +64,7 @@ class SlotAllocator:
             pages = self._pages_of(indices, check=True)
         except PoolError:
             return False
-        return pages.numel() == 0 or bool(self._in_use[pages].all())
+        return pages.numel() == 0 or bool(self._in_use.index_select(0, pages).all())
 
     def problem_with(self, indices: torch.Tensor) -> str | None:
         """Why these slots cannot be handed to the tree as one owner's (out of range, not
@@ -77,7 +77,7 @@ class SlotAllocator:
             return None
         in_use = self._in_use
         in_use.index_put_((pages,), _PLUS_ONE, accumulate=True)
-        lo, hi = in_use[pages].aminmax()
+        lo, hi = in_use.index_select(0, pages).aminmax()
         in_use.index_put_((pages,), _MINUS_ONE, accumulate=True)
         if int(lo) < 2:
             return "names slots that are not allocated"
@@ -88,12 +88,12 @@ class SlotAllocator:
     # -- ownership: which allocated slots a tree node holds ----------------------------------------
     def mark_owned(self, indices: torch.Tensor) -> None:
         """Record that a tree node adopted these (allocated) slots; freeing them clears the mark."""
-        self._owned[self._pages_of(indices, check=False)] = True
+        self._owned.index_fill_(0, self._pages_of(indices, check=False), True)
 
     def owned_flags(self, indices: torch.Tensor) -> torch.Tensor:
         """One flag per slot (indices must be in range): does a tree node hold its page?"""
         flat = indices.reshape(-1)
-        return self._owned[flat if self.page_size == 1 else flat // self.page_size]
+        return self._owned.index_select(0, flat if self.page_size == 1 else flat // self.page_size)
 
     # -- alloc / free --------------------------------------------------------------------------
     def alloc(self, n: int) -> torch.Tensor | None:
@@ -113,7 +113,7 @@ class SlotAllocator:
             self._released.clear()
         pages = self._free[:pages_needed]
         self._free = self._free[pages_needed:]
-        self._in_use[pages] = 1
+        self._in_use.index_fill_(0, pages, 1)
         self._available_pages -= pages_needed
         if self.page_size == 1:
             return pages
@@ -128,12 +128,12 @@ class SlotAllocator:
         in_use = self._in_use
         # Count each mention down by one: a page named twice, or already free, goes below zero.
         in_use.index_put_((pages,), _MINUS_ONE, accumulate=True)
-        if int(in_use[pages].amin()) < 0:
+        if int(in_use.index_select(0, pages).amin()) < 0:
             in_use.index_put_((pages,), _PLUS_ONE, accumulate=True)
             listed = pages.tolist()
             bad = sorted({p for p in listed if int(in_use[p]) < 1 or listed.count(p) > 1})
             raise PoolError(f"double free: slot(s) {[p * self.page_size for p in bad[:8]]} are not in use (or named twice)")
-        self._owned[pages] = False
+        self._owned.index_fill_(0, pages, False)
         self._queue_released(pages)
 
     def free_owned(self, indices: torch.Tensor) -> None:
@@ -142,8 +142,8 @@ class SlotAllocator:
         pages = indices if self.page_size == 1 else indices[:: self.page_size] // self.page_size
         if pages.numel() == 0:
             return
-        self._in_use[pages] = 0
-        self._owned[pages] = False
+        self._in_use.index_fill_(0, pages, 0)
+        self._owned.index_fill_(0, pages, False)
         self._queue_released(pages)
 
     def _queue_released(self, pages: torch.Tensor) -> None:
