@@ -13,6 +13,7 @@ from himamba.validate import check_bool, check_choice, check_int
 
 WRITE_POLICIES = ("write_through", "write_through_selective", "write_back")
 CASCADE_RULES = ("himamba", "unified")
+COPY_ENGINES = ("auto", "sync", "deferred", "cuda")
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class CacheConfig:
     mamba_cache_chunk_size: int = 64
     load_back_threshold: int = 10
     enable_storage: bool = False
+    copy_engine: str = "auto"  # auto: "cuda" on a GPU, "sync" on the CPU; "deferred": CPU with CUDA's timing
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "legacy", normalize_legacy(self.legacy))
@@ -56,6 +58,7 @@ class CacheConfig:
                 raise InvalidInputError(f"{name} must be at least 1, got {size!r}")
         check_choice(self.write_policy, "write_policy", WRITE_POLICIES)
         check_choice(self.cascade_rule, "cascade_rule", CASCADE_RULES)
+        check_choice(self.copy_engine, "copy_engine", COPY_ENGINES)
         if not isinstance(self.model, ModelSpec):
             raise InvalidInputError(f"model must be a ModelSpec, got {type(self.model).__name__}")
         check_int(self.mamba_cache_chunk_size, "mamba_cache_chunk_size", 1)

@@ -15,7 +15,7 @@ from himamba.core.lru import LRUList
 from himamba.core.node import TreeNode, host_mamba_lru_list
 from himamba.errors import InvalidInputError, LockError
 from himamba.memory.pools import KVPool, MambaPool
-from himamba.memory.transfer import TransferController
+from himamba.memory.transfer import TransferController, make_engine
 from himamba.observe.events import EventKind, operation
 from himamba.validate import check_allocation, check_bool, physical_memory_bytes
 
@@ -46,6 +46,7 @@ class HiTreeBase(TreeBase):
                 manual_acks=self._manual_acks,
                 evict_host_states=self.evict_mamba_host,
                 evict_device_states=self.evict_mamba,
+                engine=make_engine(cfg.copy_engine, self.device),
             )
         super()._init_tree()
         self.evictable_full_host_leaves: set[TreeNode] = set()

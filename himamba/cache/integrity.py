@@ -6,8 +6,10 @@ needs no outside record: any slot mixed up, overwritten or lost across a split, 
 tier move shows up as a violation. It is only meaningful when whoever filled the slots used
 :func:`~himamba.memory.content.write_kv` / :func:`~himamba.memory.content.write_state`.
 
-Slots that a queued (not yet started) load will fill, and host copies whose bytes still sit in a
-staging buffer (CUDA writes before their ack), are skipped: their bytes are not there yet.
+Slots a transfer still owes bytes to are skipped, slot by slot (not node by node): device slots of
+a queued or unlanded load, host rows and host states of an unlanded write. After a split, the
+upper node's rows of a write in flight are skipped as exactly as the lower node's. Every other
+slot is compared, whatever engine moved it.
 """
 
 from __future__ import annotations
@@ -22,16 +24,14 @@ def check_integrity(cache) -> list[Violation]:
     """Every tree-owned KV row and state slot whose bytes differ from their content; [] if none."""
     spec = cache.kv_pool.spec
     controller = getattr(cache, "cache_controller", None)
-    pending_kv: set[int] = set()
-    pending_states: set[int] = set()
-    unlanded: set[int] = set()
     tiers = {"device": ("value", "mamba_value", cache.kv_pool, cache.mamba_pool)}
-    if controller is not None:
-        tiers["host"] = ("host_value", "mamba_host_value", cache.host_kv_pool, cache.host_mamba_pool)
-        pending_kv, pending_states = controller.pending_device_slots()
-        unlanded = controller.unlanded_write_node_ids()
     if cache.device.type == "cuda":
         torch.cuda.synchronize(cache.device)
+    skip = {"device": (set(), set())}
+    if controller is not None:
+        tiers["host"] = ("host_value", "mamba_host_value", cache.host_kv_pool, cache.host_mamba_pool)
+        unlanded = controller.unlanded_slots()
+        skip = {"device": (unlanded.device_kv, unlanded.device_states), "host": (unlanded.host_kv, unlanded.host_states)}
     # Collect (node, slots, tokens, start position, fingerprint) per tier in one walk.
     kv_rows = {t: [] for t in tiers}
     states = {t: [] for t in tiers}
@@ -41,24 +41,23 @@ def check_integrity(cache) -> list[Violation]:
         tokens = node.key.token_ids
         fp = prefix_fingerprint(tokens, parent_fp)
         for tier, (kv_attr, state_attr, _, _) in tiers.items():
-            if tier == "host" and node.id in unlanded:
-                continue
             idx = getattr(node, kv_attr)
-            if idx is not None and not (tier == "device" and pending_kv and not pending_kv.isdisjoint(idx.tolist())):
+            if idx is not None:
                 kv_rows[tier].append((node, idx, tokens, start))
             slot = getattr(node, state_attr)
-            if slot is not None and not (tier == "device" and int(slot) in pending_states):
+            if slot is not None and not (skip[tier][1] and int(slot) in skip[tier][1]):
                 states[tier].append((node, slot, fp))
         stack.extend((c, start + len(tokens), fp) for c in node.children.values())
     out: list[Violation] = []
-    _compare_kv(out, [(tier, pools[2], kv_rows[tier]) for tier, pools in tiers.items()], spec)
+    _compare_kv(out, [(tier, pools[2], kv_rows[tier], skip[tier][0]) for tier, pools in tiers.items()], spec)
     _compare_states(out, [(tier, pools[3], states[tier]) for tier, pools in tiers.items()], spec)
     return out
 
 
-def _compare_kv(out: list[Violation], groups: list[tuple[str, object, list]], spec) -> None:
-    """Compare the KV rows of every tier; their content is computed once for all tiers."""
-    rows = [r for _, _, tier_rows in groups for r in tier_rows]
+def _compare_kv(out: list[Violation], groups: list[tuple[str, object, list, set[int]]], spec) -> None:
+    """Compare the KV rows of every tier (skipping the unlanded slots given per tier); their
+    content is computed once for all tiers."""
+    rows = [r for _, _, tier_rows, _ in groups for r in tier_rows]
     if not rows:
         return
     dev = groups[0][1].device
@@ -66,7 +65,7 @@ def _compare_kv(out: list[Violation], groups: list[tuple[str, object, list]], sp
     pos = torch.tensor([r[3] + i for r in rows for i in range(len(r[2]))], dtype=torch.int64, device=dev)
     k_all, v_all = kv_content_at(spec, tok, pos)
     offset = 0
-    for tier, pool, tier_rows in groups:
+    for tier, pool, tier_rows, unlanded in groups:
         if not tier_rows:
             continue
         idx = torch.cat([r[1] for r in tier_rows]).to(pool.device)
@@ -77,6 +76,10 @@ def _compare_kv(out: list[Violation], groups: list[tuple[str, object, list]], sp
         if torch.equal(have_k, k) and torch.equal(have_v, v):
             continue
         bad = ((have_k != k) | (have_v != v)).flatten(2).any(dim=2).any(dim=0)
+        if unlanded:
+            owed = torch.zeros(pool.capacity, dtype=torch.bool, device=pool.device)
+            owed[torch.tensor(sorted(unlanded), dtype=torch.int64, device=pool.device)] = True
+            bad &= ~owed[idx]
         start = 0
         for node, slots, tokens, first in tier_rows:
             if bool(bad[start : start + len(slots)].any()):

@@ -3,17 +3,17 @@
 The cache never copies bytes itself. It asks the controller to
 
 * ``write(device_idx, node_id, state)`` — device -> host: allocates host KV slots (and a host
-  state slot when the state transfer has none), issues the copy, queues a write ack;
+  state slot when the state transfer has none), issues the copy, queues a write :class:`Ack`;
 * ``load(host_idx, node_id, states)`` — host -> device: allocates device KV slots (and device
-  state slots), queues the copy; :meth:`start_loading` issues queued loads and queues their acks;
+  state slots), queues the copy; :meth:`start_loading` issues queued loads, makes the compute
+  stream wait on them and queues their acks;
 * ``evict_device(idx)`` / ``evict_host(idx)`` — free KV slots, returning how many.
 
-**CUDA**: device pools live on the GPU and host pools in pinned memory. Copies run on a side
-stream (one for writes, one for loads) that first waits on an event recorded on the compute
-stream; each ack carries a finish event and keeps every tensor the copy touches alive until the
-ack is processed. A device -> host copy gathers rows on the GPU, copies them into a pinned staging
-buffer asynchronously, and scatters them into the host pool when the ack is processed.
-**CPU**: the same steps run at once on the current thread; events are always complete.
+The bytes move through a copy engine (:mod:`himamba.memory.copy_engines`): ``"sync"`` (CPU, at
+once), ``"deferred"`` (CPU with CUDA's timing: bytes land at completion, destinations poisoned
+until then) or ``"cuda"`` (side streams and events, :mod:`himamba.memory.cuda_engine`).
+:meth:`unlanded_slots` names every destination slot whose bytes are not there yet, so checks
+can skip exactly those.
 
 **Manual acks** (``manual_acks=True``): acks stay in flight until :meth:`complete` releases them
 (one by one, in any order), so in-flight states can be shown and stepped through. Blocking waits
@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from himamba.memory.copy_engines import CopyEngine, CopyHandle, CopyPlan, RowCopy, SyncCopyEngine
 from himamba.memory.pools import KVPool, MambaPool
 
 
@@ -43,40 +44,62 @@ class StateTransfer:
     alloc_extra: bool = False  # load: allocate ``extra_device`` too when it is None
 
 
+@dataclass(frozen=True, slots=True)
+class TransferSlots:
+    """The destination slots of one transfer: KV rows and state slots, all in the destination
+    tier (host for a write, device for a load)."""
+
+    kv: torch.Tensor
+    states: tuple[torch.Tensor, ...] = ()
+
+
 @dataclass(eq=False)
 class Ack:
-    """A transfer in flight: its direction, the nodes it serves, and how to tell it is done."""
+    """A transfer in flight: its direction, the nodes it serves, where its bytes go, and the
+    engine's handle that says whether they have landed (``None`` while a load is queued)."""
 
     ack_id: int
     kind: str  # "write" (device -> host) or "load" (host -> device)
     node_ids: list[int]
     kv_tokens: int
     states: int
-    finish_event: object | None = None
-    manual_done: bool = False
+    dst: TransferSlots
     manual: bool = False
-    finalize: Callable[[], None] | None = None
-    keep_alive: list = field(default_factory=list)
-    device_slots: tuple = ()  # (KV slots, state slots) a load writes to; for integrity checks
+    manual_done: bool = False
+    handle: CopyHandle | None = None
 
     def done(self) -> bool:
         """Has the copy finished (and, in manual mode, been completed by the caller)?"""
         if self.manual and not self.manual_done:
             return False
-        return self.finish_event is None or self.finish_event.query()
+        return self.handle is None or self.handle.ready()
 
     def wait(self) -> None:
         """Block until the copy has landed (completes a manual ack)."""
         self.manual_done = True
-        if self.finish_event is not None:
-            self.finish_event.synchronize()
-        self._finish()
+        if self.handle is not None:
+            self.handle.wait()
 
-    def _finish(self) -> None:
-        if self.finalize is not None:
-            self.finalize()
-            self.finalize = None
-        self.keep_alive.clear()
+    @property
+    def landed(self) -> bool:
+        """Are the bytes in their destination (as far as the CPU knows without waiting)?"""
+        return self.handle is not None and self.handle.landed
+
+
+@dataclass(slots=True)
+class UnlandedSlots:
+    """Slots whose bytes a transfer has not delivered yet, per pool (sets of slot ids)."""
+
+    device_kv: set[int] = field(default_factory=set)
+    device_states: set[int] = field(default_factory=set)
+    host_kv: set[int] = field(default_factory=set)
+    host_states: set[int] = field(default_factory=set)
+
+
+@dataclass(slots=True)
+class _PendingLoad:
+    ack: Ack
+    plan: CopyPlan
 
 
 class TransferController:
@@ -92,6 +115,7 @@ class TransferController:
         manual_acks: bool = False,
         evict_host_states: Callable[[int], int] | None = None,
         evict_device_states: Callable[[int], int] | None = None,
+        engine: CopyEngine | None = None,
     ) -> None:
         self.device_kv, self.device_states = device_kv, device_states
         self.host_kv, self.host_states = host_kv, host_states
@@ -100,7 +124,7 @@ class TransferController:
         self.evict_device_states = evict_device_states
         self.ack_write_queue: deque[Ack] = deque()
         self.ack_load_queue: deque[Ack] = deque()
-        self.pending_loads: list[tuple[Ack, Callable[[], None]]] = []
+        self.pending_loads: list[_PendingLoad] = []
         self._ids = itertools.count()
         self.bytes_device_to_host = 0
         self.bytes_host_to_device = 0
@@ -110,9 +134,7 @@ class TransferController:
         self.writes_issued = 0
         self.loads_issued = 0
         self.cuda = device_kv.device.type == "cuda"
-        if self.cuda:
-            self.write_stream = torch.cuda.Stream(device=device_kv.device)
-            self.load_stream = torch.cuda.Stream(device=device_kv.device)
+        self.engine = engine if engine is not None else default_engine(device_kv.device)
 
     # -- allocation with one evict-and-retry --------------------------------------------------
     @staticmethod
@@ -134,15 +156,22 @@ class TransferController:
         host_idx = self.host_kv.alloc(len(device_idx))
         if host_idx is None:
             return None
-        new_host_slot = None
         if state is not None and state.host is None:
             new_host_slot = self._alloc_state(self.host_states, self.evict_host_states)
             if new_host_slot is None:
                 self.host_kv.free(host_idx)
                 return None
             state.host = new_host_slot
-        ack = Ack(next(self._ids), "write", [node_id], len(device_idx), int(state is not None), manual=self.manual_acks)
-        self._copy(self.device_kv, device_idx, self.host_kv, host_idx, [state] if state else [], ack, to_host=True)
+        plan = self._plan(self.device_kv, device_idx, self.host_kv, host_idx, to_host=True)
+        if state is not None:
+            self._plan_state(plan, self.device_states, state.device, self.host_states, state.host)
+        dst = TransferSlots(host_idx, (state.host,) if state is not None else ())
+        ack = Ack(next(self._ids), "write", [node_id], len(device_idx), int(state is not None), dst,
+                  manual=self.manual_acks)
+        self.bytes_device_to_host += plan.nbytes
+        self.kv_slots_device_to_host += device_idx.numel()
+        self.states_device_to_host += int(state is not None)
+        ack.handle = self.engine.issue(plan)
         self.ack_write_queue.append(ack)
         self.writes_issued += 1
         return host_idx
@@ -160,54 +189,75 @@ class TransferController:
         device_idx = self.device_kv.alloc(len(host_idx))
         if device_idx is None:
             return None
-        taken: list[tuple[StateTransfer, str]] = []
+        if not self._alloc_load_states(states):
+            self.device_kv.free(device_idx)
+            return None
+        plan = self._plan(self.host_kv, host_idx, self.device_kv, device_idx, to_host=False)
         for st in states:
-            for attr in ("device", "extra_device"):
-                if getattr(st, attr) is not None or (attr == "extra_device" and not st.alloc_extra):
+            for d in (st.device, st.extra_device):
+                if d is not None:
+                    self._plan_state(plan, self.host_states, st.host, self.device_states, d)
+        dst = TransferSlots(device_idx, tuple(d for st in states for d in (st.device, st.extra_device) if d is not None))
+        ack = Ack(next(self._ids), "load", [node_id], len(host_idx), len(states), dst, manual=self.manual_acks)
+        self.engine.prepare(plan)
+        self.pending_loads.append(_PendingLoad(ack, plan))
+        return device_idx
+
+    def _alloc_load_states(self, states: list[StateTransfer]) -> bool:
+        """Give every state transfer its missing device slot (and extra slot when asked); on
+        shortage free what was taken here, reset those fields and return False."""
+        taken: list[tuple[StateTransfer, bool]] = []  # (transfer, True: extra slot / False: main slot)
+        for st in states:
+            for extra in (False, True):
+                present = st.extra_device if extra else st.device
+                if present is not None or (extra and not st.alloc_extra):
                     continue
                 slot = self._alloc_state(self.device_states, self.evict_device_states)
                 if slot is None:
-                    for owner, name in taken:
-                        self.device_states.free(getattr(owner, name))
-                        setattr(owner, name, None)
-                    self.device_kv.free(device_idx)
-                    return None
-                setattr(st, attr, slot)
-                taken.append((st, attr))
-        ack = Ack(next(self._ids), "load", [node_id], len(host_idx), len(states), manual=self.manual_acks)
-        ack.device_slots = (device_idx, [s for st in states for s in (st.device, st.extra_device) if s is not None])
-
-        def issue() -> None:
-            self._copy(self.host_kv, host_idx, self.device_kv, device_idx, states, ack, to_host=False)
-
-        self.pending_loads.append((ack, issue))
-        return device_idx
+                    for owner, was_extra in taken:
+                        self.device_states.free(owner.extra_device if was_extra else owner.device)
+                        if was_extra:
+                            owner.extra_device = None
+                        else:
+                            owner.device = None
+                    return False
+                if extra:
+                    st.extra_device = slot
+                else:
+                    st.device = slot
+                taken.append((st, extra))
+        return True
 
     def start_loading(self) -> int:
-        """Issue every queued load (SGLang: when the consuming batch launches). Returns how many."""
+        """Issue every queued load (SGLang: when the consuming batch launches) and order the
+        compute stream after each, so later compute sees the loaded bytes. Returns how many."""
         started = 0
         while self.pending_loads:
-            ack, issue = self.pending_loads.pop(0)
-            issue()
-            self.ack_load_queue.append(ack)
+            pending = self.pending_loads.pop(0)
+            self.bytes_host_to_device += pending.plan.nbytes
+            self.kv_slots_host_to_device += pending.ack.kv_tokens
+            self.states_host_to_device += pending.ack.states
+            pending.ack.handle = self.engine.issue(pending.plan)
+            self.engine.order_compute_after(pending.ack.handle)
+            self.ack_load_queue.append(pending.ack)
             self.loads_issued += 1
             started += 1
         return started
 
-    def pending_device_slots(self) -> tuple[set[int], set[int]]:
-        """Device KV slots and state slots that queued (not yet issued) loads will fill."""
-        kv: set[int] = set()
-        states: set[int] = set()
-        for ack, _ in self.pending_loads:
-            if ack.device_slots:
-                kv.update(ack.device_slots[0].tolist())
-                for s in ack.device_slots[1]:
-                    states.update(s.tolist())
-        return kv, states
+    def unlanded_slots(self) -> UnlandedSlots:
+        """Destination slots of queued loads and of issued copies whose bytes have not landed.
 
-    def unlanded_write_node_ids(self) -> set[int]:
-        """Nodes whose device -> host bytes have not reached the host pool yet (CUDA only)."""
-        return {nid for ack in self.ack_write_queue if ack.finalize is not None for nid in ack.node_ids}
+        Exact on every engine: a slot is named while a transfer still owes it bytes, whichever
+        node (after a split, say) now holds it."""
+        out = UnlandedSlots()
+        for ack in self.in_flight():
+            if ack.landed:
+                continue
+            kv, states = (out.host_kv, out.host_states) if ack.kind == "write" else (out.device_kv, out.device_states)
+            kv.update(ack.dst.kv.tolist())
+            for s in ack.dst.states:
+                states.update(s.reshape(-1).tolist())
+        return out
 
     # -- freeing ---------------------------------------------------------------------------------
     def evict_device(self, device_idx: torch.Tensor) -> int:
@@ -222,93 +272,55 @@ class TransferController:
 
     # -- acks ------------------------------------------------------------------------------------
     def complete(self, ack: Ack | None = None) -> Ack | None:
-        """Manual mode: mark one in-flight ack (default: the oldest write, else load) complete."""
+        """Manual mode: mark one in-flight ack (default: the oldest write, else load) complete.
+        Its copy may land from now on (the deferred engine lands it here)."""
         if ack is None:
-            for queue in (self.ack_write_queue, self.ack_load_queue):
-                for candidate in queue:
-                    if not candidate.manual_done:
-                        ack = candidate
-                        break
-                if ack is not None:
-                    break
+            ack = next((a for q in (self.ack_write_queue, self.ack_load_queue) for a in q if not a.manual_done), None)
         if ack is not None:
             ack.manual_done = True
+            if ack.handle is not None:
+                ack.handle.release()
         return ack
 
     def in_flight(self) -> list[Ack]:
         """Every ack not yet processed by the cache, writes first."""
-        return [*self.ack_write_queue, *self.ack_load_queue, *(a for a, _ in self.pending_loads)]
+        return [*self.ack_write_queue, *self.ack_load_queue, *(p.ack for p in self.pending_loads)]
 
-    # -- the copy itself ------------------------------------------------------------------------
-    def _copy(self, src_kv: KVPool, src_idx: torch.Tensor, dst_kv: KVPool, dst_idx: torch.Tensor,
-              states: list[StateTransfer], ack: Ack, *, to_host: bool) -> None:
-        src_states = self.device_states if to_host else self.host_states
-        dst_states = self.host_states if to_host else self.device_states
-        pairs = [(src_kv.k_buffer, src_idx, dst_kv.k_buffer, dst_idx), (src_kv.v_buffer, src_idx, dst_kv.v_buffer, dst_idx)]
-        for st in states:
-            s_src = st.device if to_host else st.host
-            dsts = [st.host] if to_host else [d for d in (st.device, st.extra_device) if d is not None]
-            for d in dsts:
-                pairs.append((src_states.conv, s_src, dst_states.conv, d))
-                pairs.append((src_states.ssm, s_src, dst_states.ssm, d))
-        nbytes = sum(_row_bytes(buf) * idx.numel() for buf, idx, _, _ in pairs)
-        if to_host:
-            self.bytes_device_to_host += nbytes
-            self.kv_slots_device_to_host += src_idx.numel()
-            self.states_device_to_host += len(states)
-        else:
-            self.bytes_host_to_device += nbytes
-            self.kv_slots_host_to_device += src_idx.numel()
-            self.states_host_to_device += len(states)
-        if not self.cuda:
-            ps = src_kv.page_size
-            for src, s_idx, dst, d_idx in pairs:
-                n = s_idx.numel()
-                if n == 1:  # one big slot (a state): a plain slice copy is ~10x faster
-                    dst[:, int(d_idx)].copy_(src[:, int(s_idx)])
-                elif n and ps > 1 and n % ps == 0 and src.shape[1] % ps == 0 and dst.shape[1] % ps == 0:
-                    # KV rows come in whole aligned pages: copy page blocks, not single rows
-                    src_pages = src.view(src.shape[0], -1, ps, *src.shape[2:])
-                    dst_pages = dst.view(dst.shape[0], -1, ps, *dst.shape[2:])
-                    dst_pages.index_copy_(1, d_idx[::ps] // ps, src_pages.index_select(1, s_idx[::ps] // ps))
-                elif n:
-                    dst.index_copy_(1, d_idx, src.index_select(1, s_idx))
-            return
-        self._copy_cuda(pairs, ack, to_host)
+    # -- plans ------------------------------------------------------------------------------------
+    @staticmethod
+    def _plan(src: KVPool, src_idx: torch.Tensor, dst: KVPool, dst_idx: torch.Tensor, *, to_host: bool) -> CopyPlan:
+        return CopyPlan(to_host, [RowCopy(src.k_buffer, src_idx, dst.k_buffer, dst_idx),
+                                  RowCopy(src.v_buffer, src_idx, dst.v_buffer, dst_idx)], src.page_size)
 
-    def _copy_cuda(self, pairs: list, ack: Ack, to_host: bool) -> None:
-        compute = torch.cuda.current_stream()
-        start = torch.cuda.Event()
-        start.record(compute)
-        stream = self.write_stream if to_host else self.load_stream
-        finish = torch.cuda.Event()
-        staged = []
-        with torch.cuda.stream(stream):
-            stream.wait_event(start)
-            for src, s_idx, dst, d_idx in pairs:
-                if not s_idx.numel():
-                    continue
-                if to_host:
-                    gathered = src[:, s_idx.to(src.device, non_blocking=True)]
-                    pinned = torch.empty(gathered.shape, dtype=gathered.dtype, pin_memory=True)
-                    pinned.copy_(gathered, non_blocking=True)
-                    staged.append((dst, d_idx, pinned))
-                    ack.keep_alive += [gathered, s_idx]
-                else:
-                    pinned = src[:, s_idx.cpu()].pin_memory()
-                    on_device = pinned.to(dst.device, non_blocking=True)
-                    dst[:, d_idx] = on_device
-                    ack.keep_alive += [pinned, on_device, d_idx]
-            finish.record(stream)
-        ack.finish_event = finish
-
-        def scatter() -> None:
-            for dst, d_idx, pinned in staged:
-                dst[:, d_idx.cpu()] = pinned
-
-        ack.finalize = scatter if to_host else None
+    @staticmethod
+    def _plan_state(plan: CopyPlan, src: MambaPool, src_slot: torch.Tensor, dst: MambaPool, dst_slot: torch.Tensor) -> None:
+        s, d = src_slot.reshape(-1), dst_slot.reshape(-1)
+        plan.rows += [RowCopy(src.conv, s, dst.conv, d), RowCopy(src.ssm, s, dst.ssm, d)]
 
 
-def _row_bytes(buf: torch.Tensor) -> int:
-    """Bytes of one slot across all layers of a layer-major ``[layers, slots, ...]`` buffer."""
-    return buf.element_size() * buf.shape[0] * (buf[0, 0].numel() if buf.shape[1] else 0)
+def default_engine(device: torch.device) -> CopyEngine:
+    """The engine for pools on ``device``: CUDA streams on a GPU, synchronous copies on the CPU."""
+    if device.type == "cuda":
+        from himamba.memory.cuda_engine import CudaCopyEngine
+
+        return CudaCopyEngine(device)
+    return SyncCopyEngine()
+
+
+def make_engine(name: str, device: torch.device) -> CopyEngine:
+    """The copy engine called ``name`` ("auto", "sync", "deferred", "cuda") for pools on ``device``.
+    Raises :class:`~himamba.errors.InvalidInputError` for a name that does not fit the device."""
+    from himamba.errors import InvalidInputError
+    from himamba.memory.copy_engines import DeferredCopyEngine
+
+    if name == "auto":
+        return default_engine(device)
+    if device.type == "cuda":
+        if name != "cuda":
+            raise InvalidInputError(f"copy_engine={name!r} runs on the CPU only; device {str(device)!r} uses 'cuda' (or 'auto')")
+        return default_engine(device)
+    if name == "sync":
+        return SyncCopyEngine()
+    if name == "deferred":
+        return DeferredCopyEngine()
+    raise InvalidInputError(f"copy_engine={name!r} needs a CUDA device; on {str(device)!r} use 'sync' or 'deferred'")
