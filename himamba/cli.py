@@ -56,6 +56,9 @@ def _parser() -> argparse.ArgumentParser:
                       help="write policy (default: write_through, or what the single legacy switch needs)")
     fuzz.add_argument("--page-size", type=int, default=1, help="page size (default 1)")
     fuzz.add_argument("--cache", choices=("tiered", "device"), default="tiered", help="which cache (default tiered)")
+    fuzz.add_argument("--copy-engine", choices=("auto", "sync", "deferred"), default="auto",
+                      help="how transfers move bytes on the CPU: sync (at once) or deferred (CUDA's timing: "
+                           "bytes land at completion, poison until then); default auto = sync on the CPU")
     fuzz.add_argument("--episode", type=int, default=None, metavar="N",
                       help="operations per episode: each starts a fresh cache with its own pool sizes "
                            f"(default {DEFAULT_EPISODE}, or what the single legacy switch needs)")
@@ -164,7 +167,7 @@ def _fuzz(args: argparse.Namespace) -> int:
     try:
         report = fuzz(seed=args.seed, ops=args.ops, page_size=args.page_size, write_policy=args.policy,
                       legacy=legacy, cache=args.cache, integrity_every=args.integrity_every, episode=args.episode,
-                      scale=args.scale, jobs=args.jobs, progress=progress)
+                      scale=args.scale, jobs=args.jobs, progress=progress, copy_engine=args.copy_engine)
     finally:
         if bar is not None:
             bar.close()
@@ -173,7 +176,8 @@ def _fuzz(args: argparse.Namespace) -> int:
           f"checked after every operation and integrity after every {args.integrity_every}"
           + (f" ({args.jobs} jobs)" if args.jobs > 1 else ""))
     print(f"{x['episodes']} episode(s) of up to {x['episode_length']} operations; trees of {x['nodes']:.0f} nodes on "
-          f"average; legacy={sorted(legacy) or 'none'}, policy={report.script['config']['write_policy']}")
+          f"average; legacy={sorted(legacy) or 'none'}, policy={report.script['config']['write_policy']}, "
+          f"copy engine={report.script['config'].get('copy_engine', 'auto')}")
     if report.failure is None:
         print("clean: no invariant violation, no integrity error")
         return 0

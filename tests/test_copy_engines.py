@@ -125,3 +125,23 @@ def test_measure_bandwidth_moves_real_bytes_and_reports_rates() -> None:
     assert all(row[k] > 0 for k in ("write_GBps", "plain_d2h_GBps", "load_GBps", "plain_h2d_GBps"))
     with pytest.raises(InvalidInputError, match="multiple of page_size"):
         measure_bandwidth(hm.ModelSpec.tiny(), "cpu", tokens=6, page_size=4)
+
+
+def test_p4_index_tensors_on_another_device_are_refused_at_insert() -> None:
+    """check_on_device reads only metadata; a meta-device tensor stands in for a CPU tensor
+    handed to a CUDA cache (the failure used to show later, in an unrelated allocation)."""
+    cache = hm.HiMambaRadixCache(hm.CacheConfig(device="cpu"))
+    slot = cache.mamba_pool.alloc(1)
+    with pytest.raises(InvalidInputError, match=r"value \(device KV slots\) is on 'meta' but indexes a pool on 'cpu'"):
+        cache.insert([1, 2], torch.empty(2, dtype=torch.int64, device="meta"), slot)
+    with pytest.raises(InvalidInputError, match=r"mamba_value \(a device state slot\) is on 'meta'"):
+        cache.insert([1, 2], cache.kv_pool.alloc(2), torch.empty(1, dtype=torch.int64, device="meta"))
+    assert list(cache.nodes())[1:] == []
+
+
+def test_cli_fuzz_runs_the_deferred_engine(capsys) -> None:
+    from himamba.cli import main
+
+    assert main(["fuzz", "--ops", "300", "--seed", "5", "--copy-engine", "deferred", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "copy engine=deferred" in out and "clean" in out and "300 operations" in out

@@ -17,6 +17,7 @@ from himamba.cache.tree_base import TreeBase
 from himamba.core.key import RadixKey, as_key, preview
 from himamba.core.node import TreeNode
 from himamba.errors import CacheAssertionError, InvalidInputError
+from himamba.memory.device import check_on_device
 from himamba.observe.events import EventKind, operation
 from himamba.validate import check_int, check_tree_slots
 
@@ -229,6 +230,9 @@ class LookupMixin(TreeBase):
             raise InvalidInputError("mamba_value must be a 1-element int64 tensor naming a device state slot")
         if type(prev_prefix_len) is not int or not 0 <= prev_prefix_len <= len(key):
             check_int(prev_prefix_len, "prev_prefix_len", 0, len(key))
+        check_on_device(value, self.kv_pool.device, "value (device KV slots)")
+        if mamba_value is not None:
+            check_on_device(mamba_value, self.mamba_pool.device, "mamba_value (a device state slot)")
         problem = self.kv_pool.allocator.problem_with(value)
         if problem is not None:
             raise InvalidInputError(f"value {problem} (device KV)")

@@ -41,3 +41,14 @@ def memory_bytes(device: torch.device) -> int | None:
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).total_memory
     return physical_memory_bytes()
+
+
+def check_on_device(indices: torch.Tensor, device: torch.device, what: str) -> None:
+    """Raise :class:`InvalidInputError` unless the index tensor ``indices`` lives on ``device``
+    (the device of the pool it indexes). Reads only the tensor's metadata: no host sync."""
+    have = indices.device
+    if have.type != device.type or (device.index is not None and have.index != device.index):
+        raise InvalidInputError(
+            f"{what} is on {str(have)!r} but indexes a pool on {str(device)!r}; pass index tensors on the pool's device "
+            f"(e.g. .to({str(device)!r}))"
+        )

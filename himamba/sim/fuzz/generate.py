@@ -118,9 +118,10 @@ def generate_ops(seed: int, n: int, page_size: int = 1, vocab: int = 40,
 
 def make_script(seed: int, n: int, *, page_size: int = 1, write_policy: str | None = None,
                 legacy: Iterable[str] = (), manual_acks: bool = True, cache: str = "tiered",
-                storage: bool = True, profile: bool = True, scale: int = 1) -> dict:
+                storage: bool = True, profile: bool = True, scale: int = 1, copy_engine: str = "auto") -> dict:
     """A random script. With ``profile``, a single legacy switch brings its
-    :data:`TARGET_PROFILES` settings (an explicit ``write_policy`` still wins)."""
+    :data:`TARGET_PROFILES` settings (an explicit ``write_policy`` still wins). A ``copy_engine``
+    other than ``"auto"`` goes into the config (``"deferred"``: CUDA's copy timing on the CPU)."""
     legacy = sorted(legacy)
     prof = TARGET_PROFILES.get(legacy[0], {}) if profile and len(legacy) == 1 else {}
     config = default_config(page_size, write_policy or "write_through", legacy, storage and cache == "tiered", seed, scale)
@@ -128,6 +129,8 @@ def make_script(seed: int, n: int, *, page_size: int = 1, write_policy: str | No
         if key == "write_policy" and write_policy is not None:
             continue
         config[key] = value * page_size if key.endswith("_tokens") else value
+    if copy_engine != "auto":
+        config["copy_engine"] = copy_engine
     return {
         "cache": cache, "manual_acks": manual_acks, "seed": seed, "config": config,
         "ops": generate_ops(seed, n, page_size, weights=prof.get("weights"), **prof.get("shape", {})),

@@ -16,7 +16,7 @@ def fuzz(seed: int = 0, ops: int = 10_000, *, page_size: int = 1, write_policy: 
          legacy: Iterable[str] = (), manual_acks: bool = True, cache: str = "tiered",
          integrity_every: int = 1, do_shrink: bool = True, count_events: bool = False,
          episode: int | None = None, scale: int = 1, jobs: int = 1,
-         progress: Callable[[int], None] | None = None) -> FuzzReport:
+         progress: Callable[[int], None] | None = None, copy_engine: str = "auto") -> FuzzReport:
     """Run ``ops`` random operations in episodes (see the module docstring); stop at the first
     failure and, with ``do_shrink``, shrink it (``report.shrunk``).
 
@@ -32,14 +32,15 @@ def fuzz(seed: int = 0, ops: int = 10_000, *, page_size: int = 1, write_policy: 
     ``jobs > 1`` runs episodes in that many worker processes. The result does not depend on it:
     episodes are independent, and the first failing episode *in episode order* is reported.
     ``progress(i)`` is called with the number of operations done so far, minus one (per
-    operation with one job, per episode with several)."""
+    operation with one job, per episode with several). ``copy_engine`` is passed to every
+    script (:func:`make_script`)."""
     if ops < 1:
         raise InvalidInputError(f"ops must be at least 1, got {ops}")
     if jobs < 1:
         raise InvalidInputError(f"jobs must be at least 1, got {jobs}")
     length = episode_length(legacy, episode)
     task = _EpisodeTask(seed, page_size, write_policy, tuple(sorted(legacy)), manual_acks, cache, integrity_every,
-                        count_events, scale)
+                        count_events, scale, copy_engine)
     plan = [(number, min(length, ops - start)) for number, start in enumerate(range(0, ops, length))]
     start_time = time.perf_counter()
     total = FuzzReport(0, 0.0, {})
@@ -81,11 +82,12 @@ class _EpisodeTask:
     integrity_every: int
     count_events: bool
     scale: int
+    copy_engine: str = "auto"
 
     def script(self, number: int, n: int) -> dict:
         script = make_script(episode_seed(self.seed, number), n, page_size=self.page_size,
                              write_policy=self.write_policy, legacy=self.legacy, manual_acks=self.manual_acks,
-                             cache=self.cache, scale=self.scale)
+                             cache=self.cache, scale=self.scale, copy_engine=self.copy_engine)
         script["episode"] = number
         return script
 
