@@ -100,8 +100,10 @@ def test_p2_without_the_wait_a_compute_read_sees_bytes_that_have_not_landed() ->
     assert _poisoned(cache.mamba_pool.ssm, copy)  # what was read early stays wrong
 
 
-@pytest.mark.parametrize(("policy", "page_size"), [
-    ("write_through", 1), ("write_through_selective", 4), ("write_back", 1), ("write_through", 4)])
+DEFERRED_SCRIPTS = [("write_through", 1), ("write_through_selective", 4), ("write_back", 1), ("write_through", 4)]
+
+
+@pytest.mark.parametrize(("policy", "page_size"), DEFERRED_SCRIPTS)
 def test_random_operations_on_the_deferred_engine(policy: str, page_size: int) -> None:
     """Manual acks completed in random order, integrity after every operation."""
     script = make_script(11 + page_size, 400, page_size=page_size, write_policy=policy, manual_acks=True)
@@ -145,3 +147,25 @@ def test_cli_fuzz_runs_the_deferred_engine(capsys) -> None:
     assert main(["fuzz", "--ops", "300", "--seed", "5", "--copy-engine", "deferred", "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "copy engine=deferred" in out and "clean" in out and "300 operations" in out
+
+
+def test_host_reads_are_counted_per_site_and_the_transfer_path_makes_none() -> None:
+    """The counting hook sees every host read inside himamba (each a sync on a GPU); the
+    controller's write, load, start and ack path makes none of its own."""
+    from himamba.memory.syncs import count_host_syncs
+
+    item = torch.Tensor.item
+    cache = hm.HiMambaRadixCache(hm.CacheConfig(device="cpu", write_policy="write_back"), manual_acks=True)
+    hm.serve(cache, [1, 2, 3, 4])
+    with count_host_syncs() as count:
+        cache.evict(4)  # a write-back write, waited for
+        m = cache.match_prefix([1, 2, 3, 4])
+        cache.init_load_back(m.best_match_node)
+        cache.ready_to_load_host_cache()
+        cache.cache_controller.complete()
+        cache.loading_check()
+        torch.tensor([1]).item()  # outside himamba
+    assert torch.Tensor.item is item  # the hook is gone
+    assert count.total > 0 and count.by_site["(outside)"] >= 1
+    assert not [s for s in count.by_site if s.startswith(("memory/transfer.py", "memory/cuda_engine.py"))], count.by_site
+    assert_healthy(cache)
