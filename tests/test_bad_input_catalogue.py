@@ -9,6 +9,7 @@ own check that nothing was written.
 from __future__ import annotations
 
 import pytest
+import torch
 from bad_inputs import CASES
 from fingerprint import assert_rejected
 
@@ -35,3 +36,32 @@ def test_every_class_has_cases():
     classes = {c.klass for c in CASES}
     assert classes == {"ownership", "atomicity", "data loss", "silent", "unclear", "hangs", "output folders"}
     assert len(CASES) >= 100
+
+
+def test_serve_keeps_the_extra_key():
+    """Regression: serve used to insert the plain tokens, dropping a RadixKey's extra_key."""
+    from bad_inputs import device_cache
+
+    cache = device_cache()
+    key = hm.RadixKey([1, 2, 3, 4], extra_key="lora-7")
+    hm.serve(cache, key)
+    node = cache.node_at(key)
+    assert node is not None and node.key.extra_key == "lora-7"
+    assert cache.node_at([1, 2, 3, 4]) is not node  # the plain key is another branch
+    assert cache.match_prefix(key).prefix_len == 4
+    assert not hm.check_invariants(cache) and not hm.check_integrity(cache)
+
+
+def test_tree_slots_are_marked_owned_and_freeing_clears_the_mark():
+    from bad_inputs import device_cache
+
+    cache = device_cache()
+    owned = cache.kv_pool.allocator.owned_flags
+    for node in cache.nodes():
+        if node is not cache.root_node and node.value is not None:
+            assert owned(node.value).all()
+    fresh = cache.kv_pool.alloc(3)
+    assert not owned(fresh).any()
+    cache.evict(cache.full_evictable_size())
+    held = sum(len(n.value) for n in cache.nodes() if n is not cache.root_node and n.value is not None)
+    assert int(owned(torch.arange(cache.kv_pool.capacity)).sum()) == held
