@@ -169,3 +169,52 @@ def test_sizing_one_h200_for_qwen3_next() -> None:
         size_pools(qwen, gpu_gb=141)  # bf16 weights: 160 GB
     with pytest.raises(hm.InvalidInputError, match="state_share must be a number in"):
         size_pools(qwen, weight_bytes_per_param=1, state_share=1.5)
+
+
+def _compare_upstream():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "compare_upstream.py"
+    spec = importlib.util.spec_from_file_location("compare_upstream", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _token_trace(tmp_path: Path) -> Path:
+    path = tmp_path / "tokens.jsonl"
+    lines = [json.dumps({"prompt_len": 8 * i + 4, "tokens": list(range(1, 8 * i + 9))}) for i in range(60)]  # turns
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_compare_upstream_skips_with_a_message_without_sglang(capsys, tmp_path: Path, monkeypatch) -> None:
+    import importlib.util
+
+    bench = _compare_upstream()
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "sglang" else real(name, *a))
+    assert bench.main(["--trace", str(_token_trace(tmp_path))]) == 0
+    out = capsys.readouterr()
+    assert out.out == "" and "SGLang is not installed: nothing to compare against" in out.err
+
+
+def test_compare_upstream_agrees_with_sglang_when_installed(capsys, tmp_path: Path) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("sglang") is None:
+        pytest.skip("SGLang 0.5.11 is not installed")
+    assert _compare_upstream().main(["--trace", str(_token_trace(tmp_path)), "--repeat", "1"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["himamba_hit_rate"] == out["sglang_hit_rate"] > 0 and out["himamba_evicted"] == out["sglang_evicted"]
+
+
+def test_bench_replay_needs_no_checkout(capsys, tmp_path: Path, monkeypatch) -> None:
+    import himamba.sim.bench_replay as bench
+
+    assert Path(bench.__file__).resolve().parent == Path(hm.__file__).resolve().parent / "sim"
+    monkeypatch.chdir(tmp_path)
+    path = mooncake.save(mooncake.generate(50, seed=4), tmp_path / "g.jsonl")
+    assert cli(["bench", "replay", "--trace", str(path), "--format", "mooncake", "--device-blocks", "500",
+                "--repeat", "1"]) == 0
+    assert json.loads(capsys.readouterr().out)["requests"] == 50

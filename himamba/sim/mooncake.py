@@ -27,7 +27,7 @@ from pathlib import Path
 
 from himamba.errors import InvalidInputError
 from himamba.sim.request import SimRequest
-from himamba.sim.trace_io import TraceFormatError
+from himamba.sim.trace_io import TraceFormatError, json_lines
 
 BLOCK_TOKENS = 512
 CHECKPOINTS = ("sequence_end", "page_aligned")
@@ -88,26 +88,18 @@ def load_mooncake(path: str | Path, *, limit: int | None = None, block_tokens: i
         raise InvalidInputError(f"block_tokens must be a positive int, got {block_tokens!r}")
     if limit is not None and (type(limit) is not int or limit < 1):
         raise InvalidInputError(f"limit must be a positive int or None, got {limit!r}")
-    path = Path(path)
     out: list[MooncakeRequest] = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            out.append(parse_line(line, f"{path}:{lineno}", block_tokens))
-            if limit is not None and len(out) >= limit:
-                break
+    for where, rec in json_lines(path):
+        out.append(parse_record(rec, where, block_tokens))
+        if limit is not None and len(out) >= limit:
+            break
     if not out:
         raise TraceFormatError(f"{path}: no requests in the file")
     return out
 
 
-def parse_line(line: str, where: str, block_tokens: int = BLOCK_TOKENS) -> MooncakeRequest:
-    """One trace line as a :class:`MooncakeRequest` (``where`` prefixes every error)."""
-    try:
-        rec = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise TraceFormatError(f"{where}: not valid JSON ({exc.msg})") from None
+def parse_record(rec: object, where: str, block_tokens: int = BLOCK_TOKENS) -> MooncakeRequest:
+    """One parsed trace line as a :class:`MooncakeRequest` (``where`` prefixes every error)."""
     if not isinstance(rec, dict):
         raise TraceFormatError(f"{where}: a request line must be a JSON object, got {type(rec).__name__}")
     missing = [f for f in FIELDS if f not in rec]

@@ -16,7 +16,7 @@ object, a missing key, a token that is not a non-negative int (bools and floats 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from himamba.errors import InvalidInputError
@@ -30,10 +30,10 @@ class TraceFormatError(InvalidInputError):
     """A workload file has a malformed line (the message names the file and the line)."""
 
 
-def load_jsonl(path: str | Path) -> list[SimRequest]:
-    """Read a workload written in either line format; requests are numbered by line order."""
+def json_lines(path: str | Path) -> Iterator[tuple[str, object]]:
+    """``("file:line", parsed JSON)`` for every non-blank line of a JSON-lines file; a line that
+    is not JSON, or not UTF-8 text, raises :class:`TraceFormatError` naming the file and line."""
     path = Path(path)
-    out: list[SimRequest] = []
     with path.open(encoding="utf-8") as fh:
         lineno = 0
         try:
@@ -45,9 +45,16 @@ def load_jsonl(path: str | Path) -> list[SimRequest]:
                     rec = json.loads(line)
                 except json.JSONDecodeError as exc:
                     raise TraceFormatError(f"{where}: not valid JSON ({exc.msg})") from None
-                out.append(_parse(rec, where, len(out)))
+                yield where, rec
         except UnicodeDecodeError:
             raise TraceFormatError(f"{path}:{lineno + 1}: not UTF-8 text (is it a JSON-lines file?)") from None
+
+
+def load_jsonl(path: str | Path) -> list[SimRequest]:
+    """Read a workload written in either line format; requests are numbered by line order."""
+    out: list[SimRequest] = []
+    for where, rec in json_lines(path):
+        out.append(_parse(rec, where, len(out)))
     if not out:
         raise TraceFormatError(f"{path}: no requests in the file")
     return out
@@ -56,21 +63,12 @@ def load_jsonl(path: str | Path) -> list[SimRequest]:
 def load_token_trace(path: str | Path) -> list[tuple[int, list[int]]]:
     """Read the shared trace format as ``(prompt_len, tokens)`` pairs (the replay protocol's input;
     lighter than :func:`load_jsonl`, which builds requests). Same checks and messages."""
-    path = Path(path)
     out: list[tuple[int, list[int]]] = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise TraceFormatError(f"{where}: not valid JSON ({exc.msg})") from None
-            if not isinstance(rec, dict) or not ("prompt_len" in rec or "tokens" in rec):
-                raise TraceFormatError(f"{where}: not a trace record (prompt_len, tokens)")
-            req = _parse_trace(rec, where, len(out))
-            out.append((req.prompt_len, req.tokens))
+    for where, rec in json_lines(path):
+        if not isinstance(rec, dict) or not ("prompt_len" in rec or "tokens" in rec):
+            raise TraceFormatError(f"{where}: not a trace record (prompt_len, tokens)")
+        req = _parse_trace(rec, where, len(out))
+        out.append((req.prompt_len, req.tokens))
     if not out:
         raise TraceFormatError(f"{path}: no requests in the file")
     return out
