@@ -4,8 +4,9 @@
 Builds trees of about 100, 1,000 and 10,000 nodes by inserting random token sequences (over a
 small alphabet, so they share prefixes and split edges) into a tiered cache with large pools,
 demotes part of them to host (so the render shows several node kinds), then times each stage
-with ``max_nodes`` at its default and, where feasible (100 and 1,000 nodes), with collapse off.
-Prints one JSON line per (tree size, max_nodes). No assertions.
+fitted (the default: at most 1,000 pt wide, folded) and, where feasible (100 and 1,000 nodes),
+whole at natural size. Prints one JSON line per (tree size, setting) with the SVG's width in
+points and the scale graphviz applied. No assertions.
 
     python bench/render.py [--sizes 100 1000 10000] [--repeat 3] [--seed 0]
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import statistics
 import sys
 import time
@@ -24,9 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import himamba as hm  # noqa: E402
 from himamba.observe.snapshot import take  # noqa: E402
-from himamba.viz.graph import DEFAULT_MAX_NODES, render  # noqa: E402
+from himamba.viz.graph import render, svg_scale  # noqa: E402
 
-FULL_RENDER_LIMIT = 1_000  # above this many nodes, collapse-off renders are skipped
+FULL_RENDER_LIMIT = 1_000  # above this many nodes, natural-size renders are skipped
 
 
 def build_tree(n_nodes: int, seed: int = 0) -> hm.HiMambaRadixCache:
@@ -58,12 +60,15 @@ def _timed(fn, repeat: int) -> tuple[float, object]:
     return statistics.median(times), out
 
 
-def measure(cache: hm.HiMambaRadixCache, max_nodes: int | None, repeat: int) -> dict:
+def measure(cache: hm.HiMambaRadixCache, fitted: bool, repeat: int) -> dict:
+    kw = {} if fitted else {"max_nodes": None, "fit": False}
     t_snap, snap = _timed(lambda: take(cache), repeat)
-    t_graph, graph = _timed(lambda: render(snap, max_nodes=max_nodes, lru_rank=True), repeat)
+    t_graph, graph = _timed(lambda: render(snap, lru_rank=True, **kw), repeat)
     t_svg, svg = _timed(lambda: graph.pipe(format="svg", encoding="utf-8"), repeat)
+    width = float(re.search(r'<svg width="([\d.]+)pt"', svg).group(1))
     return {
-        "nodes": len(snap) - 1, "max_nodes": max_nodes, "boxes": svg.count('class="node"'),
+        "nodes": len(snap) - 1, "fitted": fitted, "boxes": svg.count('class="node"'),
+        "width_pt": width, "scale": svg_scale(svg),
         "snapshot_s": round(t_snap, 4), "digraph_s": round(t_graph, 4), "svg_s": round(t_svg, 4),
         "total_s": round(t_snap + t_graph + t_svg, 4), "svg_kb": round(len(svg) / 1024, 1),
     }
@@ -79,9 +84,8 @@ def main(argv: list[str] | None = None) -> None:
         start = time.perf_counter()
         cache = build_tree(n, args.seed)
         build_s = time.perf_counter() - start
-        settings = [DEFAULT_MAX_NODES] + ([None] if n <= FULL_RENDER_LIMIT else [])
-        for max_nodes in settings:
-            row = measure(cache, max_nodes, args.repeat)
+        for fitted in [True] + ([False] if n <= FULL_RENDER_LIMIT else []):
+            row = measure(cache, fitted, args.repeat)
             row["build_s"] = round(build_s, 2)
             print(json.dumps(row), flush=True)
 

@@ -299,6 +299,30 @@ def test_lru_table_flags_the_b3_mismatch_only_when_the_order_is_wrong(legacy):
     assert (tables.MISMATCH_BG.split(": ")[1] in styled) is legacy
 
 
+@pytest.mark.parametrize("legacy", [True, False], ids=["B3_on", "B3_off"])
+def test_b3_steps_name_the_nodes_retimed_without_moving(legacy):
+    cache, a, x, y = b3_cache(legacy)
+    ys = [y]
+    for tokens in ([30, 31], [40, 41]):
+        put(cache, tokens)
+        ys.append(node_at(cache, tokens))
+    cache.storage.store_prefix(list(range(1, 8)))
+    cache.prefetch_from_storage("r", cache.root_node, list(range(1, 8)))
+    with hm.Recorder(cache) as rec:
+        cache.check_prefetch_progress("r")
+    refresh = rec.texts(["lru_refresh"])
+    if legacy:
+        assert refresh == [f"#{a.id} retimed without moving in the full LRU (legacy B3); mamba LRU refreshed",
+                           f"#{x.id} retimed without moving in the full LRU (legacy B3); mamba LRU refreshed"]
+    else:
+        assert refresh == [f"#{n.id} retimed and moved to the MRU end of its device LRU lists" for n in (a, x)]
+    df = hm.lru_table(cache)
+    full = df[df["list"] == "full"]
+    # the misplaced rows are exactly the two retimed nodes, not the three leaves that kept their place
+    assert set(full[full["mismatch"]]["node"]) == ({a.id, x.id} if legacy else set())
+    assert set(full["node"]) == {a.id, x.id, *(n.id for n in ys)}
+
+
 def test_lru_table_on_a_hand_built_snapshot():
     cache, _ = kinds_tree()
     snap = take(cache)
