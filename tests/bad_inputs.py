@@ -661,3 +661,56 @@ def _(tmp):
     victim, untouched = _victim(tmp)
     (tmp / "script.json").symlink_to(victim)
     return None, _cli("fuzz", "--ops", "50", "--no-progress", "--out", str(tmp / "script.json")), (), untouched
+
+
+# -- the engine, the model, the pools, storage -----------------------------------------------------------
+@case("unclear", "Engine(not a cache)")
+def _(tmp):
+    return None, lambda: hm.Engine("cache"), ()
+
+
+@case("unclear", "Engine.submit(a list of token lists)")
+def _(tmp):
+    c = device_cache()
+    engine = hm.Engine(c, probe=False)
+    return c, lambda: engine.submit([[1, 2, 3]]), ()
+
+
+@case("silent", "Engine.run(max_steps=-1)")
+def _(tmp):
+    from himamba.sim.request import SimRequest
+
+    c = device_cache()
+    engine = hm.Engine(c, probe=False)
+    return c, lambda: engine.run([SimRequest.make([1, 2], 2)], max_steps=-1), ()
+
+
+for _value in ("2", True, 2.0):
+    @case("unclear", f"ModelSpec(kv_heads={_value!r})")
+    def _(tmp, value=_value):
+        return None, lambda: hm.ModelSpec("m", 2, value, 4, 2, 4, 4, (2, 2)), ()
+
+for _capacity in (-8, "4", 2.0):
+    @case("unclear", f"KVPool(capacity={_capacity!r})")
+    def _(tmp, capacity=_capacity):
+        from himamba.memory.pools import KVPool
+
+        return None, lambda: KVPool(hm.ModelSpec.tiny(), capacity), ()
+
+    @case("unclear", f"MambaPool(capacity={_capacity!r})")
+    def _(tmp, capacity=_capacity):
+        from himamba.memory.pools import MambaPool
+
+        return None, lambda: MambaPool(hm.ModelSpec.tiny(), capacity), ()
+
+
+@case("silent", "storage.store_prefix with a negative token")
+def _(tmp):
+    c = tiered_cache(storage=True)
+    return c, lambda: c.storage.store_prefix([1, 2, -3]), ()
+
+
+@case("unclear", "write_backup_storage('node')")
+def _(tmp):
+    c = tiered_cache(storage=True)
+    return c, lambda: c.write_backup_storage("node"), ()

@@ -93,7 +93,7 @@ def _tiered(cache) -> dict:
         "queues": (
             [(a.ack_id, a.kind, list(a.node_ids), a.manual_done) for a in cc.ack_write_queue],
             [(a.ack_id, a.kind, list(a.node_ids), a.manual_done) for a in cc.ack_load_queue],
-            [(a.ack_id, list(a.node_ids)) for a, _ in cc.pending_loads],
+            [(a.ack_id, a.kind, list(a.node_ids), a.manual_done) for a in cc.in_flight()],  # pending loads too
             cc.writes_issued,
             cc.loads_issued,
             cc.bytes_device_to_host,

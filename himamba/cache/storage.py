@@ -28,7 +28,7 @@ from himamba.errors import InvalidInputError
 from himamba.memory.content import kv_content, prefix_fingerprint, state_content
 from himamba.memory.model import ModelSpec
 from himamba.observe.events import EventKind, operation
-from himamba.validate import check_token_ids
+from himamba.validate import check_bool, check_token_ids
 
 
 def page_hashes(tokens: Sequence[int], page_size: int, start: int = 0) -> list[int]:
@@ -82,6 +82,8 @@ class StorageTier:
     def store_prefix(self, tokens: Sequence[int], with_state: bool = True) -> int:
         """Put the deterministic content of a token prefix into storage (as if another server had
         cached it). Returns the pages stored."""
+        tokens = check_token_ids(tokens, "tokens")
+        check_bool(with_state, "with_state")
         ps = self.page_size
         hashes = page_hashes(tokens, ps)
         k, v = kv_content(self.spec, tokens[: len(hashes) * ps], 0)
@@ -111,6 +113,7 @@ class StorageMixin(HiTreeBase):
     def write_backup_storage(self, node: TreeNode) -> int | None:
         """Copy ``node``'s host KV (and host state) to storage; pin the node until the storage
         ack (``check_storage_progress``). Returns the operation id (``None`` without storage)."""
+        self._check_in_tree(node)
         if self.storage is None or node.host_value is None:
             return None
         ps = self.page_size

@@ -21,14 +21,7 @@ class SlotAllocator:
     """Free-list allocator over ``capacity`` slots grouped in pages of ``page_size``."""
 
     def __init__(self, capacity: int, page_size: int = 1, device: torch.device | str = "cpu") -> None:
-        check_int(page_size, "page_size")
-        check_int(capacity, "capacity")
-        if page_size < 1:
-            raise InvalidInputError(f"page_size must be >= 1, got {page_size}")
-        if capacity < page_size:
-            raise InvalidInputError(f"capacity {capacity} is smaller than one page ({page_size} slots)")
-        if capacity % page_size:
-            raise InvalidInputError(f"capacity {capacity} is not a multiple of the page size {page_size}")
+        check_pool_capacity(capacity, page_size)
         self.capacity = capacity
         self.page_size = page_size
         self.device = torch.device(device)
@@ -197,3 +190,16 @@ class SlotAllocator:
 
 _MINUS_ONE = torch.tensor(-1, dtype=torch.int32)
 _PLUS_ONE = torch.tensor(1, dtype=torch.int32)
+
+
+def check_pool_capacity(capacity: object, page_size: object) -> None:
+    """A pool's geometry: a positive page size and a capacity of whole pages (at least one).
+    Checked before any tensor is allocated."""
+    check_int(page_size, "page_size")
+    check_int(capacity, "capacity")
+    if page_size < 1:
+        raise InvalidInputError(f"page_size must be >= 1, got {page_size}")
+    if capacity < page_size:
+        raise InvalidInputError(f"capacity {capacity} is smaller than one page ({page_size} slots)")
+    if capacity % page_size:
+        raise InvalidInputError(f"capacity {capacity} is not a multiple of the page size {page_size}")

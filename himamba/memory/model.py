@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from himamba.errors import InvalidInputError
+from himamba.validate import check_int
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,14 +44,14 @@ class ModelSpec:
 
     def __post_init__(self) -> None:
         for field in ("num_full_layers", "kv_heads", "head_dim", "num_mamba_layers", "conv_channels"):
-            if getattr(self, field) <= 0:
-                raise InvalidInputError(f"ModelSpec.{field} must be positive, got {getattr(self, field)}")
-        if not self.params_b >= 0:
-            raise InvalidInputError(f"ModelSpec.params_b must be >= 0 (billions of parameters), got {self.params_b}")
-        if self.conv_kernel < 2:
-            raise InvalidInputError(f"ModelSpec.conv_kernel must be >= 2, got {self.conv_kernel}")
-        if not self.ssm_shape or any(d <= 0 for d in self.ssm_shape):
-            raise InvalidInputError(f"ModelSpec.ssm_shape must be non-empty and positive, got {self.ssm_shape}")
+            check_int(getattr(self, field), f"ModelSpec.{field}", 1)
+        if isinstance(self.params_b, bool) or not isinstance(self.params_b, (int, float)) or not self.params_b >= 0:
+            raise InvalidInputError(f"ModelSpec.params_b must be >= 0 (billions of parameters), got {self.params_b!r}")
+        check_int(self.conv_kernel, "ModelSpec.conv_kernel", 2)
+        if not isinstance(self.ssm_shape, (tuple, list)) or not self.ssm_shape:
+            raise InvalidInputError(f"ModelSpec.ssm_shape must be non-empty and positive, got {self.ssm_shape!r}")
+        for d in self.ssm_shape:
+            check_int(d, f"each dimension of ModelSpec.ssm_shape {tuple(self.ssm_shape)}", 1)
         object.__setattr__(self, "ssm_shape", tuple(self.ssm_shape))  # hashable, whatever was passed
 
     # -- shapes --------------------------------------------------------------------------------

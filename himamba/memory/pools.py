@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from himamba.memory.allocator import SlotAllocator
+from himamba.memory.allocator import SlotAllocator, check_pool_capacity
 from himamba.memory.model import ModelSpec
 
 
@@ -64,6 +64,7 @@ class KVPool(_Pool):
     ) -> None:
         self.spec = spec
         self.device = torch.device(device)
+        check_pool_capacity(capacity, page_size)
         shape = (spec.num_full_layers, capacity, spec.kv_heads, spec.head_dim)
         self.k_buffer = _zeros(shape, spec.kv_dtype, self.device, pin_memory)
         self.v_buffer = _zeros(shape, spec.kv_dtype, self.device, pin_memory)
@@ -89,6 +90,7 @@ class MambaPool(_Pool):
     ) -> None:
         self.spec = spec
         self.device = torch.device(device)
+        check_pool_capacity(capacity, 1)
         self.conv = _zeros((spec.num_mamba_layers, capacity, *spec.conv_shape), spec.conv_dtype, self.device, pin_memory)
         self.ssm = _zeros((spec.num_mamba_layers, capacity, *spec.ssm_shape), spec.ssm_dtype, self.device, pin_memory)
         self.allocator = SlotAllocator(capacity, 1, self.device)

@@ -46,13 +46,15 @@ from dataclasses import dataclass, field
 import torch
 
 from himamba.cache.results import MatchResult, Request
+from himamba.cache.tree_base import TreeBase
 from himamba.core.node import TreeNode
-from himamba.errors import HiMambaError
+from himamba.errors import HiMambaError, InvalidInputError
 from himamba.memory.content import prefix_fingerprint, write_kv, write_state_of
 from himamba.sim.engine_args import CHECKPOINTS, check_engine_args
 from himamba.sim.metrics import STEP_COLUMNS, TRANSFERS, SimMetrics
 from himamba.sim.probe import EvictionProbe
-from himamba.sim.request import SimRequest
+from himamba.sim.request import PackedWorkload, SimRequest
+from himamba.validate import check_optional_count
 
 __all__ = ["CHECKPOINTS", "Engine", "EngineStall", "check_engine_args"]
 
@@ -96,6 +98,8 @@ class Engine:
         check_engine_args(chunk_size=chunk_size, decode_tokens=decode_tokens, max_running=max_running,
                           load_back_quota=load_back_quota, evict_headroom=evict_headroom, checkpoint=checkpoint,
                           step_ms=step_ms)
+        if not isinstance(cache, TreeBase):
+            raise InvalidInputError(f"Engine needs a cache (MambaRadixCache or HiMambaRadixCache), got {type(cache).__name__}")
         self.checkpoint, self.step_ms, self.clock_ms = checkpoint, step_ms, 0.0
         self.cache = cache
         self.tiered = bool(getattr(cache, "tiered", False))
@@ -121,6 +125,10 @@ class Engine:
     def submit(self, requests: Iterable[SimRequest]) -> None:
         """Queue requests (kept as given and read one at a time, so a PackedWorkload stays packed)."""
         seq = requests if isinstance(requests, Sequence) else list(requests)
+        if not isinstance(seq, PackedWorkload):
+            bad = next((r for r in seq if not isinstance(r, SimRequest)), None)
+            if bad is not None:
+                raise InvalidInputError(f"submit takes SimRequests (see SimRequest.make), got a {type(bad).__name__}")
         if len(seq):
             self._feeds.append([seq, 0])
 
@@ -146,6 +154,7 @@ class Engine:
         """Submit ``requests`` (if any) and step until idle (or ``max_steps``); when it ended idle,
         land every transfer in flight. ``progress``: a tqdm bar over requests (default: shown from 1,000
         requests on). ``on_step(engine, row)`` is called after every step. Returns the metrics."""
+        check_optional_count(max_steps, "max_steps")
         if requests is not None:
             self.submit(requests)
         total = self.waiting + len(self.running)
