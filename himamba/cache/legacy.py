@@ -89,6 +89,12 @@ LEGACY_BUGS: dict[str, LegacyBug] = {
 
 _BY_ALIAS = {bug.alias: bug.id for bug in LEGACY_BUGS.values()}
 
+# Named sets of switches. "sglang-0.5.11" restores SGLang 0.5.11 exactly: its open bugs on and
+# every himamba fix or guard beyond it off (the switches whose "fixed upstream?" is "no").
+LEGACY_PROFILES: dict[str, frozenset[str]] = {
+    "sglang-0.5.11": frozenset(b.id for b in LEGACY_BUGS.values() if b.fixed_upstream.startswith("no")),
+}
+
 
 def normalize_legacy(names: Iterable[str] | str | None) -> frozenset[str]:
     """Turn ids or aliases into a frozenset of ids; an unknown name raises InvalidInputError."""
@@ -101,9 +107,12 @@ def normalize_legacy(names: Iterable[str] | str | None) -> frozenset[str]:
         if not isinstance(name, str):
             raise InvalidInputError(f"legacy switch names are strings, got {name!r}")
         key = name.strip()
+        if key.lower() in LEGACY_PROFILES:
+            out |= LEGACY_PROFILES[key.lower()]
+            continue
         bug_id = key.upper() if key.upper() in LEGACY_BUGS else _BY_ALIAS.get(key)
         if bug_id is None:
-            known = ", ".join(f"{b.id} ({b.alias})" for b in LEGACY_BUGS.values())
+            known = ", ".join([f"{b.id} ({b.alias})" for b in LEGACY_BUGS.values()] + [f"profile {p!r}" for p in LEGACY_PROFILES])
             raise InvalidInputError(f"unknown legacy switch {name!r}; known: {known}")
         out.add(bug_id)
     return frozenset(out)

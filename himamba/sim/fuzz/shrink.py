@@ -50,6 +50,29 @@ def shrink(script: dict, failure: FuzzFailure, max_runs: int = 3000) -> dict:
     return {**script, "config": config, "ops": ops}
 
 
+def reduce_ops(ops: list[dict], fails: Callable[[list[dict]], bool], max_runs: int = 1000,
+               page_size: int = 1) -> list[dict]:
+    """Reduce an operation list while ``fails(candidate)`` stays true (the same delta debugging
+    and per-operation simplification as :func:`shrink`, pools left alone); at most ``max_runs``
+    calls of ``fails``."""
+    runs = 0
+
+    def counted(candidate: list[dict]) -> bool:
+        nonlocal runs
+        runs += 1
+        return fails(candidate)
+
+    def budget() -> bool:
+        return runs < max_runs
+
+    while budget():
+        before = list(ops)
+        ops = _simplify(_ddmin(ops, counted, budget), counted, budget, page_size)
+        if ops == before:
+            break
+    return ops
+
+
 _POOL_FIELDS = (("host_kv_tokens", True), ("device_kv_tokens", True), ("host_mamba_slots", False),
                 ("device_mamba_slots", False))
 
