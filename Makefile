@@ -1,6 +1,7 @@
 # Two commands do all set-up on a fresh machine:
 #   make lab   - create .venv, install everything, open JupyterLab on notebooks/
 #   make test  - create/update the same environment, then run the whole suite
+#   make differential - install SGLang 0.5.11 (CPU set) beside himamba, for `himamba differential`
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -10,7 +11,7 @@ TORCH  ?= torch==2.13.0
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 ROOT_FLAG := $(shell [ "$$(id -u)" = 0 ] && echo --allow-root)
 
-.PHONY: lab test venv system-deps lint bench clean
+.PHONY: lab test venv system-deps lint bench clean differential
 
 venv: $(STAMP)
 
@@ -29,13 +30,27 @@ system-deps:
 	@if [ -n "$(strip $(APT_PKGS))" ]; then \
 		$(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q --no-install-recommends $(APT_PKGS); fi
 
+# SGLang 0.5.11 for the differential runner: the package without its dependencies (they would pull
+# a CUDA torch and several GB) plus the pinned set that lets its cache modules import on a CPU.
+SGLANG_PINS := requirements/sglang-0.5.11-cpu.txt
+UPSTREAM_STAMP := $(VENV)/.sglang-0.5.11-installed
+
+differential: $(UPSTREAM_STAMP)
+
+$(UPSTREAM_STAMP): $(STAMP) $(SGLANG_PINS)
+	@test -f $(SGLANG_PINS) || { echo "missing $(SGLANG_PINS) (the pinned CPU set for SGLang 0.5.11)"; exit 1; }
+	$(BIN)/python -m pip install -q --no-deps "sglang==0.5.11" -r $(SGLANG_PINS)
+	@touch $(UPSTREAM_STAMP)
+
 lab: venv system-deps
 	$(BIN)/jupyter lab --notebook-dir=notebooks $(ROOT_FLAG)
 
 lint: venv
 	$(BIN)/ruff check .
 
-test: venv system-deps lint
+# The suite includes a differential smoke run against SGLang 0.5.11, so `test` installs it first
+# (about 1.5 minutes from the registry); the smoke test skips itself where SGLang is absent.
+test: venv system-deps lint differential
 	$(BIN)/python -m pytest
 
 bench: venv

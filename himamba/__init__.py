@@ -10,7 +10,7 @@ from himamba.cache.config import CacheConfig
 from himamba.cache.hi_mamba import HiMambaRadixCache
 from himamba.cache.integrity import check_integrity
 from himamba.cache.invariants import Violation, check_invariants
-from himamba.cache.legacy import LEGACY_BUGS
+from himamba.cache.legacy import LEGACY_BUGS, LEGACY_PROFILES
 from himamba.cache.mamba import MambaRadixCache
 from himamba.cache.results import InsertResult, MatchResult, Request
 from himamba.core.key import RadixKey
@@ -43,6 +43,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "LEGACY_BUGS",
+    "LEGACY_PROFILES",
     "CacheAssertionError",
     "CacheConfig",
     "Engine",

@@ -6,6 +6,8 @@
     himamba replay SCRIPT.json      run a saved script again, printing its steps
     himamba trace stats --format mooncake FILE
                                     sizes and reuse ceilings of a trace, one JSON line
+    himamba differential --seqs N   the same scripts on himamba and on SGLang 0.5.11, compared
+                                    after every operation; exit 1 on a divergence
     himamba bench replay|transfer|render|fuzz|sweep [ARGS...]
                                     (replay ships with the package; the others run from a
                                     source checkout's bench/ folder)
@@ -81,6 +83,23 @@ def _parser() -> argparse.ArgumentParser:
                         help="write an SVG of every step into this folder (refused if not empty)")
     replay.add_argument("--force", action="store_true", help="write into a --svg folder that is not empty")
 
+    diff = sub.add_parser("differential", help="compare himamba with SGLang 0.5.11 operation by operation",
+                          description="Apply the same seeded operation scripts to himamba and to SGLang 0.5.11's own "
+                                      "caches (installed by `make differential`), compare the result and the whole state "
+                                      "after every operation, shrink each divergence to a minimal script and name the "
+                                      "switches that explain it. Prints `agree K/N ops`; exits 1 on a divergence.")
+    diff.add_argument("--seqs", type=int, default=60, help="sequences (scripts) to run (default 60)")
+    diff.add_argument("--ops", type=int, default=100, help="operations per sequence (default 100)")
+    diff.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    diff.add_argument("--cache", choices=("device", "tiered", "both"), default="both",
+                      help="which cache (default both: even sequences device, odd ones tiered)")
+    diff.add_argument("--legacy", action="append", default=[], metavar="NAME",
+                      help="himamba's legacy switches or profile (repeatable), e.g. sglang-0.5.11 (agreement is "
+                           "expected) or none (the defaults: divergences name their switch)")
+    diff.add_argument("--no-shrink", action="store_true", help="report divergences unshrunk (faster)")
+    diff.add_argument("--out", type=Path, default=None, help="write the (shrunk) divergent scripts to this JSON file")
+    diff.add_argument("--no-progress", action="store_true", help="no progress bar")
+
     trace = sub.add_parser("trace", help="look at a trace file",
                            description="Figures about a trace file without replaying it.")
     trace_sub = trace.add_subparsers(dest="trace_command", required=True, metavar="WHAT")
@@ -104,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = _parser()
     args = ap.parse_args(argv)
     try:
-        status = {"demo": _demo, "fuzz": _fuzz, "replay": _replay, "trace": _trace, "bench": _bench}[args.command](args)
+        status = {"demo": _demo, "fuzz": _fuzz, "replay": _replay, "trace": _trace, "differential": _differential,
+                  "bench": _bench}[args.command](args)
         sys.stdout.flush()  # a reader that went away shows here, not at exit
         return status
     except BrokenPipeError:
@@ -191,6 +211,42 @@ def _fuzz(args: argparse.Namespace) -> int:
         write_text_no_follow(args.out, json.dumps(shrunk, indent=1))
         print(f"wrote {args.out}")
     return 1
+
+
+# -- differential --------------------------------------------------------------------------------
+def _differential(args: argparse.Namespace) -> int:
+    from himamba.differential import run_differential
+
+    for flag, value in (("--seqs", args.seqs), ("--ops", args.ops)):
+        if value < 1:
+            raise ValueError(f"{flag} must be at least 1, got {value}")
+    legacy = normalize_legacy([name for name in args.legacy if name != "none"])
+    bar = None
+    progress = None
+    if not args.no_progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=args.seqs, unit="seq", file=sys.stderr, leave=False)
+
+        def progress() -> None:
+            bar.update(1)
+    try:
+        report = run_differential(seqs=args.seqs, ops=args.ops, seed=args.seed, cache=args.cache, legacy=legacy,
+                                  do_shrink=not args.no_shrink, progress=progress)
+    finally:
+        if bar is not None:
+            bar.close()
+    for divergence in report.divergences:
+        print(divergence.describe())
+        if divergence.shrunk is not None:
+            print(f"  shrunk to {len(divergence.shrunk['ops'])} operations: {json.dumps(divergence.shrunk['ops'])}")
+    print(f"legacy={sorted(legacy) or 'none'}")
+    print(report.summary())
+    if args.out is not None:
+        scripts = [d.shrunk or d.script for d in report.divergences]
+        args.out.write_text(json.dumps(scripts, indent=1), encoding="utf-8")
+        print(f"wrote {args.out}")
+    return 1 if report.divergences else 0
 
 
 # -- replay --------------------------------------------------------------------------------------

@@ -31,3 +31,9 @@ class LockError(InvalidInputError):
 
 class CacheAssertionError(HiMambaError, AssertionError):
     """An upstream assertion failed: the tree reached a state the algorithm forbids."""
+
+
+class UpstreamFailure(HiMambaError):
+    """A failure path of SGLang 0.5.11 that a legacy switch reproduces (profile
+    ``"sglang-0.5.11"``): the message begins with upstream's exception class and message, e.g.
+    ``RuntimeError: Can not alloc mamba cache``."""

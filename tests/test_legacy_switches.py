@@ -26,6 +26,15 @@ SWITCHES = {
     "B8": "evict_mamba_takes_locked_leaf",
     "B10": "lock_release_drops_state_lock",
     "B13": "quota_ignored_with_restore",
+    "B14": "load_back_unpinned",
+    "B15": "write_back_drain_keeps_locks",
+    "B16": "evict_pushes_parent",
+    "B17": "loaded_nodes_at_mru",
+    "B18": "backup_host_room_unlocked",
+    "B19": "upstream_failure_paths",
+    "B20": "load_ack_pops_strictly",
+    "B21": "device_tree_strict_asserts",
+    "B22": "cow_lock_leak",
 }
 
 ON_OFF = pytest.mark.parametrize("legacy", [True, False], ids=["switch_on", "switch_off"])
@@ -85,7 +94,7 @@ def test_several_switches_at_once():
     assert config.legacy == frozenset({"B1", "B2", "B13"})
 
 
-@pytest.mark.parametrize("name", ["B9", "B11", "B12", "B14", "nonsense", "cascade_ignores_host_pin", ""])
+@pytest.mark.parametrize("name", ["B9", "B11", "B12", "B23", "nonsense", "cascade_ignores_host_pin", ""])
 def test_unknown_switch_name_raises(name):
     with pytest.raises(hm.InvalidInputError, match="unknown legacy switch"):
         hm.CacheConfig(legacy={name})

@@ -15,7 +15,7 @@ from himamba.cache.hi_base import HiTreeBase
 from himamba.cache.results import Request
 from himamba.core.key import preview
 from himamba.core.node import TreeNode
-from himamba.errors import InvalidInputError
+from himamba.errors import InvalidInputError, UpstreamFailure
 from himamba.memory.transfer import StateTransfer
 from himamba.observe.events import EventKind, operation
 from himamba.validate import check_bool, check_quota, check_slot_tensor, check_tree_slots
@@ -58,12 +58,16 @@ class BackupMixin(HiTreeBase):
         host = cc.write(node.value, node.id, state)
         if host is None:
             # Host eviction may delete this node's host children; its cascade must not then
-            # delete the node being written (a childless tombstone by then): lock it meanwhile.
-            self._inc_lock_ref(node)
-            try:
+            # delete the node being written (a childless tombstone by then): lock it meanwhile
+            # (legacy B18 drops the lock, as upstream).
+            if self.config.has_legacy("B18"):
                 self.evict_host(len(node.value))
-            finally:
-                self._dec_lock_ref(node)
+            else:
+                self._inc_lock_ref(node)
+                try:
+                    self.evict_host(len(node.value))
+                finally:
+                    self._dec_lock_ref(node)
             state = StateTransfer(node.mamba_host_value, node.mamba_value) if node.mamba_value is not None else None
             host = cc.write(node.value, node.id, state)
         if host is None:
@@ -95,8 +99,9 @@ class BackupMixin(HiTreeBase):
         queue = self.cache_controller.ack_write_queue
         done = 0
         if write_back:
+            unlock = not self.config.has_legacy("B15")
             while queue:
-                self._finish_write(queue.popleft())
+                self._finish_write(queue.popleft(), unlock=unlock)
                 done += 1
             return done
         if not self.ongoing_write_through:
@@ -106,15 +111,18 @@ class BackupMixin(HiTreeBase):
             done += 1
         return done
 
-    def _finish_write(self, ack) -> None:
+    def _finish_write(self, ack, unlock: bool = True) -> None:
+        """Complete one write ack: its nodes leave ``ongoing_write_through``; those whose write
+        locked them are unlocked (unless ``unlock`` is false: legacy B15 leaks the lock)."""
         ack.wait()
         for node_id in ack.node_ids:
             node = self.ongoing_write_through.pop(node_id, None)
             if node is None:
                 continue
-            unlock = node_id in self._locked_writes
+            locked = node_id in self._locked_writes
+            self._locked_writes.discard(node_id)
+            unlock = unlock and locked
             if unlock:
-                self._locked_writes.discard(node_id)
                 self._dec_lock_ref(node)
             if self.events.active:
                 self.events.emit(EventKind.WRITE_ACKED, f"write of #{node.id} acknowledged" + (" (unlocked)" if unlock else ""), (node.id,))
@@ -138,6 +146,8 @@ class BackupMixin(HiTreeBase):
             ack.wait()
             done += 1
             for node_id in ack.node_ids:
+                if node_id not in self.ongoing_load_back and self.config.has_legacy("B20"):
+                    raise UpstreamFailure(f"KeyError: {node_id}")
                 node = self.ongoing_load_back.pop(node_id, None)
                 if node is not None:
                     self._dec_lock_ref(node)
@@ -234,15 +244,24 @@ class BackupMixin(HiTreeBase):
             if self.events.active:
                 self.events.emit(EventKind.LOAD_ISSUED, f"load of #{node.id} skipped ({n} host tokens; threshold {self.load_back_threshold}, quota {mem_quota})", (node.id,), skipped=True)
             return None
+        if restore and req is not None and req.mamba_pool_idx is None and self.config.has_legacy("B19"):
+            # upstream takes the request's slot before the KV, and on failure raises with the
+            # ancestor still locked
+            slot = self._alloc_state(self.mamba_pool, self.evict_mamba, lock_node=node)
+            if slot is None:
+                raise UpstreamFailure("RuntimeError: Cannot alloc request mamba cache for host load back")
+            req.mamba_pool_idx = slot
         # Making room (device evictions, write-back writes, host evictions) must not take the
         # host copies this load reads: pin them meanwhile (a guard of ours; see the docstring).
-        guard = bool(chain) or restore
+        guard = (bool(chain) or restore) and not self.config.has_legacy("B14")
         if guard:
             self._protect_host_node(node, protect_mamba=restore)
         try:
             device = self._load(node, host, restore, req)
             if device is None and n:
                 self.evict(n)
+                if not guard:  # legacy B14: upstream rebuilds the state transfer from what is left
+                    restore = restore and node.mamba_host_value is not None
                 device = self._load(node, host, restore, req)
         finally:
             if guard:
@@ -251,16 +270,25 @@ class BackupMixin(HiTreeBase):
         if device is None:
             return None
         self.kv_pool.allocator.mark_owned(device)
+        mru = self.config.has_legacy("B17")
         offset = 0
         for c in chain:
+            if c.host_value is None:  # only with legacy B14: making room freed this host KV
+                raise UpstreamFailure("TypeError: object of type 'NoneType' has no len()")
             k = len(c.host_value)
             c.value = device[offset : offset + k]
             offset += k
-            self.full_lru_list.insert_by_time(c)
+            if mru:
+                self.full_lru_list.insert_mru(c)
+            else:
+                self.full_lru_list.insert_by_time(c)
             self.full_evictable_size_ += k
             self._refresh_leaf_status(c)
         if restore:
-            self.mamba_lru_list.insert_by_time(node)
+            if mru:
+                self.mamba_lru_list.insert_mru(node)
+            else:
+                self.mamba_lru_list.insert_by_time(node)
             self.mamba_evictable_size_ += 1
         self._refresh_leaf_status(anchor)
         self._inc_lock_ref(node)
@@ -276,6 +304,9 @@ class BackupMixin(HiTreeBase):
             extra = req.mamba_pool_idx if want_req else None
             states.append(StateTransfer(node.mamba_host_value, None, extra, alloc_extra=want_req and extra is None))
         device = self.cache_controller.load(host, node.id, states)
+        if device is not None and restore and node.mamba_host_value is None:
+            # only reachable with legacy B14: making device room freed the host state being loaded
+            raise UpstreamFailure("TypeError: object of type 'NoneType' has no len()")
         if device is not None and restore:
             node.mamba_value = states[0].device.view(1)
             self.mamba_pool.allocator.mark_owned(node.mamba_value)

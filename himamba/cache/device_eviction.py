@@ -1,20 +1,18 @@
-"""Device eviction: evict (§3.6), evict_mamba (§3.7) and the single-tier tombstone cascade.
+"""Device eviction: evict (§3.6) and evict_mamba (§3.7); the cascade is in :mod:`himamba.cache.cascade`.
 
 KV eviction takes the evictable device leaves in access-time order (a heap, not the full LRU
 list). State eviction walks the mamba LRU list from its least recently used end: an internal
 node just loses its state and becomes a *tombstone*; a childless node is evicted whole.
 
-Deleting a leaf can leave its parent childless. A childless node without a state can never end a
-usable match, so the **tombstone cascade** deletes such parents one after another, stopping at
-the root, at a node that holds a state, or at a locked node (single-tier rule; the tiered cache
-adds host states and host pins to the stop conditions).
+Deleting a leaf can leave its parent childless; the **tombstone cascade**
+(:mod:`himamba.cache.cascade`) then deletes such parents one after another.
 """
 
 from __future__ import annotations
 
 import heapq
 
-from himamba.cache.tree_base import TreeBase
+from himamba.cache.cascade import DeviceCascadeMixin
 from himamba.core.key import preview
 from himamba.core.node import TreeNode
 from himamba.errors import CacheAssertionError
@@ -22,7 +20,7 @@ from himamba.observe.events import EventKind, operation
 from himamba.validate import check_count
 
 
-class DeviceEvictionMixin(TreeBase):
+class DeviceEvictionMixin(DeviceCascadeMixin):
     """evict, evict_mamba and the cascade of the single-tier cache."""
 
     # -- evict (KV) ----------------------------------------------------------------------------
@@ -43,6 +41,7 @@ class DeviceEvictionMixin(TreeBase):
         surviving ancestor if it became a leaf; stop once the counts reach ``budget``."""
         heap = [(n.last_access_time, n.id, n) for n in leaves]
         heapq.heapify(heap)
+        legacy_parent = self.config.has_legacy("B16") and self.tiered
         counted = 0
         while counted < budget and heap:
             _, _, x = heapq.heappop(heap)
@@ -52,6 +51,8 @@ class DeviceEvictionMixin(TreeBase):
                 continue
             n, survivor = evict_one(x)
             counted += n
+            if legacy_parent:
+                survivor = x.parent
             if survivor in leaves:
                 heapq.heappush(heap, (survivor.last_access_time, survivor.id, survivor))
         return counted
@@ -67,6 +68,11 @@ class DeviceEvictionMixin(TreeBase):
             raise CacheAssertionError(f"evict regular: node #{node.id} is not on device")
         if node.children:
             raise CacheAssertionError(f"non-leaf, node.id={node.id}")
+        if not self.tiered and self.config.has_legacy("B21"):
+            if node.full_lock_ref or node.mamba_lock_ref:
+                raise CacheAssertionError(f"evict leaf node invalid with x.id={node.id} x.full_lock_ref={node.full_lock_ref} x.mamba_lock_ref={node.mamba_lock_ref}")
+            if node.mamba_value is None:
+                raise CacheAssertionError(f"leaf node mamba value is not None, x.id={node.id}")
         n = node.value.shape[0]
         self.kv_pool.free_owned(node.value)
         if node.full_lock_ref == 0:
@@ -96,61 +102,11 @@ class DeviceEvictionMixin(TreeBase):
         else:
             self.mamba_protected_size_ -= 1
         node.mamba_lock_ref = 0
-        self.mamba_lru_list.remove_node(node)
+        if self.config.has_legacy("B18"):  # see _evict_to_host
+            self.mamba_lru_list.discard(node)
+        else:
+            self.mamba_lru_list.remove_node(node)
         node.mamba_value = None
-
-    # -- the cascade -----------------------------------------------------------------------------
-    def _cascade_stop_reason(self, parent: TreeNode) -> str | None:
-        """Why the cascade must keep ``parent`` (``None``: delete it). Single-tier rule."""
-        if parent is self.root_node:
-            return "parent is the root"
-        if parent.mamba_value is not None:
-            return f"parent #{parent.id} holds a device state"
-        if parent.full_lock_ref > 0 or parent.mamba_lock_ref > 0:
-            return f"parent #{parent.id} is locked (full_lock_ref={parent.full_lock_ref})"
-        return None
-
-    def _iteratively_delete_tombstone_leaf(self, node: TreeNode) -> tuple[int, TreeNode]:
-        """After ``node`` left the tree, delete childless stateless ancestors (the cascade).
-
-        Returns (device tokens freed by the cascade, the deepest surviving ancestor).
-        """
-        freed = 0
-        events = self.events
-        while True:
-            parent = node.parent
-            if parent.children:
-                if events.active and parent is not self.root_node:
-                    events.emit(EventKind.CASCADE, f"stop: parent #{parent.id} still has {len(parent.children)} child(ren)", (parent.id,), stop=True)
-                break
-            reason = self._cascade_stop_reason(parent)
-            if reason is not None:
-                if events.active:
-                    events.emit(EventKind.CASCADE, f"stop: {reason}", (parent.id,), stop=True)
-                break
-            if events.active:
-                events.emit(EventKind.CASCADE, f"parent #{parent.id} is a childless tombstone: delete it", (parent.id,), stop=False)
-            freed += self._delete_tombstone_leaf(parent)
-            node = parent
-        survivor = node.parent
-        self._refresh_leaf_status(survivor)
-        return freed, survivor
-
-    def _delete_tombstone_leaf(self, node: TreeNode) -> int:
-        """Delete a childless, stateless node met by the cascade. Returns device tokens freed."""
-        if node.mamba_value is not None or node.children:
-            raise CacheAssertionError(f"cascade: node #{node.id} is not a childless tombstone")
-        freed = 0
-        if node.value is not None:
-            freed = node.value.shape[0]
-            self.kv_pool.free_owned(node.value)
-            self.full_evictable_size_ -= freed
-            self.full_lru_list.remove_node(node)
-        self.evictable_full_device_leaves.discard(node)
-        self._detach(node)
-        if self.events.active:
-            self.events.emit(EventKind.NODE_DELETED, f"tombstone #{node.id}{preview(node.key.token_ids)} deleted ({freed} device tokens)", (node.id,))
-        return freed
 
     # -- evict_mamba (states) ----------------------------------------------------------------------
     @operation("evict_mamba")
@@ -174,8 +130,10 @@ class DeviceEvictionMixin(TreeBase):
                 return 1
             if x.full_lock_ref > 0 and not legacy_b8:
                 return 0
+            if x.full_lock_ref != 0 and not self.tiered:  # the device tree's own assertion
+                raise CacheAssertionError(f"evict leaf node invalid with x.id={x.id} x.full_lock_ref={x.full_lock_ref} x.mamba_lock_ref={x.mamba_lock_ref}")
             if x.full_lock_ref != 0:
-                raise CacheAssertionError(f"evict device leaf: full_lock_ref mismatch (node #{x.id}, full_lock_ref={x.full_lock_ref})")
+                raise CacheAssertionError(f"evict device leaf: full_lock_ref mismatch with x.id={x.id} x.full_lock_ref={x.full_lock_ref} x.mamba_lock_ref={x.mamba_lock_ref}")
             self._evict_device_leaf(x)
             return 1
 

@@ -116,6 +116,15 @@ class HiTreeBase(TreeBase):
         """May a node with a host state be in the host LRU list? (Pinned states are kept out.)"""
         return node.host_mamba_ref_counter == 0 or self.config.has_legacy("B5")
 
+    def _free_host_state(self, node: TreeNode) -> None:
+        """Free ``node``'s host state slot (if any); it leaves the host LRU list. Nothing else
+        (host KV, leaf sets) changes."""
+        if node.mamba_host_value is None:
+            return
+        self.host_mamba_pool.free(node.mamba_host_value)
+        self.mamba_host_lru_list.discard(node)
+        node.mamba_host_value = None
+
     # -- host pins (reference §3.13) ------------------------------------------------------------
     @operation("protect_host")
     def protect_host(self, node: TreeNode, mamba: bool = False) -> None:

@@ -1,20 +1,16 @@
-"""Eviction on the tiered tree: device demotion (§3.6), host eviction (§3.8) and the tiered
-tombstone cascade (§3.10).
+"""Eviction on the tiered tree: device demotion (§3.6) and host eviction (§3.8); the tiered
+cascade's stop rule (§3.10) is in :mod:`himamba.cache.cascade`.
 
 A device leaf leaves the device in one of three ways: it is already backed up, so it is
 *demoted* (device KV and state freed, host copy kept); under ``write_back`` it is written to host
 first and then demoted; otherwise it is deleted. Host-only leaves are deleted by ``evict_host``.
 
-The cascade after a deletion walks up through childless, stateless parents. Here it stops at the
-root, at a parent with a state on *either* tier, at a locked parent, and at a host-pinned parent
-(the #23696 fix; legacy B1 drops that last rule). ``cascade_rule="unified"`` instead keeps every
-childless tombstone as a leaf that ordinary eviction removes later (SGLang's unified tree).
 """
 
 from __future__ import annotations
 
+from himamba.cache.cascade import HiCascadeMixin
 from himamba.cache.device_eviction import DeviceEvictionMixin
-from himamba.cache.hi_base import HiTreeBase
 from himamba.core.key import preview
 from himamba.core.node import TreeNode
 from himamba.errors import CacheAssertionError
@@ -22,7 +18,7 @@ from himamba.observe.events import EventKind, operation
 from himamba.validate import check_count
 
 
-class HiEvictionMixin(DeviceEvictionMixin, HiTreeBase):
+class HiEvictionMixin(DeviceEvictionMixin, HiCascadeMixin):
     """Device demotion, host eviction and the tiered cascade."""
 
     # -- device leaves -------------------------------------------------------------------------
@@ -52,7 +48,10 @@ class HiEvictionMixin(DeviceEvictionMixin, HiTreeBase):
             self.full_evictable_size_ -= n
         else:
             self.full_protected_size_ -= n
-        self.full_lru_list.remove_node(node)
+        if self.config.has_legacy("B18"):  # the node may have been deleted meanwhile (upstream tolerates it)
+            self.full_lru_list.discard(node)
+        else:
+            self.full_lru_list.remove_node(node)
         self._free_device_state(node)
         node.value = None
         self._refresh_leaf_status(node)
@@ -67,50 +66,8 @@ class HiEvictionMixin(DeviceEvictionMixin, HiTreeBase):
         return super()._evict_regular(node)
 
     def _release_leaf_extras(self, node: TreeNode) -> None:
-        if node.mamba_host_value is not None:
-            self.host_mamba_pool.free(node.mamba_host_value)
-            self.mamba_host_lru_list.discard(node)
-            node.mamba_host_value = None
+        self._free_host_state(node)
         self.evictable_full_host_leaves.discard(node)
-
-    # -- the cascade ---------------------------------------------------------------------------
-    def _cascade_stop_reason(self, parent: TreeNode) -> str | None:
-        if parent is self.root_node:
-            return "parent is the root"
-        if parent.mamba_value is not None:
-            return f"parent #{parent.id} holds a device state"
-        if parent.mamba_host_value is not None:
-            return f"parent #{parent.id} holds a host state"
-        if parent.full_lock_ref > 0 or parent.mamba_lock_ref > 0:
-            return f"parent #{parent.id} is locked (full_lock_ref={parent.full_lock_ref})"
-        if (parent.host_ref_counter > 0 or parent.host_mamba_ref_counter > 0) and not self.config.has_legacy("B1"):
-            return f"host pin: parent #{parent.id} has host_ref_counter={parent.host_ref_counter}"
-        if self.config.cascade_rule == "unified":
-            tier = "device" if parent.value is not None else "host"
-            return f"unified rule: parent #{parent.id} stays as a {tier} leaf (its KV is on {tier})"
-        return None
-
-    def _delete_tombstone_leaf(self, node: TreeNode) -> int:
-        if node.mamba_value is not None or node.mamba_host_value is not None or node.children:
-            raise CacheAssertionError(f"cascade: node #{node.id} is not a childless full tombstone")
-        freed = 0
-        if node.value is not None:  # upstream leaves node.value set on the detached node
-            freed = self.cache_controller.evict_device(node.value)
-            self.full_evictable_size_ -= freed
-            self.full_lru_list.remove_node(node)
-        self.evictable_full_device_leaves.discard(node)
-        self.evictable_full_host_leaves.discard(node)
-        self._detach(node)
-        kept = ""
-        if node.host_value is not None:
-            if node.host_ref_counter == 0 and node.host_mamba_ref_counter == 0:
-                self.cache_controller.evict_host(node.host_value)
-                node.host_value = None
-            else:
-                kept = f"; its pinned host KV stays allocated (hr={node.host_ref_counter})"
-        if self.events.active:
-            self.events.emit(EventKind.NODE_DELETED, f"tombstone #{node.id}{preview(node.key.token_ids)} deleted ({freed} device tokens){kept}", (node.id,))
-        return freed
 
     # -- evict_host ----------------------------------------------------------------------------
     @operation("evict_host")
@@ -132,10 +89,8 @@ class HiEvictionMixin(DeviceEvictionMixin, HiTreeBase):
         if node.value is not None or node.host_value is None or node.mamba_value is not None or pinned:
             raise CacheAssertionError(f"evict host leaf: node #{node.id} is not an unpinned host-only node")
         n = self.cache_controller.evict_host(node.host_value)
-        if node.mamba_host_value is not None:
-            self.host_mamba_pool.free(node.mamba_host_value)
-            self.mamba_host_lru_list.discard(node)
-            node.mamba_host_value = None
+        node.host_value = None
+        self._free_host_state(node)
         self.evictable_full_device_leaves.discard(node)
         self.evictable_full_host_leaves.discard(node)
         self._detach(node)
@@ -165,9 +120,7 @@ class HiEvictionMixin(DeviceEvictionMixin, HiTreeBase):
                 return 0
             if x.host_mamba_ref_counter != 0:
                 raise CacheAssertionError(f"evict_mamba_host: node #{x.id} has a pinned host state")
-            lru.remove_node(x)
-            self.host_mamba_pool.free(x.mamba_host_value)
-            x.mamba_host_value = None
+            self._free_host_state(x)
             if self.events.active:
                 self.events.emit(EventKind.HOST_STATE_DROPPED, f"#{x.id} loses its host state (KV={x.kv_tier()})", (x.id,))
             return 1

@@ -84,6 +84,34 @@ LEGACY_BUGS: dict[str, LegacyBug] = {
         LegacyBug("B13", "quota_ignored_with_restore",
                   "load-back skips threshold and mem_quota whenever a state is restored",
                   "no (maybe intended)"),
+        LegacyBug("B14", "load_back_unpinned",
+                  "load-back does not pin the host copies it reads while device room is made: the "
+                  "evictions it causes may free them", "no (open in 0.5.11)"),
+        LegacyBug("B15", "write_back_drain_keeps_locks",
+                  "a blocking write-back drain consumes write-through acks without unlocking "
+                  "their nodes: the locks leak", "no (open in 0.5.11)"),
+        LegacyBug("B16", "evict_pushes_parent",
+                  "after a cascade, eviction queues x.parent (possibly just deleted) instead of the "
+                  "deepest surviving ancestor", "no (open in 0.5.11)"),
+        LegacyBug("B17", "loaded_nodes_at_mru",
+                  "loaded-back nodes enter the full and mamba lists at the MRU end, out of time order",
+                  "no (open in 0.5.11)"),
+        LegacyBug("B18", "backup_host_room_unlocked",
+                  "write_backup's evict_host retry runs without locking the node being written: "
+                  "the cascade may delete it", "no (open in 0.5.11)"),
+        LegacyBug("B19", "upstream_failure_paths",
+                  "a state slot that cannot be had raises where upstream raises (RuntimeError / "
+                  "assertion), a load-back takes the request's slot before the KV and leaves the "
+                  "ancestor locked on failure", "no (open in 0.5.11)"),
+        LegacyBug("B20", "load_ack_pops_strictly",
+                  "loading_check pops each acked node id strictly: a state loaded twice raises KeyError",
+                  "no (open in 0.5.11)"),
+        LegacyBug("B21", "device_tree_strict_asserts",
+                  "device tree: evict takes a childless tombstone ('leaf node mamba value is not None'), "
+                  "dec_lock_ref asserts mamba_lock_ref > 0", "no (open in 0.5.11)"),
+        LegacyBug("B22", "cow_lock_leak",
+                  "a failure while copy-on-write evicts for the request's slot leaves the matched node "
+                  "locked", "no (open in 0.5.11)"),
     )
 }
 

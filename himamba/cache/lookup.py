@@ -16,7 +16,7 @@ from himamba.cache.results import InsertResult, MatchResult, Request
 from himamba.cache.tree_base import TreeBase
 from himamba.core.key import RadixKey, as_key, preview
 from himamba.core.node import TreeNode
-from himamba.errors import CacheAssertionError, InvalidInputError
+from himamba.errors import CacheAssertionError, InvalidInputError, UpstreamFailure
 from himamba.memory.device import check_on_device
 from himamba.observe.events import EventKind, operation
 from himamba.validate import check_int, check_tree_slots
@@ -122,15 +122,10 @@ class LookupMixin(TreeBase):
 
     def _copy_state_to_request(self, best: TreeNode, req: Request) -> None:
         if req.mamba_pool_idx is None:
-            self._inc_lock_ref(best)
-            try:
-                slot = self.mamba_pool.alloc(1)
-                if slot is None:
-                    self.evict_mamba(1)
-                    slot = self.mamba_pool.alloc(1)
-            finally:
-                self._dec_lock_ref(best)
+            slot = self._alloc_state(self.mamba_pool, self.evict_mamba, lock_node=best)
             if slot is None:
+                if self.config.has_legacy("B19"):
+                    raise UpstreamFailure("RuntimeError: Can not alloc mamba cache")
                 raise InvalidInputError("no mamba state slot free for the request (all states are locked)")
             req.mamba_pool_idx = slot
         self.mamba_pool.copy_slot(req.mamba_pool_idx, best.mamba_value)
@@ -252,10 +247,7 @@ class LookupMixin(TreeBase):
         while len(key) and (ck := key.child_key(ps)) in node.children:
             node = node.children[ck]
             node.last_access_time = self.tick()
-            if node.value is not None:
-                full_lru.reset_node_mru(node)
-            if node.mamba_value is not None:
-                mamba_lru.reset_node_mru(node)
+            self._refresh_insert_lru(node)
             p = node.key.match(key, ps)
             if p < len(node.key):
                 node = self._split_node(node, p)
@@ -272,6 +264,17 @@ class LookupMixin(TreeBase):
         mamba_lru.reset_node_mru(node)
         node.last_access_time = self.tick()
         return InsertResult(total, True)
+
+    def _refresh_insert_lru(self, node: TreeNode) -> None:
+        """An insert's LRU refresh of a node on its path: to the MRU end of the full list if
+        its KV is on device, of the mamba list if it holds a device state (the root is never
+        listed). Used by ``insert`` and by the storage tier's host insert."""
+        if node is self.root_node:
+            return
+        if node.value is not None:
+            self.full_lru_list.reset_node_mru(node)
+        if node.mamba_value is not None:
+            self.mamba_lru_list.reset_node_mru(node)
 
     def _take_matched_segment(
         self, node: TreeNode, seg_value: torch.Tensor, prev_prefix_len: int, total: int, chunked: bool

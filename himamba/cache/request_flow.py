@@ -180,10 +180,9 @@ class RequestFlowMixin(TreeBase):
 
     def _alloc_mamba_slot(self) -> torch.Tensor:
         """One device state slot, evicting one state if none is free."""
-        slot = self.mamba_pool.alloc(1)
-        if slot is None:
-            self.evict_mamba(1)
-            slot = self.mamba_pool.alloc(1)
+        slot = self._alloc_state(self.mamba_pool, self.evict_mamba)
+        if slot is None and self.config.has_legacy("B19"):
+            raise CacheAssertionError("Can not alloc mamba cache")
         if slot is None:
             raise InvalidInputError("no device state slot can be freed (every state is locked)")
         return slot

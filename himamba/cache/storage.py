@@ -197,10 +197,7 @@ class StorageMixin(HiTreeBase):
         slot = None
         state_key = hashes[n_pages - 1]
         if host is not None and state_key in self.storage.states:
-            slot = self.host_mamba_pool.alloc(1)
-            if slot is None:
-                self.evict_mamba_host(1)
-                slot = self.host_mamba_pool.alloc(1)
+            slot = self._alloc_state(self.host_mamba_pool, self.evict_mamba_host)
             if slot is None:
                 self.host_kv_pool.free(host)
                 host = None
@@ -258,7 +255,7 @@ class StorageMixin(HiTreeBase):
         ps = self.page_size
         anchor.last_access_time = self.tick()
         if not b3:
-            self._refresh_lists(anchor)
+            self._refresh_insert_lru(anchor)
         self._announce_retime(anchor, b3, mamba_moved=not b3)
         node = anchor
         while len(key) and (ck := key.child_key(ps)) in node.children:
@@ -268,7 +265,7 @@ class StorageMixin(HiTreeBase):
                 if node.mamba_value is not None:
                     self.mamba_lru_list.reset_node_mru(node)
             else:
-                self._refresh_lists(node)
+                self._refresh_insert_lru(node)
             self._announce_retime(node, b3, mamba_moved=True)
             p = node.key.match(key, ps)
             if p < len(node.key):
@@ -304,11 +301,3 @@ class StorageMixin(HiTreeBase):
         else:
             text = f"#{node.id} retimed and moved to the MRU end of its device LRU lists"
         self.events.emit(EventKind.LRU_REFRESH, text, (node.id,), misplaced=b3)
-
-    def _refresh_lists(self, node: TreeNode) -> None:
-        if node is self.root_node:
-            return
-        if node.value is not None:
-            self.full_lru_list.reset_node_mru(node)
-        if node.mamba_value is not None:
-            self.mamba_lru_list.reset_node_mru(node)

@@ -251,6 +251,9 @@ class TreeBase(Displayable):
         if node is root:
             return 0
         guard = not self.config.has_legacy("B10")
+        if (not self.tiered and self.config.has_legacy("B21") and node.mamba_value is not None
+                and node.mamba_lock_ref == 0 and not (guard and node.tombstone_lock_ref > 0)):
+            raise CacheAssertionError(f"dec_lock_ref on node with node.mamba_lock_ref=0, node.id={node.id}")
         if node.tombstone_lock_ref > 0 and guard:
             node.tombstone_lock_ref -= 1
         elif node.mamba_value is not None and node.mamba_lock_ref > 0:
@@ -276,6 +279,31 @@ class TreeBase(Displayable):
         if self.events.active:
             self.events.emit(EventKind.UNLOCK, f"unlock #{node.id} and its ancestors (released {delta} tokens)", (node.id,))
         return delta
+
+    # -- state slots -------------------------------------------------------------------------------
+    def _alloc_state(self, pool: MambaPool, evict, lock_node: TreeNode | None = None) -> torch.Tensor | None:
+        """One slot of state pool ``pool``, evicting on shortage: when none is free, lock
+        ``lock_node`` (if given, so that the eviction cannot take it), ``evict(1)``, retry, unlock.
+        Returns the slot or ``None``. If the eviction raises, the lock is released (legacy B22
+        keeps it, as upstream's ``_alloc_with_evict`` does)."""
+        slot = pool.alloc(1)
+        if slot is not None:
+            return slot
+        if lock_node is None:
+            evict(1)
+            return pool.alloc(1)
+        self._inc_lock_ref(lock_node)
+        if self.config.has_legacy("B22"):
+            evict(1)
+        else:
+            try:
+                evict(1)
+            except BaseException:
+                self._dec_lock_ref(lock_node)
+                raise
+        slot = pool.alloc(1)
+        self._dec_lock_ref(lock_node)
+        return slot
 
     # -- sizes -------------------------------------------------------------------------------------
     def full_evictable_size(self) -> int:

@@ -130,7 +130,10 @@ def make_standin_controller(allocator, host_group, page_size: int, write_policy:
     """A stand-in ``HybridCacheController`` over upstream's own ``write``/``load``/``evict_*``
     and allocation logic, with no CUDA streams; queued copies are merged and acknowledged at
     once."""
-    from sglang.srt.mem_cache.hybrid_cache.hybrid_cache_controller import CacheOperation, HybridCacheController
+    from sglang.srt.mem_cache.hybrid_cache.hybrid_cache_controller import (
+        CacheOperation,
+        HybridCacheController,
+    )
 
     class StandInController(HybridCacheController):
         """Stand-in controller: upstream's queueing and allocation, copies acknowledged at once."""

@@ -19,7 +19,11 @@ from dataclasses import dataclass
 
 import torch
 
-from himamba.differential.standins import install_import_standins, make_host_pools, make_standin_controller
+from himamba.differential.standins import (
+    install_import_standins,
+    make_host_pools,
+    make_standin_controller,
+)
 from himamba.errors import HiMambaError
 
 SGLANG_VERSION = "0.5.11"
