@@ -21,6 +21,7 @@ from himamba.errors import (
     InvalidInputError,
     LockError,
     PoolError,
+    UpstreamFailure,
 )
 from himamba.memory.model import ModelSpec
 from himamba.observe.events import Event, EventKind
@@ -58,6 +59,7 @@ __all__ = [
     "MatchResult",
     "ModelSpec",
     "PoolError",
+    "UpstreamFailure",
     "RadixKey",
     "Recorder",
     "Request",

@@ -3,7 +3,7 @@
 ``CacheConfig(legacy={"B1"})`` (or the alias, ``{"cascade_ignores_host_pins"}``) restores the old
 code path exactly, so a notebook can show the symptom next to the fix. By default every switch is
 off: the cache behaves as current upstream *and* also fixes the bugs upstream left open
-(B3, B6, B7, B8).
+(B3, B6, B7, B8, B10, B13) and adds the guards B14-B22.
 
 ====  ==================================  ===========================================================  ==================
 id    alias                               symptom with the switch on                                   fixed upstream?
@@ -29,7 +29,32 @@ B10   lock_release_drops_state_lock     a lock taken on a tombstone, released af
                                           load into it is still queued
 B13   quota_ignored_with_restore          load-back ignores threshold and ``mem_quota`` whenever a     no (maybe intended)
                                           state is restored
+B14   load_back_unpinned                  load-back does not pin the host copies it reads while        no (open in 0.5.11)
+                                          device room is made (the unpin no longer moves the host
+                                          state to the MRU end)
+B15   write_back_drain_keeps_locks        a blocking write-back drain leaks the locks of the           no (open in 0.5.11)
+                                          write-through writes it consumes
+B16   evict_pushes_parent                 after a cascade, eviction queues ``x.parent`` (maybe         no (open in 0.5.11)
+                                          deleted), not the deepest surviving ancestor
+B17   loaded_nodes_at_mru                 loaded-back nodes enter the full/mamba lists at the MRU end  no (open in 0.5.11)
+B18   backup_host_room_unlocked           ``write_backup``'s ``evict_host`` retry runs with the node   no (open in 0.5.11)
+                                          unlocked; the cascade may delete it
+B19   upstream_failure_paths              no state slot for a request raises as upstream (``Runtime    no (open in 0.5.11)
+                                          Error``/assertion); load-back takes that slot before the KV
+B20   load_ack_pops_strictly              ``loading_check`` of a node loaded twice: ``KeyError``       no (open in 0.5.11)
+B21   device_tree_strict_asserts          device tree: evicting a childless tombstone, releasing a     no (open in 0.5.11)
+                                          lock taken on a tombstone, assert
+B22   cow_lock_leak                       a failure inside copy-on-write's eviction leaves the lock    no (open in 0.5.11)
 ====  ==================================  ===========================================================  ==================
+
+B14-B22 are the guards and clean errors himamba adds beyond SGLang 0.5.11; each entry's
+``why_default`` says why the default differs. Their "fixed upstream?" entries are ours, found by
+running SGLang 0.5.11 side by side (:mod:`himamba.differential`); the reference predates them.
+
+The profile ``legacy="sglang-0.5.11"`` (:data:`LEGACY_PROFILES`) turns on every switch whose
+"fixed upstream?" is "no": the cache then behaves as SGLang 0.5.11, failure paths included
+(:class:`~himamba.errors.UpstreamFailure` or :class:`~himamba.errors.CacheAssertionError` with
+upstream's message). Profiles combine with switches: ``legacy={"sglang-0.5.11", "B1"}``.
 
 B9, B11 and B12 are hazards without a single old code path (see the reference); they are shown in
 notebooks but have no switch.
@@ -51,6 +76,7 @@ class LegacyBug:
     alias: str
     symptom: str
     fixed_upstream: str
+    why_default: str = ""  # for a guard beyond upstream: why himamba's default differs
 
 
 LEGACY_BUGS: dict[str, LegacyBug] = {
@@ -86,32 +112,41 @@ LEGACY_BUGS: dict[str, LegacyBug] = {
                   "no (maybe intended)"),
         LegacyBug("B14", "load_back_unpinned",
                   "load-back does not pin the host copies it reads while device room is made: the "
-                  "evictions it causes may free them", "no (open in 0.5.11)"),
+                  "evictions it causes may free them", "no (open in 0.5.11)",
+                  "the evictions a load-back causes can free the very host copy being loaded (TypeError upstream)"),
         LegacyBug("B15", "write_back_drain_keeps_locks",
                   "a blocking write-back drain consumes write-through acks without unlocking "
-                  "their nodes: the locks leak", "no (open in 0.5.11)"),
+                  "their nodes: the locks leak", "no (open in 0.5.11)",
+                  "a leaked lock makes its node unevictable for ever"),
         LegacyBug("B16", "evict_pushes_parent",
                   "after a cascade, eviction queues x.parent (possibly just deleted) instead of the "
-                  "deepest surviving ancestor", "no (open in 0.5.11)"),
+                  "deepest surviving ancestor", "no (open in 0.5.11)",
+                  "queueing a deleted node stops eviction early: it frees less than asked though leaves remain"),
         LegacyBug("B17", "loaded_nodes_at_mru",
                   "loaded-back nodes enter the full and mamba lists at the MRU end, out of time order",
-                  "no (open in 0.5.11)"),
+                  "no (open in 0.5.11)",
+                  "list order must equal time order (the sanity check upstream runs fails otherwise)"),
         LegacyBug("B18", "backup_host_room_unlocked",
                   "write_backup's evict_host retry runs without locking the node being written: "
-                  "the cascade may delete it", "no (open in 0.5.11)"),
+                  "the cascade may delete it", "no (open in 0.5.11)",
+                  "the cascade of a host child's eviction can delete the node being written"),
         LegacyBug("B19", "upstream_failure_paths",
                   "a state slot that cannot be had raises where upstream raises (RuntimeError / "
                   "assertion), a load-back takes the request's slot before the KV and leaves the "
-                  "ancestor locked on failure", "no (open in 0.5.11)"),
+                  "ancestor locked on failure", "no (open in 0.5.11)",
+                  "a shortage of state slots is an input condition to report cleanly, not a crash"),
         LegacyBug("B20", "load_ack_pops_strictly",
                   "loading_check pops each acked node id strictly: a state loaded twice raises KeyError",
-                  "no (open in 0.5.11)"),
+                  "no (open in 0.5.11)",
+                  "a second load of a node already queued is legal; its ack must not crash"),
         LegacyBug("B21", "device_tree_strict_asserts",
                   "device tree: evict takes a childless tombstone ('leaf node mamba value is not None'), "
-                  "dec_lock_ref asserts mamba_lock_ref > 0", "no (open in 0.5.11)"),
+                  "dec_lock_ref asserts mamba_lock_ref > 0", "no (open in 0.5.11)",
+                  "a childless tombstone is garbage to delete, and a lock taken on a tombstone is released cleanly"),
         LegacyBug("B22", "cow_lock_leak",
                   "a failure while copy-on-write evicts for the request's slot leaves the matched node "
-                  "locked", "no (open in 0.5.11)"),
+                  "locked", "no (open in 0.5.11)",
+                  "a failed eviction must not leave a lock behind"),
     )
 }
 

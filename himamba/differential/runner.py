@@ -251,17 +251,21 @@ def _diverges_the_same(script: dict, divergence: Divergence) -> Callable[[list[d
 
 
 def explain(script: dict) -> list[str]:
-    """The profile's switches each of whose addition alone makes ``script`` agree."""
+    """The switches of the ``sglang-0.5.11`` profile that explain ``script``'s divergence: each
+    one whose addition alone makes the script agree; when none does, each pair (``"B10+B14"``)."""
     legacy = normalize_legacy(script["config"].get("legacy", ()))
-    names = []
-    for switch in sorted(LEGACY_PROFILES[PROFILE] - legacy, key=lambda s: int(s[1:])):
-        config = {**script["config"], "legacy": sorted(legacy | {switch})}
+    candidates = sorted(LEGACY_PROFILES[PROFILE] - legacy, key=lambda s: int(s[1:]))
+
+    def agrees(extra: tuple[str, ...]) -> bool:
+        config = {**script["config"], "legacy": sorted(legacy | set(extra))}
         try:
-            _, d = compare_script({**script, "config": config})
+            return compare_script({**script, "config": config})[1] is None
         except InvalidInputError:
-            continue
-        if d is None:
-            names.append(switch)
+            return False
+
+    names = [s for s in candidates if agrees((s,))]
+    if not names:
+        names = [f"{a}+{b}" for i, a in enumerate(candidates) for b in candidates[i + 1:] if agrees((a, b))]
     return names
 
 

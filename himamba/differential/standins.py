@@ -48,7 +48,8 @@ class _StandInModule(types.ModuleType):
 
 
 def install_import_standins() -> None:
-    """Make ``import sglang.srt.mem_cache...`` work on a CPU-only machine (idempotent)."""
+    """Install the import stand-ins, so that ``import sglang.srt.mem_cache...`` works on a
+    CPU-only machine (idempotent)."""
     # transformers decides once whether torchvision exists: let it see that it does not, before
     # the stand-in module appears.
     importlib.import_module("transformers.image_utils")
@@ -97,6 +98,7 @@ class _StandInAck:
 
 
 def _host_pool_classes():
+    install_import_standins()
     from sglang.srt.mem_cache.memory_pool_host import MambaPoolHost, MHATokenToKVPoolHost
 
     class StandInHostKV(MHATokenToKVPoolHost):
@@ -130,6 +132,7 @@ def make_standin_controller(allocator, host_group, page_size: int, write_policy:
     """A stand-in ``HybridCacheController`` over upstream's own ``write``/``load``/``evict_*``
     and allocation logic, with no CUDA streams; queued copies are merged and acknowledged at
     once."""
+    install_import_standins()
     from sglang.srt.mem_cache.hybrid_cache.hybrid_cache_controller import (
         CacheOperation,
         HybridCacheController,
