@@ -37,3 +37,8 @@ class UpstreamFailure(HiMambaError):
     """A failure path of SGLang 0.5.11 that a legacy switch reproduces (profile
     ``"sglang-0.5.11"``): the message begins with upstream's exception class and message, e.g.
     ``RuntimeError: Can not alloc mamba cache``."""
+
+
+class OracleError(AssertionError):
+    """A driver saw behaviour the reference forbids that no invariant covers (e.g. B2, or a
+    result that disagrees with the tree)."""

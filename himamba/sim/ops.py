@@ -6,8 +6,14 @@ script replays the same way anywhere. Operations that refer to earlier state (``
 held lock, complete the k-th ack in flight) pick modulo what exists and do nothing when nothing
 does, so any sub-list of a script is still a valid script (that is what shrinking needs).
 
-Every request-like operation completes within itself (allocate, insert, release), so between
-operations the driver holds no pool slots, only locks and pins.
+Every request-like operation completes within itself (allocate, insert, release), except the
+held requests of :mod:`himamba.sim.held_requests` (``req_start``, ``req_chunk``, ``req_finish``),
+whose slots :meth:`DriverState.held_kv` and :meth:`DriverState.held_states` count. On the
+device-only cache, operations whose results the reference pins down check them (``match``,
+``evict``, ``evict_mamba``; the held requests on both caches) and raise
+:class:`~himamba.errors.OracleError` when they disagree. (On the tiered cache a match may end at
+a node whose state is on the host only, and under write-back an ``evict`` returns fewer tokens
+than the device frees, so those checks are not made there.)
 """
 
 from __future__ import annotations
@@ -20,13 +26,13 @@ from himamba.cache.results import InsertResult, Request
 from himamba.cache.tree_base import TreeBase
 from himamba.core.key import RadixKey
 from himamba.core.node import TreeNode
-from himamba.errors import InvalidInputError
+from himamba.errors import InvalidInputError, OracleError
 from himamba.memory.content import write_kv, write_state
+from himamba.sim import held_requests
+from himamba.sim.held_requests import HeldRequest, check_match
 from himamba.validate import check_bool, check_count, check_token_ids
 
-
-class OracleError(AssertionError):
-    """The driver saw behaviour the reference forbids that no invariant covers (e.g. B2)."""
+__all__ = ["OPERATIONS", "DriverState", "OracleError", "apply", "check_op", "serve"]
 
 
 @dataclass
@@ -35,16 +41,27 @@ class DriverState:
 
     locks: list[TreeNode] = field(default_factory=list)
     pins: list[TreeNode] = field(default_factory=list)
+    requests: list[HeldRequest] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
 
+    def held_kv(self) -> int:
+        """Device KV slots the held requests own."""
+        return held_requests.held_kv(self.requests) if self.requests else 0
 
-def serve(cache, tokens: list[int] | RadixKey) -> InsertResult | None:
+    def held_states(self) -> int:
+        """Device state slots the held requests own."""
+        return held_requests.held_states(self.requests) if self.requests else 0
+
+
+def serve(cache, tokens: list[int] | RadixKey, *, reuse_prefix: bool = True) -> InsertResult | None:
     """Serve one request the way a scheduler would, with real KV and state content.
 
     match_prefix -> lock -> (tiered: load back a host hit, moving the lock to it) -> allocate KV for the new tokens
     and one state slot (evicting on shortage) -> fill them -> insert -> free the state slot if
     the tree already had one -> unlock. Returns the insert's result, or ``None`` when memory
     could not be found (nothing changes then but evictions). Acks are left to the caller.
+    Without ``reuse_prefix`` the request computes every token again (new KV slots for the
+    matched prefix too), so insert frees the duplicates.
     """
     if not isinstance(cache, TreeBase):
         raise InvalidInputError(f"serve needs a cache (MambaRadixCache or HiMambaRadixCache), got {type(cache).__name__}")
@@ -63,14 +80,14 @@ def serve(cache, tokens: list[int] | RadixKey) -> InsertResult | None:
             cache.dec_lock_ref(node)
             node = last
         cache.ready_to_load_host_cache()
-    n = len(prefix)
+    n = len(prefix) if reuse_prefix else 0
     try:
         slots = _alloc_request(cache, tokens, n, states=1)
         if slots is None:
             return None
         new, slot = slots
         write_state(cache.mamba_pool, slot, tokens)
-        result = cache.insert(key, torch.cat((prefix, new)), slot, prev_prefix_len=n)
+        result = cache.insert(key, torch.cat((prefix, new)) if n else new, slot, prev_prefix_len=n)
         if result.mamba_exist:
             cache.mamba_pool.free(slot)
         return result
@@ -140,6 +157,15 @@ def _chunked(cache, tokens: list[int], chunk: int) -> None:
     cache.cache_finished_req(req)
 
 
+def _evict(cache, n: int) -> None:
+    """``evict(n)``, checking that what it returns is what left the tree and joined the pool."""
+    total, free = cache.total_size(), cache.kv_pool.available_size()
+    freed = cache.evict(n)
+    if freed < 0 or cache.total_size() != total - freed or cache.kv_pool.available_size() != free + freed:
+        raise OracleError(f"evict({n}) returned {freed}; the tree lost {total - cache.total_size()} device tokens, "
+                          f"the pool gained {cache.kv_pool.available_size() - free}")
+
+
 def _writes(cache) -> int:
     controller = getattr(cache, "cache_controller", None)
     return controller.writes_issued if controller is not None else 0
@@ -151,11 +177,11 @@ def apply(cache, state: DriverState, op: dict) -> None:
     state.counts[kind] = state.counts.get(kind, 0) + 1
     tiered = getattr(cache, "tiered", False)
     if kind == "request":
-        serve(cache, op["tokens"])
+        serve(cache, op["tokens"], reuse_prefix=not op.get("fresh", False))
     elif kind == "chunked":
         _chunked(cache, op["tokens"], op["chunk"])
     elif kind == "match":
-        cache.match_prefix(op["tokens"])
+        check_match(cache, op["tokens"], cache.match_prefix(op["tokens"]))
     elif kind == "lock":
         exact = cache.node_at(op["tokens"]) if op.get("exact") else None
         node = exact if exact is not None and exact.value is not None else cache.match_prefix(op["tokens"]).last_device_node
@@ -165,9 +191,25 @@ def apply(cache, state: DriverState, op: dict) -> None:
         if state.locks:
             cache.dec_lock_ref(state.locks.pop(op["k"] % len(state.locks)))
     elif kind == "evict":
-        cache.evict(op["n"])
+        if tiered:
+            cache.evict(op["n"])
+        else:
+            _evict(cache, op["n"])
     elif kind == "evict_mamba":
-        cache.evict_mamba(op["n"])
+        free = cache.mamba_pool.available_size()
+        freed = cache.evict_mamba(op["n"])
+        if not tiered and (not 0 <= freed <= op["n"] or cache.mamba_pool.available_size() != free + freed):
+            raise OracleError(f"evict_mamba({op['n']}) returned {freed}; the state pool gained "
+                              f"{cache.mamba_pool.available_size() - free}")
+    elif kind in ("req_start", "req_chunk", "req_finish"):
+        if kind == "req_start":
+            done = held_requests.start(cache, state.requests, op["tokens"], op.get("cow", False), f"req{state.counts[kind]}")
+        elif kind == "req_chunk":
+            done = held_requests.chunk(cache, state.requests, op["k"], op["pages"], op.get("track", True))
+        else:
+            done = held_requests.finish(cache, state.requests, op["k"], op.get("insert", True), op.get("cut", 0))
+        if done is not None:  # what it did, counted as "req_chunk:moved" etc.
+            state.counts[f"{kind}:{done}"] = state.counts.get(f"{kind}:{done}", 0) + 1
     elif not tiered:
         return
     elif kind == "evict_host":
@@ -219,7 +261,7 @@ def apply(cache, state: DriverState, op: dict) -> None:
 # Each operation's fields: required ones, then optional ones (with the check each value gets).
 _TOKENS, _COUNT, _FLAG = "tokens", "count", "flag"
 OPERATION_FIELDS: dict[str, tuple[dict[str, str], dict[str, str]]] = {
-    "request": ({"tokens": _TOKENS}, {}),
+    "request": ({"tokens": _TOKENS}, {"fresh": _FLAG}),
     "chunked": ({"tokens": _TOKENS, "chunk": _COUNT}, {}),
     "match": ({"tokens": _TOKENS}, {}),
     "lock": ({"tokens": _TOKENS}, {"exact": _FLAG}),
@@ -236,6 +278,9 @@ OPERATION_FIELDS: dict[str, tuple[dict[str, str], dict[str, str]]] = {
     "unpin": ({"k": _COUNT}, {}),
     "prefetch": ({"tokens": _TOKENS, "split": _COUNT, "req": "id"}, {}),
     "prefetch_done": ({}, {}),
+    "req_start": ({"tokens": _TOKENS}, {"cow": _FLAG}),
+    "req_chunk": ({"k": _COUNT, "pages": _COUNT}, {"track": _FLAG}),
+    "req_finish": ({"k": _COUNT}, {"insert": _FLAG, "cut": _COUNT}),
 }
 OPERATIONS = tuple(OPERATION_FIELDS)
 

@@ -18,6 +18,7 @@ between processes.
 
 from himamba.sim.fuzz.generate import (
     DEFAULT_EPISODE,
+    STRESS_WEIGHTS,
     TARGET_PROFILES,
     default_config,
     episode_length,
@@ -38,7 +39,7 @@ from himamba.sim.fuzz.run import (
 from himamba.sim.fuzz.shrink import shrink
 
 __all__ = [
-    "DEFAULT_EPISODE", "TARGET_PROFILES", "FuzzFailure", "FuzzReport", "check_script", "default_config",
+    "DEFAULT_EPISODE", "STRESS_WEIGHTS", "TARGET_PROFILES", "FuzzFailure", "FuzzReport", "check_script", "default_config",
     "episode_length", "episode_seed", "fuzz", "generate_ops", "make_cache", "make_script", "replay",
     "run_ops_recorded", "run_script", "shrink",
 ]

@@ -48,14 +48,25 @@ TARGET_PROFILES: dict[str, dict] = {
 }
 DEFAULT_EPISODE = 500  # operations per episode when neither the caller nor a profile says
 
+# The device-tier stress mix (tests/test_stress_device.py): plain inserts and matches, locks held
+# for a while, evictions, and requests held across operations (prefilled chunk by chunk,
+# finished or aborted), with a request that computes its whole prompt again one time in five.
+STRESS_WEIGHTS: dict[str, int] = {
+    "request": 14, "chunked": 4, "match": 16, "lock": 7, "unlock": 7, "evict": 7, "evict_mamba": 6,
+    "evict_host": 0, "evict_mamba_host": 0, "ack": 0, "events": 0, "load": 0, "pin": 0, "unpin": 0,
+    "prefetch": 0, "prefetch_done": 0, "req_start": 9, "req_chunk": 16, "req_finish": 10,
+}
+
 
 def generate_ops(seed: int, n: int, page_size: int = 1, vocab: int = 40,
                  weights: dict[str, int] | None = None, p_prompt: float = 0.4, p_bare: float = 0.25,
-                 n_prompts: int = 4) -> list[dict]:
+                 n_prompts: int = 4, p_fresh: float = 0.0) -> list[dict]:
     """``n`` random operations over sequences with shared prefixes (``n_prompts`` system
     prompts, multi-turn growth, short random branches). ``weights`` overrides how often each kind
-    is drawn; a request builds on a system prompt with probability ``p_prompt`` (else on an
-    earlier sequence) and repeats its base exactly with probability ``p_bare``."""
+    is drawn (the held requests, ``req_*``, are drawn only when given a weight); a request builds
+    on a system prompt with probability ``p_prompt`` (else on an earlier sequence), repeats its
+    base exactly with probability ``p_bare`` and, with probability ``p_fresh``, computes its
+    matched prefix again (``fresh``)."""
     rng = random.Random(seed)
     ps = page_size
 
@@ -67,14 +78,15 @@ def generate_ops(seed: int, n: int, page_size: int = 1, vocab: int = 40,
     overrides = weights
     weights = {"request": 10, "chunked": 2, "match": 4, "lock": 3, "unlock": 3, "evict": 3,
                "evict_mamba": 2, "evict_host": 2, "evict_mamba_host": 2, "ack": 4, "events": 4,
-               "load": 3, "pin": 1, "unpin": 1, "prefetch": 1, "prefetch_done": 1}
+               "load": 3, "pin": 1, "unpin": 1, "prefetch": 1, "prefetch_done": 1,
+               "req_start": 0, "req_chunk": 0, "req_finish": 0}
     weights.update(overrides or {})
     kinds, w = zip(*weights.items(), strict=True)
     ops: list[dict] = []
     while len(ops) < n:
         i = len(ops)
         kind = rng.choices(kinds, w)[0]
-        if kind in ("request", "chunked"):
+        if kind in ("request", "chunked", "req_start"):
             base = rng.choice(seqs) if seqs and rng.random() < 1 - p_prompt else rng.choice(prompts)
             if len(base) > 16 * ps:  # keep requests well inside the small pools
                 base = rng.choice(prompts)
@@ -86,6 +98,10 @@ def generate_ops(seed: int, n: int, page_size: int = 1, vocab: int = 40,
             op = {"op": kind, "tokens": tokens}
             if kind == "chunked":
                 op["chunk"] = ps * rng.randint(1, 2)
+            elif kind == "req_start":
+                op["cow"] = rng.random() < 0.5
+            elif p_fresh and rng.random() < p_fresh:
+                op["fresh"] = True
         elif kind in ("match", "lock", "load", "pin"):
             if not seqs:
                 continue
@@ -101,6 +117,10 @@ def generate_ops(seed: int, n: int, page_size: int = 1, vocab: int = 40,
                 op["exact"] = rng.random() < 0.5
         elif kind in ("unlock", "unpin", "ack"):
             op = {"op": kind, "k": rng.randrange(1 << 16)}
+        elif kind == "req_chunk":
+            op = {"op": kind, "k": rng.randrange(1 << 16), "pages": rng.randint(1, 4), "track": rng.random() < 0.85}
+        elif kind == "req_finish":
+            op = {"op": kind, "k": rng.randrange(1 << 16), "insert": rng.random() < 0.8, "cut": rng.randrange(1 << 16)}
         elif kind in ("evict", "evict_host"):
             op = {"op": kind, "n": rng.randint(1, 12 * ps)}
         elif kind in ("evict_mamba", "evict_mamba_host"):
@@ -118,10 +138,12 @@ def generate_ops(seed: int, n: int, page_size: int = 1, vocab: int = 40,
 
 def make_script(seed: int, n: int, *, page_size: int = 1, write_policy: str | None = None,
                 legacy: Iterable[str] = (), manual_acks: bool = True, cache: str = "tiered",
-                storage: bool = True, profile: bool = True, scale: int = 1, copy_engine: str = "auto") -> dict:
+                storage: bool = True, profile: bool = True, scale: int = 1, copy_engine: str = "auto",
+                weights: dict[str, int] | None = None, p_fresh: float = 0.0) -> dict:
     """A random script. With ``profile``, a single legacy switch brings its
     :data:`TARGET_PROFILES` settings (an explicit ``write_policy`` still wins). A ``copy_engine``
-    other than ``"auto"`` goes into the config (``"deferred"``: CUDA's copy timing on the CPU)."""
+    other than ``"auto"`` goes into the config (``"deferred"``: CUDA's copy timing on the CPU).
+    ``weights`` and ``p_fresh`` go to :func:`generate_ops` (``weights`` over a profile's)."""
     legacy = sorted(legacy)
     prof = TARGET_PROFILES.get(legacy[0], {}) if profile and len(legacy) == 1 else {}
     config = default_config(page_size, write_policy or "write_through", legacy, storage and cache == "tiered", seed, scale)
@@ -133,7 +155,8 @@ def make_script(seed: int, n: int, *, page_size: int = 1, write_policy: str | No
         config["copy_engine"] = copy_engine
     return {
         "cache": cache, "manual_acks": manual_acks, "seed": seed, "config": config,
-        "ops": generate_ops(seed, n, page_size, weights=prof.get("weights"), **prof.get("shape", {})),
+        "ops": generate_ops(seed, n, page_size, weights={**prof.get("weights", {}), **(weights or {})} or None,
+                            p_fresh=p_fresh, **prof.get("shape", {})),
     }
 
 

@@ -115,7 +115,7 @@ def _step(cache, state: DriverState, op: dict, i: int, integrity_every: int) -> 
         return FuzzFailure(i, type(exc).__name__, str(exc))
     except (AssertionError, RuntimeError, KeyError, IndexError) as exc:
         return FuzzFailure(i, type(exc).__name__, f"{exc}")
-    violations = check_invariants(cache, held_kv=0, held_states=0)
+    violations = check_invariants(cache, held_kv=state.held_kv(), held_states=state.held_states())
     if not violations and integrity_every and i % integrity_every == 0:
         violations = check_integrity(cache)
     if violations:
