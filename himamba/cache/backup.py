@@ -15,7 +15,7 @@ from himamba.cache.hi_base import HiTreeBase
 from himamba.cache.results import Request
 from himamba.core.key import preview
 from himamba.core.node import TreeNode
-from himamba.errors import InvalidInputError, UpstreamFailure
+from himamba.errors import CacheAssertionError, InvalidInputError, UpstreamFailure
 from himamba.memory.transfer import StateTransfer
 from himamba.observe.events import EventKind, operation
 from himamba.validate import check_bool, check_quota, check_slot_tensor, check_tree_slots
@@ -254,6 +254,7 @@ class BackupMixin(HiTreeBase):
         # Making room (device evictions, write-back writes, host evictions) must not take the
         # host copies this load reads: pin them meanwhile (a guard of ours; see the docstring).
         guard = (bool(chain) or restore) and not self.config.has_legacy("B14")
+        wanted = restore
         if guard:
             self._protect_host_node(node, protect_mamba=restore)
         try:
@@ -284,6 +285,8 @@ class BackupMixin(HiTreeBase):
                 self.full_lru_list.insert_by_time(c)
             self.full_evictable_size_ += k
             self._refresh_leaf_status(c)
+        if wanted and not restore:  # legacy B14: the state to restore was freed while room was made
+            raise CacheAssertionError(f"Inserting mamba tombstone node in lru list: node.id={node.id}")
         if restore:
             if mru:
                 self.mamba_lru_list.insert_mru(node)
@@ -299,12 +302,15 @@ class BackupMixin(HiTreeBase):
 
     def _load(self, node: TreeNode, host: torch.Tensor, restore: bool, req: Request | None) -> torch.Tensor | None:
         states = []
+        stale = restore and node.mamba_host_value is None  # legacy B14: freed before this load
+        if stale:
+            restore = False
         if restore:
             want_req = req is not None
             extra = req.mamba_pool_idx if want_req else None
             states.append(StateTransfer(node.mamba_host_value, None, extra, alloc_extra=want_req and extra is None))
         device = self.cache_controller.load(host, node.id, states)
-        if device is not None and restore and node.mamba_host_value is None:
+        if device is not None and (stale or (restore and node.mamba_host_value is None)):
             # only reachable with legacy B14: making device room freed the host state being loaded
             raise UpstreamFailure("TypeError: object of type 'NoneType' has no len()")
         if device is not None and restore:

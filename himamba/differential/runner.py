@@ -61,6 +61,7 @@ class DifferentialReport:
     ops: dict[str, int] = field(default_factory=dict)
     agree: dict[str, int] = field(default_factory=dict)
     sequences: dict[str, int] = field(default_factory=dict)
+    ended_by_failure: dict[str, int] = field(default_factory=dict)  # both raised the same: sequence over
     divergences: list[Divergence] = field(default_factory=list)
 
     def summary(self) -> str:
@@ -68,7 +69,8 @@ class DifferentialReport:
         for cache in sorted(self.ops):
             bad = sum(d.script["cache"] == cache for d in self.divergences)
             lines.append(f"{cache}: agree {self.agree[cache]}/{self.ops[cache]} ops, "
-                         f"{self.sequences[cache] - bad}/{self.sequences[cache]} sequences without divergence")
+                         f"{self.sequences[cache] - bad}/{self.sequences[cache]} sequences without divergence, "
+                         f"{self.ended_by_failure.get(cache, 0)} ended early by the same upstream failure on both")
         total_ops, total_agree = sum(self.ops.values()), sum(self.agree.values())
         lines.append(f"agree {total_agree}/{total_ops} ops, {len(self.divergences)} divergence(s)")
         return "\n".join(lines)
@@ -308,6 +310,8 @@ def run_differential(seqs: int = 60, ops: int = 100, seed: int = 0, cache: str =
         report.ops[kind] = report.ops.get(kind, 0) + (agreed + (divergence is not None))
         report.agree[kind] = report.agree.get(kind, 0) + agreed
         report.sequences[kind] = report.sequences.get(kind, 0) + 1
+        if divergence is None and agreed < len(script["ops"]):
+            report.ended_by_failure[kind] = report.ended_by_failure.get(kind, 0) + 1
         if divergence is not None:
             divergence.seq = script["seq"]
             if do_shrink:
