@@ -13,6 +13,9 @@
                                     source checkout's bench/ folder)
 
 Errors in what you pass print one line (``himamba: error: ...``) and exit with status 2.
+
+Size: over 300 lines because one argument parser for every command, whose help texts are the
+commands' documentation, and one small function per command.
 """
 
 from __future__ import annotations

@@ -5,6 +5,9 @@ A node counts as backed up as soon as its device -> host copy is *issued* (``hos
 set); the bytes land later, and the ack is processed by ``writing_check``. Under write-through
 the node is locked until then; under write-back, eviction waits for the copy on the spot.
 Loading back marks the chain on device at once and locks it until ``loading_check`` sees the ack.
+
+Size: over 300 lines because a write, its ack and a load-back share the in-flight maps and the locks
+they hold (§3.9-3.12); apart, a reader would lose the path from a copy to its ack.
 """
 
 from __future__ import annotations

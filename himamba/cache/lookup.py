@@ -4,6 +4,9 @@ A usable prefix ends at the deepest matched node that holds a state. Lookups tha
 edge split it, and the upper half has no state, so such lookups reuse nothing (B12, #22935).
 Insert walks the same path, frees the request's duplicate KV slots, and hangs the rest as a new
 leaf that owns the request's slots and its state slot.
+
+Size: over 300 lines because match_prefix, split and insert walk the same path with the same LRU and
+retiming rules (§3.1-3.3); kept together so that the rules are read once.
 """
 
 from __future__ import annotations

@@ -11,6 +11,10 @@ the page) and states keyed by the hash of the page they end. Two operations pin 
 
 Operations complete at once unless the cache runs with manual acks; then
 :meth:`StorageTier.complete` releases them one by one.
+
+Size: over 300 lines because the storage tier and the tree operations that pin nodes for it (backup
+to storage, prefetch, the host insert a prefetch ends with) share its page hashes and are read
+together (§3.14).
 """
 
 from __future__ import annotations

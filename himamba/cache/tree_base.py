@@ -5,6 +5,10 @@ clock and the event bus, and implements what every algorithm needs: node creatio
 detachment, device-leaf bookkeeping, and ``inc_lock_ref`` / ``dec_lock_ref`` (reference §3.5).
 
 Nothing here decides *what* to evict; that lives in :mod:`himamba.cache.device_eviction`.
+
+Size: over 300 lines because the primitives every algorithm uses (nodes, leaf set, locks, sizes) and
+the state they keep consistent; a split would put a lock's bookkeeping far from the counters it
+moves.
 """
 
 from __future__ import annotations

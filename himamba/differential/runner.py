@@ -14,6 +14,9 @@ request's slot, lock, load back a host hit (moving the lock to the loaded node),
 prefills go through ``cache_unfinished_req(chunked=True)`` per chunk and end with
 ``cache_finished_req``. Acks complete at once on both sides (``ack`` operations do nothing);
 storage is off (``prefetch`` operations do nothing).
+
+Size: over 300 lines because applying an operation to both sides, comparing their outcomes and
+states, and shrinking a divergence are one loop read from top to bottom.
 """
 
 from __future__ import annotations

@@ -10,6 +10,9 @@ state in one neutral form (token paths, no ids), so that the two can be compared
 * ``lru``: the full, mamba and host-mamba lists, MRU first, as paths;
 * ``leaves``: the device- and host-leaf sets (sorted paths; ``None`` where the cache keeps none);
 * ``pools``: free device KV, device states, host KV, host states.
+
+Size: over 300 lines because the two sides answer the same calls one for one; kept in one file so
+that each himamba method sits next to its SGLang counterpart's.
 """
 
 from __future__ import annotations

@@ -18,6 +18,9 @@ can skip exactly those.
 **Manual acks** (``manual_acks=True``): acks stay in flight until :meth:`complete` releases them
 (one by one, in any order), so in-flight states can be shown and stepped through. Blocking waits
 (write-back) complete the acks they wait for.
+
+Size: over 300 lines because the controller's writes, loads, their slot plans and their acks share
+its queues; the copy engines themselves live in :mod:`himamba.memory.copy_engines`.
 """
 
 from __future__ import annotations

@@ -35,6 +35,10 @@ When no running request can get memory in a step, the newest is retracted (its K
 released, re-queued at the front; admission pauses until a request finishes). A request that
 cannot run even alone raises :class:`EngineStall`. With ``page_size > 1`` each request is cut
 to whole pages (the tail of fewer than a page is not simulated) and chunks are whole pages.
+
+Size: over 300 lines because one scheduler step (acks, admission, prefill chunks, decode, finish) is
+one state machine over the same running requests; its argument checks and metrics live in
+engine_args.py and metrics.py.
 """
 
 from __future__ import annotations

@@ -14,6 +14,9 @@ device-only cache, operations whose results the reference pins down check them (
 :class:`~himamba.errors.OracleError` when they disagree. (On the tiered cache a match may end at
 a node whose state is on the host only, and under write-back an ``evict`` returns fewer tokens
 than the device frees, so those checks are not made there.)
+
+Size: over 300 lines because one ``apply`` dispatches every operation of a script, and the field
+table that :func:`check_op` enforces sits beside it so that the two cannot drift apart.
 """
 
 from __future__ import annotations
