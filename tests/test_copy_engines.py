@@ -169,3 +169,22 @@ def test_host_reads_are_counted_per_site_and_the_transfer_path_makes_none() -> N
     assert count.total > 0 and count.by_site["(outside)"] >= 1
     assert not [s for s in count.by_site if s.startswith(("memory/transfer.py", "memory/cuda_engine.py"))], count.by_site
     assert_healthy(cache)
+
+
+def test_p3_a_source_freed_and_reused_before_the_copy_lands_is_reported() -> None:
+    """Locks keep a write-through source allocated; freed behind the cache's back and handed out
+    again, the deferred engine lands the new owner's bytes (it reads sources as late as CUDA
+    may), and check_integrity names the transfer."""
+    cache = _deferred()
+    hm.serve(cache, [1, 2, 3, 4])
+    node = node_at(cache, [1, 2, 3, 4])
+    (ack,) = cache.cache_controller.in_flight()
+    assert hm.check_integrity(cache) == []
+    cache.kv_pool.allocator.free_owned(node.value)
+    assert [str(v) for v in hm.check_integrity(cache)][:1] == [
+        f"INTEGRITY node #{node.id}: write ack {ack.ack_id}: a source KV slot was freed before the copy landed"]
+    reused = cache.kv_pool.alloc(cache.kv_pool.available_size())  # every free slot, the freed ones too
+    assert set(node.value.tolist()) <= set(reused.tolist())
+    cache.kv_pool.k_buffer[:, reused] = 99.0
+    cache.cache_controller.complete(ack)
+    assert bool((cache.host_kv_pool.k_buffer[:, node.host_value] == 99.0).all())

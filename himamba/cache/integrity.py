@@ -9,7 +9,8 @@ tier move shows up as a violation. It is only meaningful when whoever filled the
 Slots a transfer still owes bytes to are skipped, slot by slot (not node by node): device slots of
 a queued or unlanded load, host rows and host states of an unlanded write. After a split, the
 upper node's rows of a write in flight are skipped as exactly as the lower node's. Every other
-slot is compared, whatever engine moved it.
+slot is compared, whatever engine moved it. A transfer in flight whose source or destination slot
+was freed before it landed (so the slot could be handed out again) is reported too.
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ def check_integrity(cache) -> list[Violation]:
                 states[tier].append((node, slot, fp))
         stack.extend((c, start + len(tokens), fp) for c in node.children.values())
     out: list[Violation] = []
+    if controller is not None:
+        for ack, sentence in controller.freed_in_flight():
+            out.append(Violation("INTEGRITY", ack.node_ids[0] if ack.node_ids else None, sentence))
     _compare_kv(out, [(tier, pools[2], kv_rows[tier], skip[tier][0]) for tier, pools in tiers.items()], spec)
     _compare_states(out, [(tier, pools[3], states[tier]) for tier, pools in tiers.items()], spec)
     return out

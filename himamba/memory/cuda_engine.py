@@ -123,9 +123,9 @@ class CudaCopyEngine(CopyEngine):
                     raws.append(raw)
                     scatters.append((r.dst, r.dst_idx, staged))
                 else:
-                    rows = r.src.index_select(1, r.src_idx)  # host rows, gathered on the CPU
-                    raw, staged = self.staging.take(rows.shape, rows.dtype)
-                    staged.copy_(rows)
+                    shape = (r.src.shape[0], r.src_idx.numel(), *r.src.shape[2:])
+                    raw, staged = self.staging.take(torch.Size(shape), r.src.dtype)
+                    torch.index_select(r.src, 1, r.src_idx, out=staged)  # host rows, gathered on the CPU
                     raws.append(raw)
                     on_device = staged.to(self.device, non_blocking=True)
                     d_idx = r.dst_idx

@@ -49,8 +49,7 @@ class StateTransfer:
 
 @dataclass(frozen=True, slots=True)
 class TransferSlots:
-    """The destination slots of one transfer: KV rows and state slots, all in the destination
-    tier (host for a write, device for a load)."""
+    """The slots one side of a transfer names: KV rows and state slots, all in one tier."""
 
     kv: torch.Tensor
     states: tuple[torch.Tensor, ...] = ()
@@ -58,14 +57,15 @@ class TransferSlots:
 
 @dataclass(eq=False)
 class Ack:
-    """A transfer in flight: its direction, the nodes it serves, where its bytes go, and the
-    engine's handle that says whether they have landed (``None`` while a load is queued)."""
+    """A transfer in flight: its direction, the nodes it serves, where its bytes come from and go,
+    and the engine's handle that says whether they have landed (``None`` while a load is queued)."""
 
     ack_id: int
     kind: str  # "write" (device -> host) or "load" (host -> device)
     node_ids: list[int]
     kv_tokens: int
     states: int
+    src: TransferSlots
     dst: TransferSlots
     manual: bool = False
     manual_done: bool = False
@@ -168,8 +168,9 @@ class TransferController:
         plan = self._plan(self.device_kv, device_idx, self.host_kv, host_idx, to_host=True)
         if state is not None:
             self._plan_state(plan, self.device_states, state.device, self.host_states, state.host)
+        src = TransferSlots(device_idx, (state.device,) if state is not None else ())
         dst = TransferSlots(host_idx, (state.host,) if state is not None else ())
-        ack = Ack(next(self._ids), "write", [node_id], len(device_idx), int(state is not None), dst,
+        ack = Ack(next(self._ids), "write", [node_id], len(device_idx), int(state is not None), src, dst,
                   manual=self.manual_acks)
         self.bytes_device_to_host += plan.nbytes
         self.kv_slots_device_to_host += device_idx.numel()
@@ -201,7 +202,8 @@ class TransferController:
                 if d is not None:
                     self._plan_state(plan, self.host_states, st.host, self.device_states, d)
         dst = TransferSlots(device_idx, tuple(d for st in states for d in (st.device, st.extra_device) if d is not None))
-        ack = Ack(next(self._ids), "load", [node_id], len(host_idx), len(states), dst, manual=self.manual_acks)
+        src = TransferSlots(host_idx, tuple(st.host for st in states))
+        ack = Ack(next(self._ids), "load", [node_id], len(host_idx), len(states), src, dst, manual=self.manual_acks)
         self.engine.prepare(plan)
         self.pending_loads.append(_PendingLoad(ack, plan))
         return device_idx
@@ -260,6 +262,24 @@ class TransferController:
             kv.update(ack.dst.kv.tolist())
             for s in ack.dst.states:
                 states.update(s.reshape(-1).tolist())
+        return out
+
+    def freed_in_flight(self) -> list[tuple[Ack, str]]:
+        """(ack, sentence) for every unlanded transfer that names a slot no longer allocated: a
+        source or destination freed, and so reusable, before the bytes landed; [] when none.
+        (Locks and pins are what keep them allocated; this is the check that they did.)"""
+        device, host = (self.device_kv, self.device_states), (self.host_kv, self.host_states)
+        out: list[tuple[Ack, str]] = []
+        for ack in self.in_flight():
+            if ack.landed:
+                continue
+            sides = (("source", ack.src, device), ("destination", ack.dst, host)) if ack.kind == "write" else \
+                (("source", ack.src, host), ("destination", ack.dst, device))
+            for role, slots, (kv_pool, state_pool) in sides:
+                if slots.kv.numel() and not bool(kv_pool.allocator.is_allocated(slots.kv).all()):
+                    out.append((ack, f"{ack.kind} ack {ack.ack_id}: a {role} KV slot was freed before the copy landed"))
+                if any(not state_pool.allocator.all_allocated(s) for s in slots.states):
+                    out.append((ack, f"{ack.kind} ack {ack.ack_id}: a {role} state slot was freed before the copy landed"))
         return out
 
     # -- freeing ---------------------------------------------------------------------------------
