@@ -25,6 +25,9 @@ class SlotAllocator:
         self.capacity = capacity
         self.page_size = page_size
         self.device = torch.device(device)
+        # read several values in one host read: on a GPU each read is a sync; on the CPU two
+        # plain ints are cheaper than one fused read (a measurement may turn it on there too)
+        self.fused_reads = self.device.type != "cpu"
         self.num_pages = capacity // page_size
         self._free = torch.arange(self.num_pages, dtype=torch.int64, device=self.device)
         self._released: list[torch.Tensor] = []
@@ -51,7 +54,7 @@ class SlotAllocator:
         """Are all these slots in range and currently handed out?"""
         if self.page_size == 1 and isinstance(indices, torch.Tensor) and indices.numel() == 1 \
                 and indices.dtype is torch.int64:
-            if self.device.type == "cpu":  # host reads cost nothing here; two ints are fastest
+            if not self.fused_reads:  # host reads cost nothing on the CPU; two ints are fastest
                 i = int(indices)
                 return 0 <= i < self.num_pages and int(self._in_use[i]) == 1
             # on a GPU: one host read for the range and the in-use flag together
@@ -160,6 +163,7 @@ class SlotAllocator:
         if flat.device != self.device:
             flat = flat.to(self.device)
         ps = self.page_size
+        misaligned = None
         if ps == 1:
             pages = flat
         else:
@@ -167,10 +171,18 @@ class SlotAllocator:
                 raise PoolError(f"{flat.numel()} slots do not form whole pages of {ps}")
             rows = flat.view(-1, ps)
             pages = rows[:, 0] // ps
-            if check and bool((rows != pages.unsqueeze(1) * ps + self._offsets).any()):
-                raise PoolError(f"slots do not form whole aligned pages of {ps}: {flat[:8].tolist()}…")
+            if check:
+                misaligned = (rows != pages.unsqueeze(1) * ps + self._offsets).any()
+                if not self.fused_reads and bool(misaligned):
+                    raise PoolError(f"slots do not form whole aligned pages of {ps}: {flat[:8].tolist()}…")
         if check and pages.numel():
-            lo, hi = self._two_ints(*pages.aminmax())
+            lo, hi = pages.aminmax()
+            if self.fused_reads and misaligned is not None:  # alignment and range in one host read
+                bad, lo, hi = torch.stack((misaligned.long(), lo, hi)).tolist()
+                if bad:
+                    raise PoolError(f"slots do not form whole aligned pages of {ps}: {flat[:8].tolist()}…")
+            else:
+                lo, hi = self._two_ints(lo, hi)
             if lo < 0 or hi >= self.num_pages:
                 raise PoolError(
                     f"slot index out of range: pool has {self.capacity} slots, got {lo * ps}..{hi * ps + ps - 1}"
@@ -178,8 +190,8 @@ class SlotAllocator:
         return pages
 
     def _two_ints(self, a: torch.Tensor, b: torch.Tensor) -> tuple[int, int]:
-        """Two 0-d tensors as ints: on a GPU in one host read (one sync, not two)."""
-        if self.device.type == "cpu":
+        """Two 0-d tensors as ints: with ``fused_reads`` (on a GPU) in one host read (one sync, not two)."""
+        if not self.fused_reads:
             return int(a), int(b)
         lo, hi = torch.stack((a, b)).tolist()
         return lo, hi

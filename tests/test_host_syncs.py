@@ -1,0 +1,73 @@
+"""Host synchronisations: the counting hook, the transfer path that makes none, and the
+allocator's GPU read path (several values in one host read) giving the same answers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import assert_healthy
+
+import himamba as hm
+from himamba.errors import PoolError
+from himamba.memory.allocator import SlotAllocator
+from himamba.memory.syncs import count_host_syncs
+
+
+def test_host_reads_are_counted_per_site_and_the_transfer_path_makes_none() -> None:
+    """The counting hook sees every host read inside himamba (each a sync on a GPU); the
+    controller's write, load, start and ack path makes none of its own."""
+
+    item = torch.Tensor.item
+    cache = hm.HiMambaRadixCache(hm.CacheConfig(device="cpu", write_policy="write_back"), manual_acks=True)
+    hm.serve(cache, [1, 2, 3, 4])
+    with count_host_syncs() as count:
+        cache.evict(4)  # a write-back write, waited for
+        m = cache.match_prefix([1, 2, 3, 4])
+        cache.init_load_back(m.best_match_node)
+        cache.ready_to_load_host_cache()
+        cache.cache_controller.complete()
+        cache.loading_check()
+        torch.tensor([1]).item()  # outside himamba
+    assert torch.Tensor.item is item  # the hook is gone
+    assert count.total > 0 and count.by_site["(outside)"] >= 1
+    assert not [s for s in count.by_site if s.startswith(("memory/transfer.py", "memory/cuda_engine.py"))], count.by_site
+    assert_healthy(cache)
+
+
+@pytest.mark.parametrize("page_size", [1, 4])
+def test_the_fused_read_path_answers_as_the_plain_one(page_size: int) -> None:
+    plain, fused = SlotAllocator(32, page_size), SlotAllocator(32, page_size)
+    fused.fused_reads = True
+    a, b = plain.alloc(2 * page_size), fused.alloc(2 * page_size)
+    assert torch.equal(a, b)
+    probes = [a, a[:page_size], torch.cat((a, a)), torch.tensor([40 * page_size] * page_size),
+              torch.tensor([-1] * page_size), a[:1], torch.tensor([7])]
+    if page_size > 1:
+        probes.append(a[1 : 1 + page_size])  # not page aligned
+    for idx in probes:
+        assert plain.all_allocated(idx) == fused.all_allocated(idx), idx
+        assert plain.problem_with(idx) == fused.problem_with(idx), idx
+    bad_frees = [torch.cat((a, a)), probes[3], probes[4]] + probes[7:]
+    for bad in bad_frees:
+        with pytest.raises(PoolError) as p_err:
+            plain.free(bad)
+        with pytest.raises(PoolError) as f_err:
+            fused.free(bad)
+        assert str(p_err.value) == str(f_err.value)
+    plain.free(a)
+    fused.free(b)
+    assert plain.available_size() == fused.available_size() == 32
+
+
+def test_the_fused_read_path_halves_the_host_reads_of_an_insert() -> None:
+    def reads(fused: bool) -> int:
+        cache = hm.MambaRadixCache(hm.CacheConfig(device="cpu", page_size=4))
+        cache.kv_pool.allocator.fused_reads = cache.mamba_pool.allocator.fused_reads = fused
+        kv, slot = cache.kv_pool.alloc(8), cache.mamba_pool.alloc(1)
+        with count_host_syncs() as count:
+            cache.insert(list(range(8)), kv, slot)
+        assert_healthy(cache, integrity=False)  # no content was written: only the bookkeeping counts
+        return sum(n for site, n in count.by_site.items() if site.startswith("memory/allocator.py"))
+
+    plain, fused = reads(False), reads(True)
+    assert 0 < fused < plain and fused * 2 <= plain + 1, (plain, fused)
