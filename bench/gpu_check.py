@@ -124,7 +124,7 @@ def step_races(cpu: bool) -> dict:
     cache.match_prefix([1, 2])
     before = hm.check_integrity(cache)
     cache.cache_controller.complete()
-    cache.writing_check()
+    cache.writing_check(write_back=True)  # wait for it (the copy stream may still be asleep)
     upper = cache.node_at([1, 2])
     out["P1"] = {"integrity_in_flight": [str(v) for v in before],
                  "upper_host_rows_after_ack": kv_matches(cache.host_kv_pool, upper.host_value, [1, 2], 0)}
@@ -143,15 +143,20 @@ def step_races(cpu: bool) -> dict:
     cache.mamba_pool.copy_slot(copy, a.mamba_value)
     out["P2"] = {"copy_matches": state_matches(cache.mamba_pool, copy, [1, 2, 3])}
     assert out["P2"]["copy_matches"], out["P2"]
-    # P3: index tensors dropped by the caller right after issue, their memory reused at once
+    # P3: the caller drops the index tensor of a write right after issuing it, and the compute
+    # stream reuses its memory at once (record_stream is what keeps the side stream's read safe)
     cache = hm.HiMambaRadixCache(_config(cpu, write_policy="write_back"), manual_acks=True)
     hm.serve(cache, [5, 6, 7, 8])
     node = cache.node_at([5, 6, 7, 8])
-    cache.write_backup(node, write_back=True)
+    cc = cache.cache_controller
+    idx = node.value.clone()
+    host = cc.write(idx, node.id)
+    del idx
     scratch = [torch.full((4,), 3, dtype=torch.int64, device=_device(cpu)) for _ in range(64)]
-    cache.writing_check(write_back=True)
-    out["P3"] = {"host_rows_match": kv_matches(cache.host_kv_pool, node.host_value, [5, 6, 7, 8], 0),
+    cc.ack_write_queue.pop().wait()
+    out["P3"] = {"host_rows_match": kv_matches(cache.host_kv_pool, host, [5, 6, 7, 8], 0),
                  "scratch_tensors": len(scratch)}
+    cache.host_kv_pool.free(host)
     assert out["P3"]["host_rows_match"], out["P3"]
     # P4: an index tensor on the wrong device is refused at the boundary
     cache = hm.HiMambaRadixCache(_config(cpu))
@@ -202,7 +207,7 @@ def step_syncs(cpu: bool) -> dict:
         for op in script["ops"]:
             apply(cache, state, op)
     n = len(script["ops"])
-    return {"ops": n, "syncs": count.total, "per_op": round(count.total / n, 3),
+    return {"ops": n, "syncs": count.total, "per_op": round(count.total / n, 3), "all_seen": count.raw,
             "by_site": dict(count.by_site.most_common(20))}
 
 

@@ -33,13 +33,18 @@ OUTSIDE = "(outside)"
 
 @dataclass
 class SyncCount:
-    """Host reads counted per call site (``"cache/lookup.py:123"``); ``total`` counts hot-path sites only."""
+    """Host reads counted per call site (``"cache/lookup.py:123"``); ``total`` counts hot-path sites
+    only, ``raw`` every one seen (outside sites included)."""
 
     by_site: Counter = field(default_factory=Counter)
 
     @property
     def total(self) -> int:
         return sum(n for site, n in self.by_site.items() if site != OUTSIDE)
+
+    @property
+    def raw(self) -> int:
+        return sum(self.by_site.values())
 
 
 def _site(depth: int = 2) -> str:
