@@ -87,7 +87,7 @@ def measure_bandwidth(spec: ModelSpec, device: torch.device | str, tokens: int, 
     t_h2d = _seconds_per_call(lambda: src.copy_(dst, non_blocking=pin), device, repeat)
 
     def gbs(t: float) -> float:
-        return round(nbytes / t / 1e9, 3)
+        return float(f"{nbytes / t / 1e9:.4g}")  # four significant digits: small copies stay above 0
 
     return {
         "model": spec.name, "device": str(device), "tokens": tokens, "page_size": page_size, "bytes": nbytes,
