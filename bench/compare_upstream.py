@@ -12,18 +12,15 @@ the same machine load; the line printed has each side's median ``requests_per_s`
 ``speedup`` (median of the per-pair ratios himamba / SGLang), the same on this process's CPU time
 (``*_per_cpu_s``, ``speedup_cpu``: steadier on a shared machine), hit rates and eviction counts.
 
-SGLang's cache runs on its real CPU pools (``TokenToKVPoolAllocator``, ``HybridReqToTokenPool``
-with a small ``MambaPool``). Importing SGLang 0.5.11 on a CPU-only machine needs three stand-ins,
-installed here only when SGLang is importable (see ``import_sglang``). Without SGLang the bench
-prints why and exits 0.
+SGLang's cache runs on its real CPU pools, built by :func:`himamba.differential.upstream.build_upstream`
+(``make differential`` installs SGLang 0.5.11; the import stand-ins live there). Without SGLang
+the bench prints why and exits 0.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
-import importlib.machinery
-import importlib.util
 import json
 import statistics
 import sys
@@ -41,81 +38,30 @@ from himamba.sim.trace_io import load_token_trace  # noqa: E402
 SIZES = protocol.PROTOCOL
 
 
-# -- importing SGLang 0.5.11 on a CPU ----------------------------------------------------------------
-class _Anything(type):
-    """A stand-in class: any attribute is another stand-in, calling it gives None."""
-
-    def __getattr__(cls, attr: str):
-        if attr.startswith("__"):
-            raise AttributeError(attr)
-        return _Anything(attr, (), {})
-
-    def __call__(cls, *args, **kwargs):
-        return None
-
-
-class _StandIn(types.ModuleType):
-    """A module whose every attribute is a stand-in (imported for names never used on our paths)."""
-
-    def __getattr__(self, attr: str):
-        if attr.startswith("__"):
-            raise AttributeError(attr)
-        return _Anything(attr, (), {})
-
-
 def import_sglang():
-    """SGLang's ``mem_cache`` modules, or ``None`` when SGLang is not installed. The registry's
-    torchvision is a CUDA build and ``sgl_kernel`` holds CUDA kernels: both are imported at module
-    level by modules on the path but never called by the cache code, so stand-in modules take their
-    place (only when the real ones are absent)."""
-    if importlib.util.find_spec("sglang") is None:
+    """SGLang 0.5.11's cache builder and parameter classes (through :mod:`himamba.differential`,
+    which installs the CPU stand-ins), or ``None`` when SGLang 0.5.11 is not installed."""
+    from himamba.differential.upstream import build_upstream, upstream_available
+
+    if not upstream_available():
         return None
-    for name in ("torchvision", "torchvision.io", "torchvision.ops", "torchvision.transforms",
-                 "torchvision.transforms.functional", "torchvision.transforms.v2",
-                 "torchvision.transforms.v2.functional", "sgl_kernel"):
-        if name not in sys.modules:
-            module = _StandIn(name)
-            module.__spec__ = importlib.machinery.ModuleSpec(name, None)
-            module.__path__ = []
-            sys.modules[name] = module
     import warnings
+
+    from himamba.cache.config import CacheConfig
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        from sglang.srt import server_args
-        from sglang.srt.configs.mamba_utils import Mamba2CacheParams, Mamba2StateShape
-        from sglang.srt.mem_cache import base_prefix_cache, mamba_radix_cache, radix_cache
-        from sglang.srt.mem_cache.allocator import TokenToKVPoolAllocator
-        from sglang.srt.mem_cache.cache_init_params import CacheInitParams
-        from sglang.srt.mem_cache.memory_pool import HybridReqToTokenPool
-    if server_args._global_server_args is None:
-        # match_prefix reads one server setting (the mamba cache chunk, max(FLA chunk 64, page
-        # size)); himamba's CacheConfig uses the same 64. A full ServerArgs needs a model path.
-        server_args._global_server_args = types.SimpleNamespace(mamba_cache_chunk_size=64)
-    return types.SimpleNamespace(
-        Mamba2CacheParams=Mamba2CacheParams, Mamba2StateShape=Mamba2StateShape, params=base_prefix_cache,
-        MambaRadixCache=mamba_radix_cache.MambaRadixCache, RadixKey=radix_cache.RadixKey,
-        TokenToKVPoolAllocator=TokenToKVPoolAllocator, CacheInitParams=CacheInitParams,
-        HybridReqToTokenPool=HybridReqToTokenPool)
-
-
-def sglang_cache(sg):
-    """SGLang's MambaRadixCache on real CPU pools of the protocol's sizes (a two-layer toy state)."""
-    shape = sg.Mamba2StateShape.create(tp_world_size=1, intermediate_size=4, n_groups=1, num_heads=2, head_dim=2,
-                                       state_size=2, conv_kernel=4)
-    req_pool = sg.HybridReqToTokenPool(
-        size=1, mamba_size=SIZES["device_mamba_slots"], mamba_spec_state_size=SIZES["device_mamba_slots"],
-        max_context_len=8, device="cpu", enable_memory_saver=False,
-        cache_params=sg.Mamba2CacheParams(shape=shape, layers=[0, 1]), mamba_layer_ids=[0, 1],
-        enable_mamba_extra_buffer=False, enable_overlap_schedule=False)
-    kv = sg.TokenToKVPoolAllocator(SIZES["device_kv_tokens"], torch.bfloat16, "cpu", None, False)
-    return sg.MambaRadixCache(sg.CacheInitParams(disable=False, req_to_token_pool=req_pool,
-                                                 token_to_kv_pool_allocator=kv, page_size=1))
+        config = CacheConfig(device="cpu", device_kv_tokens=SIZES["device_kv_tokens"],
+                             device_mamba_slots=SIZES["device_mamba_slots"], page_size=1)
+        build_upstream(config, tiered=False)  # imports upstream's modules once, outside the timing
+        from sglang.srt.mem_cache import base_prefix_cache, radix_cache
+    return types.SimpleNamespace(build=lambda: build_upstream(config, tiered=False), params=base_prefix_cache,
+                                 RadixKey=radix_cache.RadixKey)
 
 
 def replay_sglang(sg, items) -> dict:
     """The protocol on SGLang's cache, driven through its own parameter objects."""
-    cache = sglang_cache(sg)
+    cache = sg.build()
     kv, states = cache.token_to_kv_pool_allocator, cache.req_to_token_pool.mamba_pool
     P = sg.params
     kv_cap, st_cap = kv.size, states.size
@@ -167,8 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     sg = import_sglang()
     if sg is None:
-        print("SGLang is not installed: nothing to compare against (pip install --no-deps sglang==0.5.11 and "
-              "the pinned CPU dependency list; see ../shared/upstream/README.md)", file=sys.stderr)
+        print("SGLang is not installed: nothing to compare against (`make differential` installs SGLang 0.5.11)",
+              file=sys.stderr)
         return 0
     torch.set_num_threads(1)
     items = protocol.token_items(load_token_trace(args.trace)[: args.limit])

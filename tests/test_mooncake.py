@@ -36,6 +36,7 @@ BAD_LINES = {
     "nan timestamp": ('{"timestamp": NaN, "input_length": 10, "output_length": 1, "hash_ids": [1]}', "timestamp must be"),
     "negative hash": (line(ids=(1, -2)), "hash_ids[1] is -2"),
     "bool hash": (line(ids=(True, 2)), "hash_ids[0] is True"),
+    "huge hash": (line(ids=(1, 2**64)), f"hash_ids[1] is {2**64}: hash ids must be ints in 0..2**63-1"),
     "too few ids": (line(n_in=1025, ids=(1, 2)), "needs 3 hash ids"),
     "too many ids": (line(n_in=512, ids=(1, 2)), "needs 1 hash ids"),
     "empty prompt": (line(n_in=0, ids=()), "at least one"),

@@ -28,6 +28,7 @@ from pathlib import Path
 from himamba.errors import InvalidInputError
 from himamba.sim.request import SimRequest
 from himamba.sim.trace_io import TraceFormatError, json_lines
+from himamba.validate import MAX_TOKEN_ID
 
 BLOCK_TOKENS = 512
 CHECKPOINTS = ("sequence_end", "page_aligned")
@@ -81,7 +82,7 @@ def load_mooncake(path: str | Path, *, limit: int | None = None, block_tokens: i
     """Read a Mooncake trace (the first ``limit`` requests when given). Blank lines are skipped;
     a malformed line raises :class:`TraceFormatError` naming the file and line: not JSON, not an
     object, a missing field, a length or timestamp that is not a non-negative number, a hash id
-    that is not a non-negative int, or a ``hash_ids`` list whose length is not
+    that is not an int in ``0 .. 2**63 - 1`` (a key element), or a ``hash_ids`` list whose length is not
     ``ceil(input_length / block_tokens)``. Nothing is allocated from a field's value: lengths
     only count, so a huge ``output_length`` costs nothing."""
     if type(block_tokens) is not int or block_tokens < 1:
@@ -117,9 +118,9 @@ def parse_record(rec: object, where: str, block_tokens: int = BLOCK_TOKENS) -> M
     ids = rec["hash_ids"]
     if not isinstance(ids, list):
         raise TraceFormatError(f"{where}: hash_ids must be a list of ints, got {type(ids).__name__}")
-    if set(map(type, ids)) - {int} or (ids and min(ids) < 0):
-        bad = next(i for i, h in enumerate(ids) if type(h) is not int or h < 0)
-        raise TraceFormatError(f"{where}: hash_ids[{bad}] is {ids[bad]!r}: hash ids must be non-negative ints")
+    if set(map(type, ids)) - {int} or (ids and (min(ids) < 0 or max(ids) > MAX_TOKEN_ID)):
+        bad = next(i for i, h in enumerate(ids) if type(h) is not int or not 0 <= h <= MAX_TOKEN_ID)
+        raise TraceFormatError(f"{where}: hash_ids[{bad}] is {ids[bad]!r}: hash ids must be ints in 0..2**63-1")
     n_in = lengths[0]
     if len(ids) != -(-n_in // block_tokens) or n_in == 0:
         raise TraceFormatError(
