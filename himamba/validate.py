@@ -20,10 +20,12 @@ few attribute lookups; the hot paths of replay call only the token check, in C-l
 
 from __future__ import annotations
 
+import array
 import contextlib
 import math
 import operator
 import os
+import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -140,7 +142,7 @@ def check_token_ids(tokens: Iterable[int], what: str = "token_ids",
             out = list(tokens)
         except TypeError:
             raise error(f"{what} must be a sequence of ints, got {type(tokens).__name__}") from None
-    if not out or (set(map(type, out)) <= _PLAIN_INT and min(out) >= 0 and max(out) <= MAX_TOKEN_ID):
+    if not out or (set(map(type, out)) <= _PLAIN_INT and _in_int64_range(out)):
         return out
     fixed = []
     for i, t in enumerate(out):
@@ -154,6 +156,18 @@ def check_token_ids(tokens: Iterable[int], what: str = "token_ids",
 
 
 _PLAIN_INT = {int}
+_LOW_BYTES = bytes(range(128))
+_TOP_BYTE = slice(7, None, 8) if sys.byteorder == "little" else slice(0, None, 8)
+
+
+def _in_int64_range(ints: list[int]) -> bool:
+    """Are all these plain ints in 0..2**63-1? One C-level pass: packing into unsigned 64-bit
+    words refuses negatives and values >= 2**64; no word may have its top bit set."""
+    try:
+        words = array.array("Q", ints)
+    except OverflowError:
+        return False
+    return not words.tobytes()[_TOP_BYTE].translate(None, _LOW_BYTES)
 
 
 def check_request_length(n: object, name: str = "output length") -> int:
@@ -251,17 +265,40 @@ def write_text_no_follow(path: str | os.PathLike, text: str) -> Path:
 def check_tree_slots(owned, tree_len: int, name: str, len_name: str | None = None) -> None:
     """``owned`` (a bool tensor, one flag per slot of ``name``: does a tree node hold it?) must be
     True for the first ``tree_len`` slots (the caller got them from the tree) and False for the
-    rest (the caller's own, which the tree will adopt or free)."""
+    rest (the caller's own, which the tree will adopt or free). Two tensor compares when it holds."""
+    n = len(owned)
+    if torch_equal(owned[:tree_len], _flags(True, tree_len, owned.device)) and \
+            torch_equal(owned[tree_len:], _flags(False, n - tree_len, owned.device)):
+        return
     n_tree = int(owned[:tree_len].sum()) if tree_len else 0
-    n_all = int(owned.sum()) if len(owned) else 0
+    n_all = int(owned.sum()) if n else 0
     if n_all != n_tree:
         raise InvalidInputError(
             f"{name} names {n_all - n_tree} slot(s) past the first {tree_len} that a tree node already owns: "
             "pass slots the caller allocated (a slot has one owner)")
-    if n_tree != tree_len:
-        raise InvalidInputError(
-            f"{len_name}={tree_len} claims {tree_len} slots of {name} are the tree's, but only {n_tree} are: "
-            f"{len_name} must count the slots the caller got from the tree (match_prefix)")
+    raise InvalidInputError(
+        f"{len_name}={tree_len} claims {tree_len} slots of {name} are the tree's, but only {n_tree} are: "
+        f"{len_name} must count the slots the caller got from the tree (match_prefix)")
+
+
+_FLAGS: dict = {}
+
+
+def _flags(value: bool, n: int, device):
+    """``n`` copies of ``value`` as a bool tensor on ``device`` (a view of a cached buffer)."""
+    buf = _FLAGS.get((value, device))
+    if buf is None or len(buf) < n:
+        import torch
+
+        buf = _FLAGS[(value, device)] = torch.full((max(n, 1024),), value, dtype=torch.bool, device=device)
+    return buf[:n]
+
+
+def torch_equal(a, b) -> bool:
+    """``torch.equal`` (imported on first use, so that this module loads without torch)."""
+    import torch
+
+    return torch.equal(a, b)
 
 
 def check_slot_tensor(value: object, name: str, one: bool = False) -> None:
