@@ -167,6 +167,15 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _progress_bar(enabled: bool, total: int, unit: str):
+    """A progress bar on stderr (tqdm), or ``None`` when not ``enabled``."""
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit=unit, file=sys.stderr, leave=False)
+
+
 # -- fuzz ----------------------------------------------------------------------------------------
 def _fuzz(args: argparse.Namespace) -> int:
     from himamba.sim.fuzz import fuzz
@@ -178,15 +187,8 @@ def _fuzz(args: argparse.Namespace) -> int:
     legacy = normalize_legacy(args.legacy)
     if args.out is not None:
         prepare_output_file(args.out, args.force)  # refused before the run, not after it
-    bar = None
-    progress = None
-    if not args.no_progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=args.ops, unit="op", file=sys.stderr, leave=False)
-
-        def progress(i: int) -> None:
-            bar.update(i + 1 - bar.n)
+    bar = _progress_bar(not args.no_progress, args.ops, "op")
+    progress = None if bar is None else (lambda i: bar.update(i + 1 - bar.n))
     try:
         report = fuzz(seed=args.seed, ops=args.ops, page_size=args.page_size, write_policy=args.policy,
                       legacy=legacy, cache=args.cache, integrity_every=args.integrity_every, episode=args.episode,
@@ -224,15 +226,8 @@ def _differential(args: argparse.Namespace) -> int:
         if value < 1:
             raise ValueError(f"{flag} must be at least 1, got {value}")
     legacy = normalize_legacy([name for name in args.legacy if name != "none"])
-    bar = None
-    progress = None
-    if not args.no_progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=args.seqs, unit="seq", file=sys.stderr, leave=False)
-
-        def progress() -> None:
-            bar.update(1)
+    bar = _progress_bar(not args.no_progress, args.seqs, "seq")
+    progress = None if bar is None else (lambda: bar.update(1))
     try:
         report = run_differential(seqs=args.seqs, ops=args.ops, seed=args.seed, cache=args.cache, legacy=legacy,
                                   do_shrink=not args.no_shrink, progress=progress)

@@ -168,17 +168,24 @@ def test_b20_a_load_acked_twice(legacy):
 
 
 # -- B21 -------------------------------------------------------------------------------------------
-@ON_OFF
-def test_b21_device_tree_evicts_a_childless_tombstone(legacy):
-    """A[1,2] loses its state while B[3] is its child, a lock is taken on it, B is evicted (the
-    cascade stops at the locked A), the lock released: A is a childless tombstone. Upstream's device tree asserts on evicting it."""
-    cache = hm.MambaRadixCache(hm.CacheConfig(device="cpu", legacy={"B21"} if legacy else set()))
+def locked_tombstone(legacy: set[str]):
+    """A device tree with A[1,2] → B[3]; A lost its state (it is the older) and is locked."""
+    cache = hm.MambaRadixCache(hm.CacheConfig(device="cpu", legacy=legacy))
     put(cache, [1, 2])
     put(cache, [1, 2, 3])
     a = node_at(cache, [1, 2])
     cache.match_prefix([1, 2, 3])
     assert cache.evict_mamba(1) == 1 and a.mamba_value is None
     cache.inc_lock_ref(a)
+    return cache, a
+
+
+@ON_OFF
+def test_b21_device_tree_evicts_a_childless_tombstone(legacy):
+    """A[1,2] loses its state while B[3] is its child, a lock is taken on it, B is evicted (the
+    cascade stops at the locked A), the lock released: A is a childless tombstone.
+    Upstream's device tree asserts on evicting it."""
+    cache, a = locked_tombstone({"B21"} if legacy else set())
     assert cache.evict(1) == 1  # B goes; the cascade stops at the locked A
     cache.dec_lock_ref(a)
     if legacy:
@@ -193,13 +200,7 @@ def test_b21_device_tree_evicts_a_childless_tombstone(legacy):
 def test_b21_device_tree_release_after_a_state_was_attached(legacy):
     """A lock taken on a tombstone, then a state attached by an insert: upstream's device
     dec_lock_ref asserts mamba_lock_ref > 0 (with B10, as in the profile)."""
-    cache = hm.MambaRadixCache(hm.CacheConfig(device="cpu", legacy={"B21", "B10"} if legacy else {"B10"}))
-    put(cache, [1, 2])
-    put(cache, [1, 2, 3])
-    a = node_at(cache, [1, 2])
-    cache.match_prefix([1, 2, 3])
-    assert cache.evict_mamba(1) == 1 and a.mamba_value is None
-    cache.inc_lock_ref(a)
+    cache, a = locked_tombstone({"B21", "B10"} if legacy else {"B10"})
     put(cache, [1, 2])
     assert a.mamba_value is not None and a.mamba_lock_ref == 0
     if legacy:

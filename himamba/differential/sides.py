@@ -57,6 +57,37 @@ class Side:
             node, rest = child, rest[len(k):]
         return node
 
+    # -- calls both caches answer with the same method names -------------------------------------
+    def lock(self, node) -> None:
+        self.cache.inc_lock_ref(node)
+
+    def unlock(self, node) -> None:
+        self.cache.dec_lock_ref(node)
+
+    def evict_mamba(self, n: int) -> int:
+        return self.cache.evict_mamba(n)
+
+    def evict_host(self, n: int) -> None:
+        self.cache.evict_host(n)
+
+    def evict_mamba_host(self, n: int) -> int:
+        return self.cache.evict_mamba_host(n)
+
+    def events(self) -> None:
+        self.cache.ready_to_load_host_cache()
+        self.cache.check_hicache_events()
+
+    def request_state(self, req):
+        return req.mamba_pool_idx
+
+    def leaf_sets(self):
+        c = self.cache
+        if not self.tiered:
+            return None
+        return tuple(sorted(self.path(n) for n in leaves)
+                     for leaves in (c.evictable_full_device_leaves, c.evictable_full_host_leaves))
+
+    # -- snapshot ------------------------------------------------------------------------------------
     def _nodes(self):
         stack = [self.cache.root_node]
         while stack:
@@ -107,27 +138,8 @@ class HimambaSide(Side):
         return SimpleNamespace(indices=m.device_indices, device_node=m.last_device_node, host_node=m.last_host_node,
                                host_hit=m.host_hit_length)
 
-    def lock(self, node) -> None:
-        self.cache.inc_lock_ref(node)
-
-    def unlock(self, node) -> None:
-        self.cache.dec_lock_ref(node)
-
     def evict(self, n: int) -> int:
         return self.cache.evict(n)
-
-    def evict_mamba(self, n: int) -> int:
-        return self.cache.evict_mamba(n)
-
-    def evict_host(self, n: int) -> None:
-        self.cache.evict_host(n)
-
-    def evict_mamba_host(self, n: int) -> int:
-        return self.cache.evict_mamba_host(n)
-
-    def events(self) -> None:
-        self.cache.ready_to_load_host_cache()
-        self.cache.check_hicache_events()
 
     def load_back(self, node, quota, req=None):
         loaded, last = self.cache.init_load_back(node, mem_quota=quota, req=req)
@@ -158,9 +170,6 @@ class HimambaSide(Side):
     def free_state(self, slot) -> None:
         self.cache.mamba_pool.free(slot)
 
-    def request_state(self, req):
-        return req.mamba_pool_idx
-
     def insert(self, tokens, kv, state, prev_prefix_len: int):
         r = self.cache.insert(tokens, kv, state, prev_prefix_len=prev_prefix_len)
         return r.prefix_len, r.mamba_exist
@@ -181,13 +190,6 @@ class HimambaSide(Side):
         c = self.cache
         lists = [c.full_lru_list, c.mamba_lru_list] + ([c.mamba_host_lru_list] if self.tiered else [])
         return [list(lst.nodes()) for lst in lists]
-
-    def leaf_sets(self):
-        c = self.cache
-        if not self.tiered:
-            return None
-        return tuple(sorted(self.path(n) for n in leaves)
-                     for leaves in (c.evictable_full_device_leaves, c.evictable_full_host_leaves))
 
     def pool_free(self):
         c = self.cache
@@ -234,27 +236,8 @@ class UpstreamSide(Side):
         return SimpleNamespace(indices=m.device_indices, device_node=m.last_device_node, host_node=m.last_host_node,
                                host_hit=m.host_hit_length)
 
-    def lock(self, node) -> None:
-        self.cache.inc_lock_ref(node)
-
-    def unlock(self, node) -> None:
-        self.cache.dec_lock_ref(node)
-
     def evict(self, n: int) -> int:
         return self.cache.evict(self.P.EvictParams(num_tokens=n)).num_tokens_evicted
-
-    def evict_mamba(self, n: int) -> int:
-        return self.cache.evict_mamba(n)
-
-    def evict_host(self, n: int) -> None:
-        self.cache.evict_host(n)
-
-    def evict_mamba_host(self, n: int) -> int:
-        return self.cache.evict_mamba_host(n)
-
-    def events(self) -> None:
-        self.cache.ready_to_load_host_cache()
-        self.cache.check_hicache_events()
 
     def load_back(self, node, quota, req=None):
         loaded, last = self.cache.init_load_back(self.P.InitLoadBackParams(last_host_node=node, host_hit_length=0,
@@ -284,9 +267,6 @@ class UpstreamSide(Side):
 
     def free_state(self, slot) -> None:
         self.states.free(slot.view(1))
-
-    def request_state(self, req):
-        return req.mamba_pool_idx
 
     def insert(self, tokens, kv, state, prev_prefix_len: int):
         r = self.cache.insert(self.P.InsertParams(key=self.RadixKey(list(tokens)), value=kv,
@@ -323,13 +303,6 @@ class UpstreamSide(Side):
                 node = getattr(node, lst.nxt)
             out.append(nodes)
         return out
-
-    def leaf_sets(self):
-        c = self.cache
-        if not self.tiered:
-            return None
-        return tuple(sorted(self.path(n) for n in leaves)
-                     for leaves in (c.evictable_full_device_leaves, c.evictable_full_host_leaves))
 
     def pool_free(self):
         c = self.cache
