@@ -16,9 +16,8 @@ same errors with the same sentences: the argument, the value, and what is allowe
 
 A check that passes returns the value (as a plain ``int`` where one is asked for) and costs a
 few attribute lookups; the hot paths of replay call only the token check, in C-level passes.
-
-Size: over 300 lines because it is one module on purpose (above): every entry point's checks in
-one place, so that the same argument gets the same sentence everywhere.
+Slot ownership (which slots a tree node holds) lives with the slots, in
+:meth:`himamba.memory.allocator.SlotAllocator.handover_problem`.
 """
 
 from __future__ import annotations
@@ -264,46 +263,7 @@ def write_text_no_follow(path: str | os.PathLike, text: str) -> Path:
     return path
 
 
-# -- slot ownership ---------------------------------------------------------------------------------
-def check_tree_slots(owned, tree_len: int, name: str, len_name: str | None = None) -> None:
-    """``owned`` (a bool tensor, one flag per slot of ``name``: does a tree node hold it?) must be
-    True for the first ``tree_len`` slots (the caller got them from the tree) and False for the
-    rest (the caller's own, which the tree will adopt or free). Two tensor compares when it holds."""
-    n = len(owned)
-    if torch_equal(owned[:tree_len], _flags(True, tree_len, owned.device)) and \
-            torch_equal(owned[tree_len:], _flags(False, n - tree_len, owned.device)):
-        return
-    n_tree = int(owned[:tree_len].sum()) if tree_len else 0
-    n_all = int(owned.sum()) if n else 0
-    if n_all != n_tree:
-        raise InvalidInputError(
-            f"{name} names {n_all - n_tree} slot(s) past the first {tree_len} that a tree node already owns: "
-            "pass slots the caller allocated (a slot has one owner)")
-    raise InvalidInputError(
-        f"{len_name}={tree_len} claims {tree_len} slots of {name} are the tree's, but only {n_tree} are: "
-        f"{len_name} must count the slots the caller got from the tree (match_prefix)")
-
-
-_FLAGS: dict = {}
-
-
-def _flags(value: bool, n: int, device):
-    """``n`` copies of ``value`` as a bool tensor on ``device`` (a view of a cached buffer)."""
-    buf = _FLAGS.get((value, device))
-    if buf is None or len(buf) < n:
-        import torch
-
-        buf = _FLAGS[(value, device)] = torch.full((max(n, 1024),), value, dtype=torch.bool, device=device)
-    return buf[:n]
-
-
-def torch_equal(a, b) -> bool:
-    """``torch.equal`` (imported on first use, so that this module loads without torch)."""
-    import torch
-
-    return torch.equal(a, b)
-
-
+# -- slot tensors -----------------------------------------------------------------------------------
 def check_slot_tensor(value: object, name: str, one: bool = False) -> None:
     """``value`` must be a 1-D int64 tensor of slot ids (``one``: exactly one slot, any shape)."""
     import torch

@@ -402,6 +402,47 @@ class TestSlotAllocator:
         a.alloc(4)
         assert a.is_allocated(torch.arange(8)).tolist() == [True] * 4 + [False] * 4
 
+    @pytest.mark.parametrize("ps", [1, 2])
+    def test_handover_names_what_is_wrong_with_a_split_into_tree_and_caller_slots(self, ps):
+        """The first ``tree_len`` slots must be owned by the tree, the rest held by the caller,
+        each named once; the answer is a sentence, and asking changes no state."""
+        a = SlotAllocator(16, ps)
+        tree, mine = a.alloc(2 * ps), a.alloc(2 * ps)
+        a.mark_owned(tree)
+        before = a._state.clone()
+
+        def problem(idx, tree_len):
+            return a.handover_problem(idx, tree_len, "value", "prev_prefix_len", "device KV")
+
+        assert problem(torch.cat((tree, mine)), 2 * ps) is None
+        assert problem(mine, 0) is None and problem(tree[:0], 0) is None
+        assert "claims" in problem(torch.cat((tree, mine)), 3 * ps)  # a caller slot claimed as the tree's
+        assert "already owns" in problem(torch.cat((tree, mine)), ps)  # a tree slot past the split
+        assert "already owns" in problem(tree, 0)
+        assert "more than once" in problem(torch.cat((mine, mine)), 0)
+        assert "more than once" in problem(torch.cat((tree, tree)), 4 * ps)
+        assert "not allocated" in problem(torch.arange(6 * ps, 7 * ps), 0)
+        assert "out of range" in problem(torch.arange(16, 16 + ps), 0)
+        if ps > 1:
+            assert "aligned pages" in problem(mine[1:1 + ps], 0)
+            assert "claims" in problem(torch.cat((tree, mine)), 2 * ps + 1)  # a page split between owners
+        assert problem(torch.tensor([1.0]), 0).startswith("value indices must be an integer tensor")
+        assert torch.equal(a._state, before)
+        assert a.owned_flags(torch.cat((tree, mine))).tolist() == [True] * 2 * ps + [False] * 2 * ps
+        a.free(tree)  # freeing clears ownership
+        assert not a.owned_flags(tree).any() and not a.is_allocated(tree).any()
+
+    def test_a_single_state_slot_is_handed_over_only_when_the_caller_holds_it(self):
+        a = SlotAllocator(4)
+        held, owned = a.alloc(1), a.alloc(1)
+        a.mark_owned(owned)
+        assert a.handover_problem(held, 0, "mamba_value", pool="state") is None
+        assert "already owns" in a.handover_problem(owned, 0, "mamba_value", pool="state")
+        assert "out of range" in a.handover_problem(torch.tensor([9]), 0, "mamba_value", pool="state")
+        for bad in (torch.tensor([3]),):
+            assert a.handover_problem(bad, 0, "mamba_value", pool="state") == \
+                "mamba_value names a state slot that is not allocated"
+
     def test_a_failed_free_changes_nothing(self):
         a = SlotAllocator(4)
         x = a.alloc(3)

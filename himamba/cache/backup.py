@@ -21,7 +21,7 @@ from himamba.core.node import TreeNode
 from himamba.errors import CacheAssertionError, InvalidInputError, UpstreamFailure
 from himamba.memory.transfer import StateTransfer
 from himamba.observe.events import EventKind, operation
-from himamba.validate import check_bool, check_quota, check_slot_tensor, check_tree_slots
+from himamba.validate import check_bool, check_quota, check_slot_tensor
 
 
 class BackupMixin(HiTreeBase):
@@ -222,9 +222,9 @@ class BackupMixin(HiTreeBase):
         if slot is not None:
             check_slot_tensor(slot, "req.mamba_pool_idx", one=True)
             alloc = self.mamba_pool.allocator
-            if not alloc.all_allocated(slot):
-                raise InvalidInputError("req.mamba_pool_idx names a state slot that is not allocated")
-            check_tree_slots(alloc.owned_flags(slot), 0, "req.mamba_pool_idx")
+            problem = alloc.handover_problem(slot, 0, "req.mamba_pool_idx", pool="state")
+            if problem is not None:
+                raise InvalidInputError(problem)
 
     def _load_back(self, node: TreeNode, mem_quota: int | None, req: Request | None) -> torch.Tensor | None:
         chain = []

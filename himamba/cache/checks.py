@@ -18,6 +18,7 @@ import torch
 
 from himamba.core.lru import LRUList
 from himamba.core.node import TreeNode
+from himamba.memory.allocator import FREE
 
 _INT64 = torch.int64
 
@@ -174,7 +175,7 @@ def _slots_owned_once(flat: torch.Tensor, alloc) -> bool:
     with the pages' in-use marks (a slot may be named at most as often as it is marked); with
     bigger pages, the count must not exceed 1 and every named page must be marked. On the CPU
     this runs in numpy, whose calls cost a fraction of torch's on these small arrays."""
-    in_use = alloc._in_use
+    in_use = alloc._state != FREE
     if flat.device.type == "cpu" and in_use.device.type == "cpu":
         slots, marks = flat.numpy(), in_use.numpy()
         try:

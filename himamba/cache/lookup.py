@@ -22,7 +22,7 @@ from himamba.core.node import TreeNode
 from himamba.errors import CacheAssertionError, InvalidInputError, UpstreamFailure
 from himamba.memory.device import check_on_device
 from himamba.observe.events import EventKind, operation
-from himamba.validate import check_int, check_tree_slots
+from himamba.validate import check_int
 
 ANCESTOR_TIME_STEP = 1e-5  # k-th ancestor of a match is retimed to t - k * step
 
@@ -231,14 +231,11 @@ class LookupMixin(TreeBase):
         check_on_device(value, self.kv_pool.device, "value (device KV slots)")
         if mamba_value is not None:
             check_on_device(mamba_value, self.mamba_pool.device, "mamba_value (a device state slot)")
-        problem = self.kv_pool.allocator.problem_with(value)
+        problem = self.kv_pool.allocator.handover_problem(value, prev_prefix_len, "value", "prev_prefix_len", "device KV")
+        if problem is None and mamba_value is not None:
+            problem = self.mamba_pool.allocator.handover_problem(mamba_value, 0, "mamba_value", pool="state")
         if problem is not None:
-            raise InvalidInputError(f"value {problem} (device KV)")
-        check_tree_slots(self.kv_pool.allocator.owned_flags(value), prev_prefix_len, "value", "prev_prefix_len")
-        if mamba_value is not None:
-            if not self.mamba_pool.allocator.all_allocated(mamba_value):
-                raise InvalidInputError("mamba_value names a state slot that is not allocated")
-            check_tree_slots(self.mamba_pool.allocator.owned_flags(mamba_value), 0, "mamba_value")
+            raise InvalidInputError(problem)
 
     def _insert_helper(
         self, key: RadixKey, value: torch.Tensor, mamba_value: torch.Tensor, prev_prefix_len: int, chunked: bool

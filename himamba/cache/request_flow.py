@@ -21,7 +21,6 @@ from himamba.validate import (
     check_int,
     check_slot_tensor,
     check_token_ids,
-    check_tree_slots,
 )
 
 
@@ -152,13 +151,12 @@ class RequestFlowMixin(TreeBase):
             slot = getattr(req, name)
             if slot is not None:
                 check_slot_tensor(slot, f"req.{name}", one=True)
-                if not alloc.all_allocated(slot):
-                    raise InvalidInputError(f"req.{name} names a state slot that is not allocated")
-                check_tree_slots(alloc.owned_flags(slot), 0, f"req.{name}")
-        problem = self.kv_pool.allocator.problem_with(kv)
+                problem = alloc.handover_problem(slot, 0, f"req.{name}", pool="state")
+                if problem is not None:
+                    raise InvalidInputError(problem)
+        problem = self.kv_pool.allocator.handover_problem(kv, protected, "req.kv_indices", "req.cache_protected_len")
         if problem is not None:
-            raise InvalidInputError(f"req.kv_indices {problem}")
-        check_tree_slots(self.kv_pool.allocator.owned_flags(kv), protected, "req.kv_indices", "req.cache_protected_len")
+            raise InvalidInputError(problem)
         if req.last_node is not None:
             self._check_releasable(req.last_node)
 

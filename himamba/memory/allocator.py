@@ -4,9 +4,11 @@ Slots are handed out in whole pages of ``page_size`` consecutive slots (page ``p
 ``p*page_size .. p*page_size + page_size - 1``), so a paged KV cache gets page-aligned rows. With
 ``page_size == 1`` a page is a slot. Freed pages go to the back of the list (first in, first out).
 
-Every page carries an in-use mark, so freeing a slot that is free already, freeing the same slot
-twice in one call, or freeing an index outside the pool raises :class:`PoolError` and changes
-nothing.
+Every page carries a state: free, held (handed out, the caller's) or owned (a tree node adopted
+it). Freeing a slot that is free already, freeing the same slot twice in one call, or freeing an
+index outside the pool raises :class:`PoolError` and changes nothing; :meth:`handover_problem`
+says in one pass (one host read) whether slots can be handed to the tree, the first ones being
+the tree's own and the rest the caller's.
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ import torch
 
 from himamba.errors import InvalidInputError, PoolError
 from himamba.validate import check_int
+
+FREE, HELD, OWNED = 0, 1, 2  # a page's state
+MENTION = 1 << 32  # added per mention of a page while counting them (states stay below it)
 
 
 class SlotAllocator:
@@ -25,15 +30,14 @@ class SlotAllocator:
         self.capacity = capacity
         self.page_size = page_size
         self.device = torch.device(device)
-        # read several values in one host read: on a GPU each read is a sync; on the CPU two
-        # plain ints are cheaper than one fused read (a measurement may turn it on there too)
+        # one slot's state in one host read: on a GPU each read is a sync; on the CPU two plain
+        # ints are cheaper than one fused read
         self.fused_reads = self.device.type != "cpu"
         self.num_pages = capacity // page_size
         self._free = torch.arange(self.num_pages, dtype=torch.int64, device=self.device)
         self._released: list[torch.Tensor] = []
         self._available_pages = self.num_pages
-        self._in_use = torch.zeros(self.num_pages, dtype=torch.int32, device=self.device)
-        self._owned = torch.zeros(self.num_pages, dtype=torch.bool, device=self.device)  # held by a tree node
+        self._state = torch.zeros(self.num_pages, dtype=torch.int64, device=self.device)  # FREE, HELD, OWNED
         self._offsets = torch.arange(page_size, dtype=torch.int64, device=self.device)
 
     # -- queries -------------------------------------------------------------------------------
@@ -48,53 +52,143 @@ class SlotAllocator:
     def is_allocated(self, indices: torch.Tensor) -> torch.Tensor:
         """Boolean tensor, one flag per slot: is it currently handed out? (Indices must be in range.)"""
         flat = indices.reshape(-1).to(device=self.device, dtype=torch.int64)
-        return self._in_use[flat // self.page_size].bool()
+        return self._state[flat // self.page_size] != FREE
 
     def all_allocated(self, indices: torch.Tensor) -> bool:
-        """Are all these slots in range and currently handed out?"""
+        """Are all these slots in range and currently handed out (held or owned)?"""
         if self.page_size == 1 and isinstance(indices, torch.Tensor) and indices.numel() == 1 \
                 and indices.dtype is torch.int64:
-            if not self.fused_reads:  # host reads cost nothing on the CPU; two ints are fastest
-                i = int(indices)
-                return 0 <= i < self.num_pages and int(self._in_use[i]) == 1
-            # on a GPU: one host read for the range and the in-use flag together
-            indices = indices.to(self.device)
-            inside = (indices >= 0) & (indices < self.num_pages)
-            return bool(inside & (self._in_use[indices.clamp(0, self.num_pages - 1)] == 1))
+            return self._one_slot_state(indices) in (HELD, OWNED)
         try:
             pages = self._pages_of(indices, check=True)
         except PoolError:
             return False
-        return pages.numel() == 0 or bool(self._in_use.index_select(0, pages).all())
+        return pages.numel() == 0 or bool((self._state.index_select(0, pages) != FREE).all())
 
     def problem_with(self, indices: torch.Tensor) -> str | None:
-        """Why these slots cannot be handed to the tree as one owner's (out of range, not
-        allocated, named twice, partial pages), or ``None`` when they can. Changes nothing."""
-        try:
-            pages = self._pages_of(indices, check=True)
-        except PoolError as exc:
-            return str(exc)
-        if pages.numel() == 0:
+        """Why these slots cannot be named as one owner's (out of range, not allocated, named
+        twice, partial pages), or ``None`` when they can; held and owned slots both count as
+        allocated. Changes nothing."""
+        counts = self._count_mentions(indices, 0)
+        if counts is None:
             return None
-        in_use = self._in_use
-        in_use.index_put_((pages,), _PLUS_ONE, accumulate=True)
-        lo, hi = self._two_ints(*in_use.index_select(0, pages).aminmax())
-        in_use.index_put_((pages,), _MINUS_ONE, accumulate=True)
-        if lo < 2:
+        if isinstance(counts, str):
+            return counts
+        _, _, lo, hi = counts
+        if lo < HELD + MENTION:
             return "names slots that are not allocated"
-        if hi > 2:
+        if hi > OWNED + MENTION:
             return "names the same slot more than once"
         return None
 
     # -- ownership: which allocated slots a tree node holds ----------------------------------------
     def mark_owned(self, indices: torch.Tensor) -> None:
         """Record that a tree node adopted these (allocated) slots; freeing them clears the mark."""
-        self._owned.index_fill_(0, self._pages_of(indices, check=False), True)
+        self._state.index_fill_(0, self._pages_of(indices, check=False), OWNED)
 
     def owned_flags(self, indices: torch.Tensor) -> torch.Tensor:
         """One flag per slot (indices must be in range): does a tree node hold its page?"""
         flat = indices.reshape(-1)
-        return self._owned.index_select(0, flat if self.page_size == 1 else flat // self.page_size)
+        return self._state.index_select(0, flat if self.page_size == 1 else flat // self.page_size) == OWNED
+
+    def handover_problem(self, indices: torch.Tensor, tree_len: int, name: str,
+                         len_name: str | None = None, pool: str | None = None) -> str | None:
+        """Why ``indices`` cannot be handed to the tree, as a sentence, or ``None`` when they can:
+        every slot in range and in whole aligned pages, named once; the first ``tree_len`` slots
+        owned by the tree (the caller got them from it: ``len_name`` counts them) and the rest
+        held by the caller (allocated, not owned). One host read when it holds; changes nothing.
+        ``name`` and ``pool`` label the sentence (``"value ... (device KV)"``)."""
+        ps = self.page_size
+        if ps == 1 and indices.numel() == 1 and tree_len == 0 and indices.dtype is torch.int64:
+            state = self._one_slot_state(indices)  # one state slot: the common single read
+            if state == HELD:
+                return None
+            if state == OWNED:
+                return f"{name} names 1 slot(s) past the first 0 that a tree node already owns: " \
+                    "pass slots the caller allocated (a slot has one owner)"
+            if state == FREE:
+                return f"{name} names a{' ' + pool if pool else ''} slot that is not allocated"
+        counts = self._count_mentions(indices, tree_len // ps if tree_len % ps == 0 else None)
+        if counts is None:
+            return None
+        where = f" ({pool})" if pool else ""
+        if isinstance(counts, str):
+            return f"{name} {counts}{where}"
+        tree_lo, tree_hi, lo, hi = counts
+        if min(tree_lo, lo) < HELD + MENTION:
+            return f"{name} names slots that are not allocated{where}"
+        if max(tree_hi, hi) > OWNED + MENTION:
+            return f"{name} names the same slot more than once{where}"
+        if tree_lo == OWNED + MENTION and lo == hi == HELD + MENTION:
+            return None
+        return self._ownership_sentence(indices, tree_len, name, len_name)
+
+    def _ownership_sentence(self, indices: torch.Tensor, tree_len: int, name: str, len_name: str | None) -> str:
+        """Why the split of ``indices`` at ``tree_len`` into tree and caller slots is wrong."""
+        owned = self.owned_flags(indices)
+        n_tree = int(owned[:tree_len].sum()) if tree_len else 0
+        n_all = int(owned.sum())
+        if n_all != n_tree:
+            return (f"{name} names {n_all - n_tree} slot(s) past the first {tree_len} that a tree node already owns: "
+                    "pass slots the caller allocated (a slot has one owner)")
+        return (f"{len_name}={tree_len} claims {tree_len} slots of {name} are the tree's, but only {n_tree} are: "
+                f"{len_name} must count the slots the caller got from the tree (match_prefix)")
+
+    def _one_slot_state(self, index: torch.Tensor) -> int:
+        """The state of one slot (page size 1), ``-1`` when out of range: one host read."""
+        if not self.fused_reads:  # host reads cost nothing on the CPU; two ints are fastest
+            i = int(index)
+            return int(self._state[i]) if 0 <= i < self.num_pages else -1
+        index = index.reshape(1).to(self.device)
+        inside = (index >= 0) & (index < self.num_pages)
+        return int(torch.where(inside, self._state[index.clamp(0, self.num_pages - 1)], -1))
+
+    def _count_mentions(self, indices: torch.Tensor, tree_pages: int | None):
+        """Count how often each page is named, in one host read: ``None`` for no slots, a
+        sentence for slots out of range or not in whole aligned pages, else
+        ``(tree_lo, tree_hi, lo, hi)``: the least and greatest ``state + MENTION * mentions``
+        over the first ``tree_pages`` pages and over the rest (``tree_pages=None``: a page
+        straddles the split, reported as the tree part holding a held slot). Not an integer
+        tensor is a sentence too. Changes nothing."""
+        try:
+            pages, misaligned = self._pages_unchecked(indices)
+        except PoolError as exc:
+            return str(exc)
+        n = pages.numel()
+        if n == 0:
+            return None
+        state = self._state
+        safe = pages.clamp(0, self.num_pages - 1)
+        state.index_put_((safe,), _PLUS_MENTION, accumulate=True)
+        seen = state.index_select(0, safe)
+        state.index_put_((safe,), _MINUS_MENTION, accumulate=True)
+        k = 0 if tree_pages is None else tree_pages
+        parts = [*pages.aminmax(), misaligned if misaligned is not None else _ZERO]
+        parts += [*seen[:k].aminmax()] if k else [_OWNED_ONCE, _OWNED_ONCE]
+        parts += [*seen[k:].aminmax()] if k < n else [_HELD_ONCE, _HELD_ONCE]
+        lo_page, hi_page, bad, tree_lo, tree_hi, lo, hi = torch.stack(parts).tolist()
+        ps = self.page_size
+        if bad:
+            return f"slots do not form whole aligned pages of {ps}: {indices.reshape(-1)[:8].tolist()}…"
+        if lo_page < 0 or hi_page >= self.num_pages:
+            return f"slot index out of range: pool has {self.capacity} slots, got {lo_page * ps}..{hi_page * ps + ps - 1}"
+        if tree_pages is None:  # a page holds tree slots and caller slots: never both owned and held
+            tree_lo = HELD + MENTION
+        return tree_lo, tree_hi, lo, hi
+
+    def _pages_unchecked(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The pages named by ``indices`` (one per ``page_size`` slots) and, for pages of more
+        than one slot, a 0-d flag tensor: are they misaligned? No host read; a wrong type, dtype
+        or a count that is not whole pages raises :class:`PoolError`."""
+        flat = self._flat(indices)
+        ps = self.page_size
+        if ps == 1:
+            return flat, None
+        if flat.numel() % ps:
+            raise PoolError(f"{flat.numel()} slots do not form whole pages of {ps}")
+        rows = flat.view(-1, ps)
+        pages = rows[:, 0] // ps
+        return pages, (rows != pages.unsqueeze(1) * ps + self._offsets).any().long()
 
     # -- alloc / free --------------------------------------------------------------------------
     def alloc(self, n: int) -> torch.Tensor | None:
@@ -114,37 +208,37 @@ class SlotAllocator:
             self._released.clear()
         pages = self._free[:pages_needed]
         self._free = self._free[pages_needed:]
-        self._in_use.index_fill_(0, pages, 1)
+        self._state.index_fill_(0, pages, HELD)
         self._available_pages -= pages_needed
         if self.page_size == 1:
             return pages
         return (pages.unsqueeze(1) * self.page_size + self._offsets).reshape(-1)
 
     def free(self, indices: torch.Tensor) -> None:
-        """Return slots to the free list. Raises :class:`PoolError` (changing nothing) for a slot
-        outside the pool, a slot that is not in use, a slot named twice, or a partial page."""
-        pages = self._pages_of(indices, check=True)
-        if pages.numel() == 0:
+        """Return slots (held or owned) to the free list. Raises :class:`PoolError` (changing
+        nothing) for a slot outside the pool, a slot that is not in use, a slot named twice, or
+        a partial page. One host read."""
+        counts = self._count_mentions(indices, 0)
+        if counts is None:
             return
-        in_use = self._in_use
-        # Count each mention down by one: a page named twice, or already free, goes below zero.
-        in_use.index_put_((pages,), _MINUS_ONE, accumulate=True)
-        if int(in_use.index_select(0, pages).amin()) < 0:
-            in_use.index_put_((pages,), _PLUS_ONE, accumulate=True)
+        if isinstance(counts, str):
+            raise PoolError(counts)
+        _, _, lo, hi = counts
+        pages, _ = self._pages_unchecked(indices)
+        if lo < HELD + MENTION or hi > OWNED + MENTION:
             listed = pages.tolist()
-            bad = sorted({p for p in listed if int(in_use[p]) < 1 or listed.count(p) > 1})
+            bad = sorted({p for p in listed if int(self._state[p]) == FREE or listed.count(p) > 1})
             raise PoolError(f"double free: slot(s) {[p * self.page_size for p in bad[:8]]} are not in use (or named twice)")
-        self._owned.index_fill_(0, pages, False)
+        self._state.index_fill_(0, pages, FREE)
         self._queue_released(pages)
 
     def free_owned(self, indices: torch.Tensor) -> None:
         """Return slots known to be allocated and named once (the tree's own, or input already
-        checked with :meth:`problem_with`): no validation, so it is cheap."""
+        checked with :meth:`handover_problem`): no validation, so it is cheap."""
         pages = indices if self.page_size == 1 else indices[:: self.page_size] // self.page_size
         if pages.numel() == 0:
             return
-        self._in_use.index_fill_(0, pages, 0)
-        self._owned.index_fill_(0, pages, False)
+        self._state.index_fill_(0, pages, FREE)
         self._queue_released(pages)
 
     def _queue_released(self, pages: torch.Tensor) -> None:
@@ -152,7 +246,9 @@ class SlotAllocator:
         self._released.append(pages.clone())  # never keep the caller's tensor: they may reuse it
         self._available_pages += pages.numel()
 
-    def _pages_of(self, indices: torch.Tensor, check: bool) -> torch.Tensor:
+    def _flat(self, indices: torch.Tensor) -> torch.Tensor:
+        """``indices`` as a 1-D int64 tensor on the pool's device; :class:`PoolError` for
+        something that is not an integer tensor."""
         if type(indices) is not torch.Tensor and not isinstance(indices, torch.Tensor):
             raise PoolError(f"indices must be a tensor of slot ids, got {type(indices).__name__}")
         if indices.dtype is not torch.int64:
@@ -160,48 +256,33 @@ class SlotAllocator:
                 raise PoolError(f"indices must be an integer tensor, got dtype {indices.dtype}")
             indices = indices.long()
         flat = indices if indices.dim() == 1 else indices.reshape(-1)
-        if flat.device != self.device:
-            flat = flat.to(self.device)
-        ps = self.page_size
-        misaligned = None
-        if ps == 1:
-            pages = flat
-        else:
-            if flat.numel() % ps:
-                raise PoolError(f"{flat.numel()} slots do not form whole pages of {ps}")
-            rows = flat.view(-1, ps)
-            pages = rows[:, 0] // ps
-            if check:
-                misaligned = (rows != pages.unsqueeze(1) * ps + self._offsets).any()
-                if not self.fused_reads and bool(misaligned):
-                    raise PoolError(f"slots do not form whole aligned pages of {ps}: {flat[:8].tolist()}…")
-        if check and pages.numel():
-            lo, hi = pages.aminmax()
-            if self.fused_reads and misaligned is not None:  # alignment and range in one host read
-                bad, lo, hi = torch.stack((misaligned.long(), lo, hi)).tolist()
-                if bad:
-                    raise PoolError(f"slots do not form whole aligned pages of {ps}: {flat[:8].tolist()}…")
-            else:
-                lo, hi = self._two_ints(lo, hi)
-            if lo < 0 or hi >= self.num_pages:
-                raise PoolError(
-                    f"slot index out of range: pool has {self.capacity} slots, got {lo * ps}..{hi * ps + ps - 1}"
-                )
-        return pages
+        return flat if flat.device == self.device else flat.to(self.device)
 
-    def _two_ints(self, a: torch.Tensor, b: torch.Tensor) -> tuple[int, int]:
-        """Two 0-d tensors as ints: with ``fused_reads`` (on a GPU) in one host read (one sync, not two)."""
-        if not self.fused_reads:
-            return int(a), int(b)
-        lo, hi = torch.stack((a, b)).tolist()
-        return lo, hi
+    def _pages_of(self, indices: torch.Tensor, check: bool) -> torch.Tensor:
+        """The pages of ``indices``; with ``check``, :class:`PoolError` unless they are whole
+        aligned pages inside the pool (one host read)."""
+        if not check:
+            flat = self._flat(indices)
+            return flat if self.page_size == 1 else flat.view(-1, self.page_size)[:, 0] // self.page_size
+        pages, misaligned = self._pages_unchecked(indices)
+        if pages.numel():
+            ps = self.page_size
+            lo, hi, bad = torch.stack((*pages.aminmax(), _ZERO if misaligned is None else misaligned)).tolist()
+            if bad:
+                raise PoolError(f"slots do not form whole aligned pages of {ps}: {indices.reshape(-1)[:8].tolist()}…")
+            if lo < 0 or hi >= self.num_pages:
+                raise PoolError(f"slot index out of range: pool has {self.capacity} slots, got {lo * ps}..{hi * ps + ps - 1}")
+        return pages
 
     def __repr__(self) -> str:
         return f"SlotAllocator({self.available_size()}/{self.capacity} free, page {self.page_size})"
 
 
-_MINUS_ONE = torch.tensor(-1, dtype=torch.int32)
-_PLUS_ONE = torch.tensor(1, dtype=torch.int32)
+_PLUS_MENTION = torch.tensor(MENTION, dtype=torch.int64)
+_MINUS_MENTION = torch.tensor(-MENTION, dtype=torch.int64)
+_ZERO = torch.tensor(0, dtype=torch.int64)
+_OWNED_ONCE = torch.tensor(OWNED + MENTION, dtype=torch.int64)  # stands in for an empty part
+_HELD_ONCE = torch.tensor(HELD + MENTION, dtype=torch.int64)
 
 
 def check_pool_capacity(capacity: object, page_size: object) -> None:
