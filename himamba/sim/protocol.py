@@ -35,15 +35,42 @@ from himamba.cache.mamba import MambaRadixCache
 from himamba.core.key import RadixKey
 from himamba.errors import InvalidInputError
 from himamba.sim.mooncake import BLOCK_TOKENS, MooncakeRequest, check_checkpoint
+from himamba.validate import check_token_ids
 
 ReplayItem = tuple[list[int], int, int, "int | None"]
+
+
+class CheckedItems(tuple):
+    """Replay items whose keys hold checked ids (made by :func:`token_items`, :func:`block_items`
+    or :func:`check_items`; a tuple, so nothing is added after the check): the replay builds
+    its keys from them without checking again."""
 PROTOCOL = {"device_kv_tokens": 300_000, "device_mamba_slots": 600, "page_size": 1}
 
 
 def token_items(trace: Sequence[tuple[int, list[int]]]) -> list[ReplayItem]:
     """Replay items of a token trace (``(prompt_len, tokens)`` pairs): match the prompt, insert
-    every token."""
-    return [(tokens, plen, len(tokens), None) for plen, tokens in trace]
+    every token. Every token list is checked here (ints in ``0 .. 2**63 - 1``), once, so that
+    the replay builds its keys from them without checking them again."""
+    return CheckedItems((check_token_ids(tokens, f"request {i} tokens"), plen, len(tokens), None)
+                        for i, (plen, tokens) in enumerate(trace))
+
+
+def check_items(items: Sequence[ReplayItem]) -> CheckedItems:
+    """``items`` with every key checked (ids ints in ``0 .. 2**63 - 1``; ``prompt_len`` and
+    ``insert_len`` within the key); :class:`InvalidInputError` names the first bad one."""
+    if isinstance(items, CheckedItems):
+        return items
+    out = []
+    for i, item in enumerate(items):
+        try:
+            key, plen, ilen, weight = item
+        except (TypeError, ValueError):
+            raise InvalidInputError(f"replay item {i} must be (key, prompt_len, insert_len, prompt_tokens)") from None
+        key = check_token_ids(key, f"replay item {i} key")
+        if type(plen) is not int or type(ilen) is not int or not 0 <= ilen <= len(key) or not 0 <= plen <= len(key):
+            raise InvalidInputError(f"replay item {i}: prompt_len and insert_len must be ints in 0..{len(key)}")
+        out.append((key, plen, ilen, weight))
+    return CheckedItems(out)
 
 
 def block_items(trace: Sequence[MooncakeRequest], checkpoint: str) -> list[ReplayItem]:
@@ -51,10 +78,10 @@ def block_items(trace: Sequence[MooncakeRequest], checkpoint: str) -> list[Repla
     keeps (``sequence_end``: every block; ``page_aligned``: the full blocks)."""
     check_checkpoint(checkpoint)
     items = []
-    for r in trace:
-        key = list(r.hash_ids)
+    for i, r in enumerate(trace):
+        key = check_token_ids(list(r.hash_ids), f"request {i} hash_ids")
         items.append((key, len(key), len(key) if checkpoint == "sequence_end" else r.full_blocks, r.input_length))
-    return items
+    return CheckedItems(items)
 
 
 def make_cache(device_kv: int = PROTOCOL["device_kv_tokens"], device_states: int = PROTOCOL["device_mamba_slots"], *,
@@ -78,6 +105,7 @@ def replay(cache, items: Sequence[ReplayItem], *, listener=None, headroom: int =
         raise InvalidInputError(f"headroom must be a non-negative int, got {headroom!r}")
     if type(sweep_every) is not int or sweep_every < 1:
         raise InvalidInputError(f"sweep_every must be a positive int, got {sweep_every!r}")
+    items = check_items(items)
     if listener is not None:
         cache.events.subscribe(listener)
     try:
@@ -92,9 +120,10 @@ def _replay(cache, items: Sequence[ReplayItem], headroom: int, sweep_every: int,
     tiered = getattr(cache, "tiered", False)
     c = dict.fromkeys(("matched", "prompt", "matched_tokens", "prompt_tokens", "ops", "evicted_kv",
                        "evicted_states", "host_hits", "device_hits", "inserts"), 0)
+    trusted = RadixKey._trusted  # items hold checked ids (token_items, block_items)
     start, cpu_start = time.perf_counter(), time.process_time()
     for i, (tokens, plen, ilen, weight) in enumerate(items):
-        full = RadixKey(tokens)
+        full = trusted(tokens, None)
         m = cache.match_prefix(full[:plen] if plen < len(tokens) else full)
         c["ops"] += 1
         prefix, node = m.device_indices, m.last_device_node
