@@ -36,10 +36,19 @@ def test_host_reads_are_counted_per_site_and_the_transfer_path_makes_none() -> N
 
 @pytest.mark.parametrize("page_size", [1, 4])
 def test_the_fused_read_path_answers_as_the_plain_one(page_size: int) -> None:
+    """The GPU's path (torch only, fused reads) and the CPU's (numpy yes/no checks first) give
+    the same answers and the same errors."""
     plain, fused = SlotAllocator(32, page_size), SlotAllocator(32, page_size)
-    fused.fused_reads = True
+    fused.fused_reads, fused._cpu_check = True, None
     a, b = plain.alloc(2 * page_size), fused.alloc(2 * page_size)
     assert torch.equal(a, b)
+    own_a, own_b = plain.alloc(page_size), fused.alloc(page_size)
+    plain.mark_owned(own_a)
+    fused.mark_owned(own_b)
+    for idx, tree_len in [(torch.cat((own_a, a)), page_size), (torch.cat((own_a, a)), 0), (a, page_size),
+                          (torch.cat((a, a)), 0), (own_a, page_size), (torch.tensor([40 * page_size] * page_size), 0),
+                          (a[:1], 0), (torch.cat((own_a, a)), page_size + 1)]:
+        assert plain.handover_problem(idx, tree_len, "v", "n") == fused.handover_problem(idx, tree_len, "v", "n"), idx
     probes = [a, a[:page_size], torch.cat((a, a)), torch.tensor([40 * page_size] * page_size),
               torch.tensor([-1] * page_size), a[:1], torch.tensor([7])]
     if page_size > 1:
@@ -56,7 +65,10 @@ def test_the_fused_read_path_answers_as_the_plain_one(page_size: int) -> None:
         assert str(p_err.value) == str(f_err.value)
     plain.free(a)
     fused.free(b)
+    plain.free(own_a)
+    fused.free(own_b)
     assert plain.available_size() == fused.available_size() == 32
+    assert torch.equal(plain._state, fused._state) and not plain._state.any()
 
 
 def test_the_fused_read_path_halves_the_host_reads_of_an_insert() -> None:

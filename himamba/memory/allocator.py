@@ -8,7 +8,11 @@ Every page carries a state: free, held (handed out, the caller's) or owned (a tr
 it). Freeing a slot that is free already, freeing the same slot twice in one call, or freeing an
 index outside the pool raises :class:`PoolError` and changes nothing; :meth:`handover_problem`
 says in one pass (one host read) whether slots can be handed to the tree, the first ones being
-the tree's own and the rest the caller's.
+the tree's own and the rest the caller's. On the CPU the yes/no part of these checks and the
+state updates run in numpy over the same memory (:mod:`himamba.memory.cpu_checks`).
+
+Size: over 300 lines because the page states, the checks that read them and the allocations and
+frees that change them are one structure; split, each half would reach into the other's tensors.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import torch
 
 from himamba.errors import InvalidInputError, PoolError
+from himamba.memory.cpu_checks import CpuSlotCheck
 from himamba.validate import check_int
 
 FREE, HELD, OWNED = 0, 1, 2  # a page's state
@@ -39,6 +44,8 @@ class SlotAllocator:
         self._available_pages = self.num_pages
         self._state = torch.zeros(self.num_pages, dtype=torch.int64, device=self.device)  # FREE, HELD, OWNED
         self._offsets = torch.arange(page_size, dtype=torch.int64, device=self.device)
+        # on the CPU, yes/no checks run in numpy over the same memory first
+        self._cpu_check = CpuSlotCheck(self._state, page_size) if self.device.type == "cpu" else None
 
     # -- queries -------------------------------------------------------------------------------
     def available_size(self) -> int:
@@ -84,7 +91,7 @@ class SlotAllocator:
     # -- ownership: which allocated slots a tree node holds ----------------------------------------
     def mark_owned(self, indices: torch.Tensor) -> None:
         """Record that a tree node adopted these (allocated) slots; freeing them clears the mark."""
-        self._state.index_fill_(0, self._pages_of(indices, check=False), OWNED)
+        self._set_state(self._pages_of(indices, check=False), OWNED)
 
     def owned_flags(self, indices: torch.Tensor) -> torch.Tensor:
         """One flag per slot (indices must be in range): does a tree node hold its page?"""
@@ -108,6 +115,9 @@ class SlotAllocator:
                     "pass slots the caller allocated (a slot has one owner)"
             if state == FREE:
                 return f"{name} names a{' ' + pool if pool else ''} slot that is not allocated"
+        if self._cpu_check is not None and tree_len % ps == 0 and isinstance(indices, torch.Tensor) and \
+                indices.dtype is torch.int64 and self._cpu_check.split_ok(self._flat(indices), tree_len // ps, OWNED, HELD):
+            return None
         counts = self._count_mentions(indices, tree_len // ps if tree_len % ps == 0 else None)
         if counts is None:
             return None
@@ -208,7 +218,7 @@ class SlotAllocator:
             self._released.clear()
         pages = self._free[:pages_needed]
         self._free = self._free[pages_needed:]
-        self._state.index_fill_(0, pages, HELD)
+        self._set_state(pages, HELD)
         self._available_pages -= pages_needed
         if self.page_size == 1:
             return pages
@@ -218,6 +228,14 @@ class SlotAllocator:
         """Return slots (held or owned) to the free list. Raises :class:`PoolError` (changing
         nothing) for a slot outside the pool, a slot that is not in use, a slot named twice, or
         a partial page. One host read."""
+        if self._cpu_check is not None and isinstance(indices, torch.Tensor) and indices.dtype is torch.int64:
+            flat = self._flat(indices)
+            if self._cpu_check.all_in_use_once(flat, FREE):
+                pages = flat if self.page_size == 1 else flat.view(-1, self.page_size)[:, 0] // self.page_size
+                if pages.numel():
+                    self._set_state(pages, FREE)
+                    self._queue_released(pages)
+                return
         counts = self._count_mentions(indices, 0)
         if counts is None:
             return
@@ -229,7 +247,7 @@ class SlotAllocator:
             listed = pages.tolist()
             bad = sorted({p for p in listed if int(self._state[p]) == FREE or listed.count(p) > 1})
             raise PoolError(f"double free: slot(s) {[p * self.page_size for p in bad[:8]]} are not in use (or named twice)")
-        self._state.index_fill_(0, pages, FREE)
+        self._set_state(pages, FREE)
         self._queue_released(pages)
 
     def free_owned(self, indices: torch.Tensor) -> None:
@@ -238,8 +256,16 @@ class SlotAllocator:
         pages = indices if self.page_size == 1 else indices[:: self.page_size] // self.page_size
         if pages.numel() == 0:
             return
-        self._state.index_fill_(0, pages, FREE)
+        self._set_state(pages, FREE)
         self._queue_released(pages)
+
+    def _set_state(self, pages: torch.Tensor, state: int) -> None:
+        """Put ``pages`` (a 1-D int64 tensor on the pool's device) in ``state``; on the CPU through
+        the numpy view of the same memory, a fraction of a torch call's cost."""
+        if self._cpu_check is not None:
+            self._cpu_check.state[pages.numpy()] = state
+        else:
+            self._state.index_fill_(0, pages, state)
 
     def _queue_released(self, pages: torch.Tensor) -> None:
         """Put freed pages (already marked free) at the back of the free list."""
