@@ -73,13 +73,14 @@ class LookupMixin(TreeBase):
         node = best = self.root_node
         segs: list[torch.Tensor] = []
         best_len = 0
-        while len(key) and (ck := key.child_key(ps)) in node.children:
+        pos, n = 0, len(key)  # the walk has matched key[:pos]
+        while pos < n and (ck := key.child_key_at(pos, ps)) in node.children:
             child = node.children[ck]
             if child.value is None and child.host_value is None:
                 break
             if node.mamba_value is not None or node.mamba_host_value is not None:
                 best, best_len = node, len(segs)
-            p = child.key.match(key, ps)
+            p = child.key.match_at(key, pos, ps)
             if p < len(child.key):
                 child = self._split_node(child, p)
                 if child.value is not None:
@@ -88,7 +89,7 @@ class LookupMixin(TreeBase):
                 break
             if child.value is not None:
                 segs.append(child.value)
-            node, key = child, key[p:]
+            node, pos = child, pos + p
         if node.mamba_value is not None or node.mamba_host_value is not None:
             best, best_len = node, len(segs)
         return segs, best, best_len
@@ -243,18 +244,19 @@ class LookupMixin(TreeBase):
         ps = self.page_size
         node = self.root_node
         full_lru, mamba_lru = self.full_lru_list, self.mamba_lru_list
-        total = 0
-        while len(key) and (ck := key.child_key(ps)) in node.children:
+        total = 0  # tokens counted towards prefix_len
+        pos, n = 0, len(key)  # the walk has matched key[:pos] (and value[:pos])
+        while pos < n and (ck := key.child_key_at(pos, ps)) in node.children:
             node = node.children[ck]
             node.last_access_time = self.tick()
             self._refresh_insert_lru(node)
-            p = node.key.match(key, ps)
+            p = node.key.match_at(key, pos, ps)
             if p < len(node.key):
                 node = self._split_node(node, p)
-            total += self._take_matched_segment(node, value[:p], prev_prefix_len, total, chunked)
-            key, value = key[p:], value[p:]
-        if len(key):
-            new = self._add_new_node(node, key, value, mamba_value)
+            total += self._take_matched_segment(node, value[pos:pos + p], prev_prefix_len, total, chunked)
+            pos += p
+        if pos < n:
+            new = self._add_new_node(node, key[pos:], value[pos:], mamba_value)
             self._inc_hit_count(new, chunked)
             return InsertResult(total, False)
         if node.mamba_value is None:

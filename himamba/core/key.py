@@ -68,6 +68,22 @@ class RadixKey:
         plain = self.token_ids[0] if page_size == 1 else tuple(self.token_ids[:page_size])
         return plain if self.extra_key is None else (self.extra_key, plain)
 
+    def child_key_at(self, pos: int, page_size: int = 1) -> Hashable:
+        """``self[pos:].child_key(page_size)`` without copying the rest of the key."""
+        plain = self.token_ids[pos] if page_size == 1 else tuple(self.token_ids[pos:pos + page_size])
+        return plain if self.extra_key is None else (self.extra_key, plain)
+
+    def match_at(self, other: RadixKey, pos: int, page_size: int = 1) -> int:
+        """``self.match(other[pos:], page_size)`` without copying the rest of ``other``: only
+        ``len(self)`` of its tokens are compared. Walks use it to move along a query by offset."""
+        if self.extra_key != other.extra_key:
+            raise InvalidInputError(
+                f"cannot match keys with different extra keys ({self.extra_key!r} vs {other.extra_key!r})"
+            )
+        mine = self.token_ids
+        n = common_prefix_len(mine, other.token_ids[pos:pos + len(mine)])
+        return n - n % page_size if page_size > 1 else n
+
     def match(self, other: RadixKey, page_size: int = 1) -> int:
         """Length of the common prefix of two keys, counted in whole equal pages when
         ``page_size > 1``. Comparing keys with different extra keys is an error."""
