@@ -84,6 +84,20 @@ class TestRadixKey:
                 want += 1
             assert common_prefix_len(a, b) == want, (a, b)
 
+    def test_offset_forms_agree_with_slicing(self):
+        """match_at and child_key_at (what the walks use) answer as match and child_key on a slice."""
+        rng = random.Random(9)
+        for _ in range(500):
+            extra = rng.choice([None, "x"])
+            q = hm.RadixKey([rng.randrange(3) for _ in range(rng.randint(1, 30))], extra)
+            edge = hm.RadixKey([rng.randrange(3) for _ in range(rng.randint(1, 12))], extra)
+            pos, ps = rng.randrange(len(q)), rng.choice([1, 2, 4])
+            assert edge.match_at(q, pos, ps) == edge.match(q[pos:], ps)
+            if len(q) - pos >= ps:
+                assert q.child_key_at(pos, ps) == q[pos:].child_key(ps)
+        with pytest.raises(hm.InvalidInputError, match="different extra keys"):
+            hm.RadixKey([1], "a").match_at(hm.RadixKey([0, 1], "b"), 1)
+
     def test_matching_different_extra_keys_raises(self):
         with pytest.raises(hm.InvalidInputError, match="different extra keys"):
             hm.RadixKey([1, 2], "a").match(hm.RadixKey([1, 2], "b"))

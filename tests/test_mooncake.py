@@ -225,3 +225,20 @@ def test_bench_replay_needs_no_checkout(capsys, tmp_path: Path, monkeypatch) -> 
     assert cli(["bench", "replay", "--trace", str(path), "--format", "mooncake", "--device-blocks", "500",
                 "--repeat", "1"]) == 0
     assert json.loads(capsys.readouterr().out)["requests"] == 50
+
+
+def test_replay_checks_items_it_did_not_make() -> None:
+    """Items from token_items / block_items are checked once, when made; any other sequence of
+    items is checked by replay before the first request, naming the bad item."""
+    items = protocol.token_items([(2, [1, 2, 3]), (1, [1, 5])])
+    assert isinstance(items, protocol.CheckedItems) and protocol.check_items(items) is items
+    with pytest.raises(hm.InvalidInputError, match=r"request 1 tokens\[1\]"):
+        protocol.token_items([(1, [1]), (1, [1, -2])])
+    cache = protocol.make_cache(64, 8)
+    for bad, words in [([([1, 2**63], 1, 2, None)], r"replay item 0 key\[1\]"),
+                       ([([1, 2], 1, 3, None)], "prompt_len and insert_len"), ([(1, 2)], "must be")]:
+        with pytest.raises(hm.InvalidInputError, match=words):
+            protocol.replay(cache, bad)
+    assert cache.kv_pool.available_size() == 64 and cache.num_nodes() == 0
+    figures = protocol.replay(cache, [([1, 2, 3], 2, 3, None), ([1, 2, 3, 4], 3, 4, None)])
+    assert figures["accounting_ok"] and figures["violations"] == 0 and figures["hit_rate"] == 0.6
