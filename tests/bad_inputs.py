@@ -110,6 +110,14 @@ def _(tmp):
     return c, lambda: c.insert([40, 41], kv, slot, prev_prefix_len=2), ()
 
 
+@case("ownership", "insert: prev_prefix_len claims tree slots for a key that leaves the tree's path")
+def _(tmp):
+    c = device_cache()
+    tree = c.match_prefix([1, 2, 3, 4]).device_indices  # four slots the tree owns
+    slot = alloc_state(c, [1, 2, 40, 41])
+    return c, lambda: c.insert([1, 2, 40, 41], tree.clone(), slot, prev_prefix_len=4), ()
+
+
 @case("ownership", "insert: prev_prefix_len is a float")
 def _(tmp):
     c = device_cache()

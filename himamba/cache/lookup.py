@@ -237,6 +237,26 @@ class LookupMixin(TreeBase):
             problem = self.mamba_pool.allocator.handover_problem(mamba_value, 0, "mamba_value", pool="state")
         if problem is not None:
             raise InvalidInputError(problem)
+        if prev_prefix_len and (reach := self._device_reach(key, prev_prefix_len)) < prev_prefix_len:
+            raise InvalidInputError(
+                f"prev_prefix_len={prev_prefix_len} claims the first {prev_prefix_len} slots of value come from the tree, "
+                f"but only {reach} tokens of this key are cached on device: the tree would adopt its own slots twice")
+
+    def _device_reach(self, key: RadixKey, limit: int) -> int:
+        """How many leading tokens of ``key`` (counted up to ``limit`` or a little past) lie on
+        device nodes of the tree, following the path an insert walks. Changes nothing."""
+        ps = self.page_size
+        node, pos, n = self.root_node, 0, len(key)
+        while pos < limit and pos < n and (ck := key.child_key_at(pos, ps)) in node.children:
+            child = node.children[ck]
+            if child.value is None:
+                break
+            p = child.key.match_at(key, pos, ps)
+            pos += p
+            if p < len(child.key):
+                break
+            node = child
+        return pos
 
     def _insert_helper(
         self, key: RadixKey, value: torch.Tensor, mamba_value: torch.Tensor, prev_prefix_len: int, chunked: bool
