@@ -147,7 +147,8 @@ def bad_insert(cache, locks, data):
     kv, slot = alloc_kv(cache, tokens, 0), alloc_state(cache, tokens)
     owned = [n for n in cache.nodes() if n is not cache.root_node and n.value is not None and len(n.value) >= 2 * ps]
     states = [n for n in cache.nodes() if n.mamba_value is not None]
-    how = data.draw(st.sampled_from(["prev float", "prev range", "fresh as tree's", "owned kv", "owned state", "token"]))
+    how = data.draw(st.sampled_from(["prev float", "prev range", "fresh as tree's", "owned kv", "owned state",
+                                     "tree slots off the path", "token"]))
     prev, value, state, key = 0, kv, slot, tokens
     if how == "prev float":
         prev = data.draw(st.sampled_from([0.0, 1.5, "0", None]))
@@ -157,6 +158,8 @@ def bad_insert(cache, locks, data):
         prev = len(tokens)
     elif how == "owned kv" and owned:
         value = data.draw(st.sampled_from(owned)).value[: 2 * ps]
+    elif how == "tree slots off the path" and owned:  # claimed as the tree's, for a key the tree lacks
+        value, prev = data.draw(st.sampled_from(owned)).value[: 2 * ps], 2 * ps
     elif how == "owned state" and states:
         state = data.draw(st.sampled_from(states)).mamba_value
     else:
