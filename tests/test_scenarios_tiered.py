@@ -1294,3 +1294,27 @@ def test_lock_taken_on_a_host_only_node_stays_balanced_when_it_returns_to_device
     cache.loading_check()
     assert_healthy(cache)
     assert locks(a) == locks(b) == (0, 0, 0, 0)
+
+
+def test_write_back_room_on_host_cascades_into_device_tombstones_uncounted_as_upstream() -> None:
+    """evict(1) under write_back writes the leaf to a full host tier; making host room deletes a
+    host leaf whose cascade deletes four device tombstones above it. Five device tokens leave
+    the tree and reach the pool; evict counts only the leaf it evicted (SGLang 0.5.11's count)."""
+    from himamba.sim.fuzz import make_cache
+    from himamba.sim.ops import DriverState, apply
+
+    script = {"cache": "tiered", "manual_acks": True, "seed": 0,
+              "config": {"device": "cpu", "page_size": 1, "device_kv_tokens": 7, "host_kv_tokens": 1,
+                         "device_mamba_slots": 3, "host_mamba_slots": 1, "write_policy": "write_back",
+                         "legacy": [], "enable_storage": True}}
+    cache, state = make_cache(script), DriverState()
+    for op in ({"op": "chunked", "tokens": [2, 38, 9, 36, 21], "chunk": 1},
+               {"op": "chunked", "tokens": [26, 39, 25], "chunk": 1}, {"op": "ack", "k": 0}, {"op": "events"},
+               {"op": "load", "tokens": [2, 38, 9, 36, 21], "quota": 4}):
+        apply(cache, state, op)
+        assert_healthy(cache)
+    total, free = cache.total_size(), cache.kv_pool.available_size()
+    assert cache.evict(1) == 1
+    assert total - cache.total_size() == cache.kv_pool.available_size() - free == 5
+    assert cache.match_prefix([2, 38, 9, 36, 21]).device_indices.numel() == 0  # the cascade took the path
+    assert_healthy(cache)

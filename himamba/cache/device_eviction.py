@@ -31,6 +31,11 @@ class DeviceEvictionMixin(DeviceCascadeMixin):
         Leaves go oldest first (by ``last_access_time``); a parent that becomes a leaf joins
         the queue. Returns the device tokens freed, cascade deletions included. Locked nodes are
         never touched.
+
+        On the tiered cache under ``write_back`` a leaf is written to host first; when that write
+        has to make host room, ``evict_host`` deletes host leaves and their cascade may delete
+        device tombstones above them. Those device tokens leave the tree but are not in the
+        count, as in SGLang 0.5.11 (its count adds the evicted leaves and their own cascades).
         """
         check_count(num_tokens, "evict(num_tokens)")
         return self._evict_leaves_by_time(self.evictable_full_device_leaves, self._evict_device_leaf, num_tokens)
