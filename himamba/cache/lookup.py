@@ -99,7 +99,7 @@ class LookupMixin(TreeBase):
         if len(segs) <= best_len:
             return None
         chunk = self.config.mamba_cache_chunk_size
-        return (sum(len(s) for s in segs) // chunk) * chunk or None
+        return (sum(s.shape[0] for s in segs) // chunk) * chunk or None
 
     def _touch_match(self, best: TreeNode, on_device: TreeNode) -> None:
         """LRU refresh and retiming of a match's usable node and its ancestors (the full LRU from
@@ -303,7 +303,7 @@ class LookupMixin(TreeBase):
     ) -> int:
         """An insert walked through ``node`` (on device): free the request's duplicate slots past
         ``prev_prefix_len`` and count a hit. Returns the tokens that count towards ``prefix_len``."""
-        p = len(seg_value)
+        p = seg_value.shape[0]
         if prev_prefix_len < total + p:
             dup = seg_value[max(0, prev_prefix_len - total) :]
             self.kv_pool.free_owned(dup)  # checked with the whole value

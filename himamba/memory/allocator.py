@@ -42,7 +42,13 @@ class SlotAllocator:
         self._free = torch.arange(self.num_pages, dtype=torch.int64, device=self.device)
         self._released: list[torch.Tensor] = []
         self._available_pages = self.num_pages
-        self._state = torch.zeros(self.num_pages, dtype=torch.int64, device=self.device)  # FREE, HELD, OWNED
+        # FREE, HELD or OWNED per page: one byte, so that a big pool's states stay in the CPU's caches
+        self._state = torch.zeros(self.num_pages, dtype=torch.int8, device=self.device)
+        self._mentions: torch.Tensor | None = None  # per-page counts for the torch checks (made on first use)
+        # 0-d stand-ins stacked with the pool's own tensors (so on its device): no misalignment,
+        # an empty tree part, an empty caller part
+        self._zero, self._owned_once, self._held_once = torch.tensor(
+            [0, OWNED + MENTION, HELD + MENTION], dtype=torch.int64, device=self.device).unbind()
         self._offsets = torch.arange(page_size, dtype=torch.int64, device=self.device)
         # on the CPU, yes/no checks run in numpy over the same memory first
         self._cpu_check = CpuSlotCheck(self._state, page_size) if self.device.type == "cpu" else None
@@ -146,7 +152,10 @@ class SlotAllocator:
 
     def _one_slot_state(self, index: torch.Tensor) -> int:
         """The state of one slot (page size 1), ``-1`` when out of range: one host read."""
-        if not self.fused_reads:  # host reads cost nothing on the CPU; two ints are fastest
+        if self._cpu_check is not None:  # host reads cost nothing on the CPU
+            i = index.item()
+            return int(self._cpu_check.state[i]) if 0 <= i < self.num_pages else -1
+        if not self.fused_reads:
             i = int(index)
             return int(self._state[i]) if 0 <= i < self.num_pages else -1
         index = index.reshape(1).to(self.device)
@@ -167,15 +176,18 @@ class SlotAllocator:
         n = pages.numel()
         if n == 0:
             return None
-        state = self._state
+        if self._mentions is None:
+            self._mentions = torch.zeros(self.num_pages, dtype=torch.int32, device=self.device)
+            self._one = torch.ones((), dtype=torch.int32, device=self.device)
+        mentions = self._mentions  # all zero between calls
         safe = pages.clamp(0, self.num_pages - 1)
-        state.index_put_((safe,), _PLUS_MENTION, accumulate=True)
-        seen = state.index_select(0, safe)
-        state.index_put_((safe,), _MINUS_MENTION, accumulate=True)
+        mentions.index_put_((safe,), self._one, accumulate=True)
+        seen = mentions.index_select(0, safe).long() * MENTION + self._state.index_select(0, safe)
+        mentions.index_fill_(0, safe, 0)
         k = 0 if tree_pages is None else tree_pages
-        parts = [*pages.aminmax(), misaligned if misaligned is not None else _ZERO]
-        parts += [*seen[:k].aminmax()] if k else [_OWNED_ONCE, _OWNED_ONCE]
-        parts += [*seen[k:].aminmax()] if k < n else [_HELD_ONCE, _HELD_ONCE]
+        parts = [*pages.aminmax(), misaligned if misaligned is not None else self._zero]
+        parts += [*seen[:k].aminmax()] if k else [self._owned_once, self._owned_once]
+        parts += [*seen[k:].aminmax()] if k < n else [self._held_once, self._held_once]
         lo_page, hi_page, bad, tree_lo, tree_hi, lo, hi = torch.stack(parts).tolist()
         ps = self.page_size
         if bad:
@@ -263,7 +275,7 @@ class SlotAllocator:
         """Put ``pages`` (a 1-D int64 tensor on the pool's device) in ``state``; on the CPU through
         the numpy view of the same memory, a fraction of a torch call's cost."""
         if self._cpu_check is not None:
-            self._cpu_check.state[pages.numpy()] = state
+            self._cpu_check.state[pages.item() if pages.shape[0] == 1 else pages.numpy()] = state
         else:
             self._state.index_fill_(0, pages, state)
 
@@ -293,7 +305,7 @@ class SlotAllocator:
         pages, misaligned = self._pages_unchecked(indices)
         if pages.numel():
             ps = self.page_size
-            lo, hi, bad = torch.stack((*pages.aminmax(), _ZERO if misaligned is None else misaligned)).tolist()
+            lo, hi, bad = torch.stack((*pages.aminmax(), self._zero if misaligned is None else misaligned)).tolist()
             if bad:
                 raise PoolError(f"slots do not form whole aligned pages of {ps}: {indices.reshape(-1)[:8].tolist()}…")
             if lo < 0 or hi >= self.num_pages:
@@ -303,12 +315,6 @@ class SlotAllocator:
     def __repr__(self) -> str:
         return f"SlotAllocator({self.available_size()}/{self.capacity} free, page {self.page_size})"
 
-
-_PLUS_MENTION = torch.tensor(MENTION, dtype=torch.int64)
-_MINUS_MENTION = torch.tensor(-MENTION, dtype=torch.int64)
-_ZERO = torch.tensor(0, dtype=torch.int64)
-_OWNED_ONCE = torch.tensor(OWNED + MENTION, dtype=torch.int64)  # stands in for an empty part
-_HELD_ONCE = torch.tensor(HELD + MENTION, dtype=torch.int64)
 
 
 def check_pool_capacity(capacity: object, page_size: object) -> None:

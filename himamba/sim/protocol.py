@@ -138,7 +138,7 @@ def _replay(cache, items: Sequence[ReplayItem], headroom: int, sweep_every: int,
                     node = last
                 cache.ready_to_load_host_cache()
             cache.check_hicache_events()
-        matched = len(prefix)
+        matched = prefix.shape[0]
         c["matched"] += matched
         c["prompt"] += plen
         if weight is not None:
