@@ -18,6 +18,7 @@ returns a :class:`CopyHandle` that says whether they have.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -39,9 +40,8 @@ class RowCopy:
     @property
     def nbytes(self) -> int:
         """Bytes this copy moves (all layers)."""
-        buf = self.src
-        row = buf.element_size() * buf.shape[0] * (buf[0, 0].numel() if buf.shape[1] else 0)
-        return row * self.src_idx.numel()
+        shape = self.src.shape  # (layers, rows, *row shape): metadata only, no tensor is made
+        return self.src.itemsize * shape[0] * math.prod(shape[2:]) * self.src_idx.numel()
 
 
 @dataclass(slots=True)
