@@ -86,3 +86,27 @@ def test_on_the_gpu_path_an_insert_reads_the_host_once_per_checked_tensor() -> N
 
     plain, fused = reads(False), reads(True)
     assert (plain, fused) == (3, 2)
+
+
+@pytest.mark.parametrize(("page_size", "policy"), [(1, "write_back"), (4, "write_through")])
+def test_random_scripts_stay_healthy_on_the_gpu_allocator_path(monkeypatch, page_size: int, policy: str) -> None:
+    """Every allocator on the GPU's code path (torch only, fused reads), the deferred engine,
+    manual acks: invariants after every operation and integrity at the end stay empty."""
+    from himamba.sim.fuzz import make_cache, make_script
+    from himamba.sim.ops import DriverState, apply
+
+    init = SlotAllocator.__init__
+
+    def gpu_path(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        self.fused_reads, self._cpu_check = True, None
+
+    monkeypatch.setattr(SlotAllocator, "__init__", gpu_path)
+    script = make_script(7, 400, page_size=page_size, write_policy=policy, manual_acks=True)
+    script["config"].update(device="cpu", copy_engine="deferred")
+    cache, state = make_cache(script), DriverState()
+    assert cache.kv_pool.allocator._cpu_check is None
+    for op in script["ops"]:
+        apply(cache, state, op)
+        assert not hm.check_invariants(cache), op
+    assert not hm.check_integrity(cache)
