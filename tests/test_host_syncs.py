@@ -71,9 +71,9 @@ def test_the_fused_read_path_answers_as_the_plain_one(page_size: int) -> None:
     assert torch.equal(plain._state, fused._state) and not plain._state.any()
 
 
-def test_on_the_gpu_path_an_insert_reads_the_host_once_per_checked_tensor() -> None:
-    """The GPU's path (torch only): the KV check is one fused read; the state slot's is one read
-    fused, two plain. (On the CPU the checks run in numpy and read nothing through torch.)"""
+def test_on_the_gpu_path_an_insert_reads_the_host_once() -> None:
+    """The GPU's path (torch only): the KV check and the state slot's check share one host read,
+    with or without fused single-slot reads. (On the CPU the checks run in numpy.)"""
     def reads(fused: bool) -> int:
         cache = hm.MambaRadixCache(hm.CacheConfig(device="cpu", page_size=4))
         for alloc in (cache.kv_pool.allocator, cache.mamba_pool.allocator):
@@ -85,7 +85,7 @@ def test_on_the_gpu_path_an_insert_reads_the_host_once_per_checked_tensor() -> N
         return sum(n for site, n in count.by_site.items() if site.startswith("memory/allocator.py"))
 
     plain, fused = reads(False), reads(True)
-    assert (plain, fused) == (3, 2)
+    assert (plain, fused) == (1, 1)
 
 
 @pytest.mark.parametrize(("page_size", "policy"), [(1, "write_back"), (4, "write_through")])
@@ -110,3 +110,31 @@ def test_random_scripts_stay_healthy_on_the_gpu_allocator_path(monkeypatch, page
         apply(cache, state, op)
         assert not hm.check_invariants(cache), op
     assert not hm.check_integrity(cache)
+
+
+def test_a_state_slot_checked_with_the_kv_gets_the_same_sentence_on_both_paths() -> None:
+    """handover_problem(..., state=...) on the GPU path (one shared read) words every bad state
+    slot as the CPU path (separate checks) does, and a bad KV slot first."""
+    def pools(gpu: bool):
+        kv, st = SlotAllocator(16, 1), SlotAllocator(4, 1)
+        if gpu:
+            for a in (kv, st):
+                a.fused_reads, a._cpu_check = True, None
+        tree, mine = kv.alloc(2), kv.alloc(2)
+        kv.mark_owned(tree)
+        held, owned = st.alloc(1), st.alloc(1)
+        st.mark_owned(owned)
+        return kv, st, torch.cat((tree, mine)), held, owned
+
+    answers = []
+    for gpu in (False, True):
+        kv, st, value, held, owned = pools(gpu)
+        said = []
+        for v, n in [(value, 2), (value, 3), (value[:0], 0)]:
+            for slot in (held, owned, torch.tensor([3]), torch.tensor([9]), torch.tensor([-1])):
+                said.append(kv.handover_problem(v, n, "value", "prev_prefix_len", "device KV",
+                                                state=(st, slot, "mamba_value", "state")))
+        answers.append(said)
+    assert answers[0] == answers[1]
+    assert answers[0][0] is None and "already owns" in answers[0][1] and "not allocated" in answers[0][2]
+    assert "out of range" in answers[0][3] and "claims" in answers[0][5] and answers[0][10] is None

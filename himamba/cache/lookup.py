@@ -232,9 +232,9 @@ class LookupMixin(TreeBase):
         check_on_device(value, self.kv_pool.device, "value (device KV slots)")
         if mamba_value is not None:
             check_on_device(mamba_value, self.mamba_pool.device, "mamba_value (a device state slot)")
-        problem = self.kv_pool.allocator.handover_problem(value, prev_prefix_len, "value", "prev_prefix_len", "device KV")
-        if problem is None and mamba_value is not None:
-            problem = self.mamba_pool.allocator.handover_problem(mamba_value, 0, "mamba_value", pool="state")
+        state = (self.mamba_pool.allocator, mamba_value, "mamba_value", "state") if mamba_value is not None else None
+        problem = self.kv_pool.allocator.handover_problem(value, prev_prefix_len, "value", "prev_prefix_len",
+                                                          "device KV", state=state)
         if problem is not None:
             raise InvalidInputError(problem)
         if prev_prefix_len and (reach := self._device_reach(key, prev_prefix_len)) < prev_prefix_len:

@@ -87,7 +87,7 @@ class SlotAllocator:
             return None
         if isinstance(counts, str):
             return counts
-        _, _, lo, hi = counts
+        _, _, lo, hi, _ = counts
         if lo < HELD + MENTION:
             return "names slots that are not allocated"
         if hi > OWNED + MENTION:
@@ -105,39 +105,51 @@ class SlotAllocator:
         return self._state.index_select(0, flat if self.page_size == 1 else flat // self.page_size) == OWNED
 
     def handover_problem(self, indices: torch.Tensor, tree_len: int, name: str,
-                         len_name: str | None = None, pool: str | None = None) -> str | None:
+                         len_name: str | None = None, pool: str | None = None,
+                         state: tuple[SlotAllocator, torch.Tensor, str, str] | None = None) -> str | None:
         """Why ``indices`` cannot be handed to the tree, as a sentence, or ``None`` when they can:
         every slot in range and in whole aligned pages, named once; the first ``tree_len`` slots
         owned by the tree (the caller got them from it: ``len_name`` counts them) and the rest
         held by the caller (allocated, not owned). One host read when it holds; changes nothing.
-        ``name`` and ``pool`` label the sentence (``"value ... (device KV)"``)."""
+        ``name`` and ``pool`` label the sentence (``"value ... (device KV)"``).
+
+        ``state`` = ``(allocator, slot, name, pool)``: also check one state slot handed over with
+        these (the caller's, page size 1), after them; on a GPU the two checks share their read."""
         ps = self.page_size
-        if ps == 1 and indices.numel() == 1 and tree_len == 0 and indices.dtype is torch.int64:
-            state = self._one_slot_state(indices)  # one state slot: the common single read
-            if state == HELD:
-                return None
-            if state == OWNED:
-                return f"{name} names 1 slot(s) past the first 0 that a tree node already owns: " \
-                    "pass slots the caller allocated (a slot has one owner)"
-            if state == FREE:
-                return f"{name} names a{' ' + pool if pool else ''} slot that is not allocated"
+        if ps == 1 and indices.numel() == 1 and tree_len == 0 and indices.dtype is torch.int64 and state is None:
+            sentence = _one_slot_sentence(self._one_slot_state(indices), name, pool)  # the common single read
+            if sentence != "out of range":
+                return sentence
         if self._cpu_check is not None and tree_len % ps == 0 and isinstance(indices, torch.Tensor) and \
                 indices.dtype is torch.int64 and self._cpu_check.split_ok(self._flat(indices), tree_len // ps, OWNED, HELD):
-            return None
-        counts = self._count_mentions(indices, tree_len // ps if tree_len % ps == 0 else None)
-        if counts is None:
-            return None
+            return None if state is None else state[0].handover_problem(state[1], 0, state[2], pool=state[3])
+        fused = state if state is not None and self._shares_reads_with(*state[:2]) else None
+        counts = self._count_mentions(indices, tree_len // ps if tree_len % ps == 0 else None, fused)
         where = f" ({pool})" if pool else ""
         if isinstance(counts, str):
             return f"{name} {counts}{where}"
-        tree_lo, tree_hi, lo, hi = counts
-        if min(tree_lo, lo) < HELD + MENTION:
-            return f"{name} names slots that are not allocated{where}"
-        if max(tree_hi, hi) > OWNED + MENTION:
-            return f"{name} names the same slot more than once{where}"
-        if tree_lo == OWNED + MENTION and lo == hi == HELD + MENTION:
-            return None
-        return self._ownership_sentence(indices, tree_len, name, len_name)
+        problem = None
+        if counts is not None:
+            tree_lo, tree_hi, lo, hi, state_value = counts
+            if min(tree_lo, lo) < HELD + MENTION:
+                problem = f"{name} names slots that are not allocated{where}"
+            elif max(tree_hi, hi) > OWNED + MENTION:
+                problem = f"{name} names the same slot more than once{where}"
+            elif not (tree_lo == OWNED + MENTION and lo == hi == HELD + MENTION):
+                problem = self._ownership_sentence(indices, tree_len, name, len_name)
+            if problem is None and fused is not None:
+                sentence = _one_slot_sentence(state_value, fused[2], fused[3])
+                if sentence != "out of range":
+                    return sentence
+        if problem is not None or state is None:
+            return problem
+        return state[0].handover_problem(state[1], 0, state[2], pool=state[3])
+
+    def _shares_reads_with(self, other: SlotAllocator, slot: torch.Tensor) -> bool:
+        """Can one host read serve this pool's check and ``other``'s single-slot check? (Both on
+        the GPU path, on one device, ``slot`` one int64 slot of a page-size-1 pool.)"""
+        return self._cpu_check is None and other._cpu_check is None and other.device == self.device and \
+            other.page_size == 1 and isinstance(slot, torch.Tensor) and slot.numel() == 1 and slot.dtype is torch.int64
 
     def _ownership_sentence(self, indices: torch.Tensor, tree_len: int, name: str, len_name: str | None) -> str:
         """Why the split of ``indices`` at ``tree_len`` into tree and caller slots is wrong."""
@@ -158,17 +170,23 @@ class SlotAllocator:
         if not self.fused_reads:
             i = int(index)
             return int(self._state[i]) if 0 <= i < self.num_pages else -1
-        index = index.reshape(1).to(self.device)
-        inside = (index >= 0) & (index < self.num_pages)
-        return int(torch.where(inside, self._state[index.clamp(0, self.num_pages - 1)], -1))
+        return int(self._one_slot_tensor(index))
 
-    def _count_mentions(self, indices: torch.Tensor, tree_pages: int | None):
+    def _one_slot_tensor(self, index: torch.Tensor) -> torch.Tensor:
+        """The state of one slot (page size 1) as a 0-d int64 tensor on the pool's device, ``-1``
+        when out of range: nothing is read yet."""
+        index = index.reshape(()).to(self.device)
+        inside = (index >= 0) & (index < self.num_pages)
+        return torch.where(inside, self._state[index.clamp(0, self.num_pages - 1)].long(), -1)
+
+    def _count_mentions(self, indices: torch.Tensor, tree_pages: int | None, state=None):
         """Count how often each page is named, in one host read: ``None`` for no slots, a
         sentence for slots out of range or not in whole aligned pages, else
-        ``(tree_lo, tree_hi, lo, hi)``: the least and greatest ``state + MENTION * mentions``
-        over the first ``tree_pages`` pages and over the rest (``tree_pages=None``: a page
-        straddles the split, reported as the tree part holding a held slot). Not an integer
-        tensor is a sentence too. Changes nothing."""
+        ``(tree_lo, tree_hi, lo, hi, state_value)``: the least and greatest ``state + MENTION *
+        mentions`` over the first ``tree_pages`` pages and over the rest (``tree_pages=None``: a
+        page straddles the split, reported as the tree part holding a held slot), and, with
+        ``state`` (``(allocator, slot, ...)``), that slot's state read in the same read (else
+        ``None``). Not an integer tensor is a sentence too. Changes nothing."""
         try:
             pages, misaligned = self._pages_unchecked(indices)
         except PoolError as exc:
@@ -188,7 +206,9 @@ class SlotAllocator:
         parts = [*pages.aminmax(), misaligned if misaligned is not None else self._zero]
         parts += [*seen[:k].aminmax()] if k else [self._owned_once, self._owned_once]
         parts += [*seen[k:].aminmax()] if k < n else [self._held_once, self._held_once]
-        lo_page, hi_page, bad, tree_lo, tree_hi, lo, hi = torch.stack(parts).tolist()
+        if state is not None:
+            parts.append(state[0]._one_slot_tensor(state[1]))
+        lo_page, hi_page, bad, tree_lo, tree_hi, lo, hi, *state_value = torch.stack(parts).tolist()
         ps = self.page_size
         if bad:
             return f"slots do not form whole aligned pages of {ps}: {indices.reshape(-1)[:8].tolist()}…"
@@ -196,7 +216,7 @@ class SlotAllocator:
             return f"slot index out of range: pool has {self.capacity} slots, got {lo_page * ps}..{hi_page * ps + ps - 1}"
         if tree_pages is None:  # a page holds tree slots and caller slots: never both owned and held
             tree_lo = HELD + MENTION
-        return tree_lo, tree_hi, lo, hi
+        return tree_lo, tree_hi, lo, hi, state_value[0] if state_value else None
 
     def _pages_unchecked(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The pages named by ``indices`` (one per ``page_size`` slots) and, for pages of more
@@ -253,7 +273,7 @@ class SlotAllocator:
             return
         if isinstance(counts, str):
             raise PoolError(counts)
-        _, _, lo, hi = counts
+        _, _, lo, hi, _ = counts
         pages, _ = self._pages_unchecked(indices)
         if lo < HELD + MENTION or hi > OWNED + MENTION:
             listed = pages.tolist()
@@ -315,6 +335,19 @@ class SlotAllocator:
     def __repr__(self) -> str:
         return f"SlotAllocator({self.available_size()}/{self.capacity} free, page {self.page_size})"
 
+
+
+def _one_slot_sentence(state: int, name: str, pool: str | None) -> str | None:
+    """What a single-slot handover check says of a slot in ``state`` (``-1``: out of range,
+    for which the caller words the range itself): ``None`` when the caller holds it."""
+    if state == HELD:
+        return None
+    if state == OWNED:
+        return f"{name} names 1 slot(s) past the first 0 that a tree node already owns: " \
+            "pass slots the caller allocated (a slot has one owner)"
+    if state == FREE:
+        return f"{name} names a{' ' + pool if pool else ''} slot that is not allocated"
+    return "out of range"
 
 
 def check_pool_capacity(capacity: object, page_size: object) -> None:
