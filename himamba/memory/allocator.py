@@ -24,7 +24,7 @@ from himamba.memory.cpu_checks import CpuSlotCheck
 from himamba.validate import check_int
 
 FREE, HELD, OWNED = 0, 1, 2  # a page's state
-MENTION = 1 << 32  # added per mention of a page while counting them (states stay below it)
+MENTION = 1 << 32  # the torch checks read ``state + MENTION * mentions`` per page (states stay below it)
 
 
 class SlotAllocator:
@@ -35,8 +35,8 @@ class SlotAllocator:
         self.capacity = capacity
         self.page_size = page_size
         self.device = torch.device(device)
-        # one slot's state in one host read: on a GPU each read is a sync; on the CPU two plain
-        # ints are cheaper than one fused read
+        # torch path: one slot's range and state in one host read (on a GPU each read is a sync);
+        # the CPU reads through numpy instead
         self.fused_reads = self.device.type != "cpu"
         self.num_pages = capacity // page_size
         self._free = torch.arange(self.num_pages, dtype=torch.int64, device=self.device)
