@@ -205,7 +205,7 @@ def step_syncs(cpu: bool) -> dict:
     cache, state = make_cache(script), DriverState()
     if cpu:  # count what a GPU would do: the allocators' torch path, not their numpy one
         for pool in (cache.kv_pool, cache.mamba_pool):
-            pool.allocator.fused_reads, pool.allocator._cpu_check = True, None
+            pool.allocator._cpu_check = None
     with count_host_syncs(_device(cpu)) as count:
         for op in script["ops"]:
             apply(cache, state, op)
@@ -213,7 +213,7 @@ def step_syncs(cpu: bool) -> dict:
     engine = sum(v for k, v in count.by_site.items() if k.startswith("memory/copy_engines.py"))  # CPU engines only
     return {"ops": n, "syncs": count.total, "per_op": round(count.total / n, 3),
             "per_op_without_cpu_copy_engine": round((count.total - engine) / n, 3), "all_seen": count.raw,
-            "allocator_path": "gpu (torch, fused reads)", "by_site": dict(count.by_site.most_common(20))}
+            "allocator_path": "gpu (torch only)", "by_site": dict(count.by_site.most_common(20))}
 
 
 def step_transfer(cpu: bool) -> dict:

@@ -35,11 +35,11 @@ def test_host_reads_are_counted_per_site_and_the_transfer_path_makes_none() -> N
 
 
 @pytest.mark.parametrize("page_size", [1, 4])
-def test_the_fused_read_path_answers_as_the_plain_one(page_size: int) -> None:
-    """The GPU's path (torch only, fused reads) and the CPU's (numpy yes/no checks first) give
+def test_the_gpu_path_answers_as_the_cpu_path(page_size: int) -> None:
+    """The GPU's path (torch only) and the CPU's (numpy yes/no checks first) give
     the same answers and the same errors."""
     plain, fused = SlotAllocator(32, page_size), SlotAllocator(32, page_size)
-    fused.fused_reads, fused._cpu_check = True, None
+    fused._cpu_check = None
     a, b = plain.alloc(2 * page_size), fused.alloc(2 * page_size)
     assert torch.equal(a, b)
     own_a, own_b = plain.alloc(page_size), fused.alloc(page_size)
@@ -72,25 +72,26 @@ def test_the_fused_read_path_answers_as_the_plain_one(page_size: int) -> None:
 
 
 def test_on_the_gpu_path_an_insert_reads_the_host_once() -> None:
-    """The GPU's path (torch only): the KV check and the state slot's check share one host read,
-    with or without fused single-slot reads. (On the CPU the checks run in numpy.)"""
-    def reads(fused: bool) -> int:
-        cache = hm.MambaRadixCache(hm.CacheConfig(device="cpu", page_size=4))
-        for alloc in (cache.kv_pool.allocator, cache.mamba_pool.allocator):
-            alloc.fused_reads, alloc._cpu_check = fused, None
-        kv, slot = cache.kv_pool.alloc(8), cache.mamba_pool.alloc(1)
+    """The GPU's path (torch only): the KV check and the state slot's check share one host read;
+    a lone state-slot check is one read too. (On the CPU the checks run in numpy.)"""
+    cache = hm.MambaRadixCache(hm.CacheConfig(device="cpu", page_size=4))
+    for alloc in (cache.kv_pool.allocator, cache.mamba_pool.allocator):
+        alloc._cpu_check = None
+    kv, slot = cache.kv_pool.alloc(8), cache.mamba_pool.alloc(1)
+
+    def reads(call) -> int:
         with count_host_syncs() as count:
-            cache.insert(list(range(8)), kv, slot)
-        assert_healthy(cache, integrity=False)  # no content was written: only the bookkeeping counts
+            call()
         return sum(n for site, n in count.by_site.items() if site.startswith("memory/allocator.py"))
 
-    plain, fused = reads(False), reads(True)
-    assert (plain, fused) == (1, 1)
+    assert reads(lambda: cache.mamba_pool.allocator.handover_problem(slot, 0, "mamba_value", pool="state")) == 1
+    assert reads(lambda: cache.insert(list(range(8)), kv, slot)) == 1
+    assert_healthy(cache, integrity=False)  # no content was written: only the bookkeeping counts
 
 
 @pytest.mark.parametrize(("page_size", "policy"), [(1, "write_back"), (4, "write_through")])
 def test_random_scripts_stay_healthy_on_the_gpu_allocator_path(monkeypatch, page_size: int, policy: str) -> None:
-    """Every allocator on the GPU's code path (torch only, fused reads), the deferred engine,
+    """Every allocator on the GPU's code path (torch only), the deferred engine,
     manual acks: invariants after every operation and integrity at the end stay empty."""
     from himamba.sim.fuzz import make_cache, make_script
     from himamba.sim.ops import DriverState, apply
@@ -99,7 +100,7 @@ def test_random_scripts_stay_healthy_on_the_gpu_allocator_path(monkeypatch, page
 
     def gpu_path(self, *args, **kwargs):
         init(self, *args, **kwargs)
-        self.fused_reads, self._cpu_check = True, None
+        self._cpu_check = None
 
     monkeypatch.setattr(SlotAllocator, "__init__", gpu_path)
     script = make_script(7, 400, page_size=page_size, write_policy=policy, manual_acks=True)
@@ -119,7 +120,7 @@ def test_a_state_slot_checked_with_the_kv_gets_the_same_sentence_on_both_paths()
         kv, st = SlotAllocator(16, 1), SlotAllocator(4, 1)
         if gpu:
             for a in (kv, st):
-                a.fused_reads, a._cpu_check = True, None
+                a._cpu_check = None
         tree, mine = kv.alloc(2), kv.alloc(2)
         kv.mark_owned(tree)
         held, owned = st.alloc(1), st.alloc(1)

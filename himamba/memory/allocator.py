@@ -35,9 +35,6 @@ class SlotAllocator:
         self.capacity = capacity
         self.page_size = page_size
         self.device = torch.device(device)
-        # torch path: one slot's range and state in one host read (on a GPU each read is a sync);
-        # the CPU reads through numpy instead
-        self.fused_reads = self.device.type != "cpu"
         self.num_pages = capacity // page_size
         self._free = torch.arange(self.num_pages, dtype=torch.int64, device=self.device)
         self._released: list[torch.Tensor] = []
@@ -89,9 +86,9 @@ class SlotAllocator:
             return counts
         _, _, lo, hi, _ = counts
         if lo < HELD + MENTION:
-            return "names slots that are not allocated"
+            return _NOT_ALLOCATED
         if hi > OWNED + MENTION:
-            return "names the same slot more than once"
+            return _NAMED_TWICE
         return None
 
     # -- ownership: which allocated slots a tree node holds ----------------------------------------
@@ -117,9 +114,9 @@ class SlotAllocator:
         these (the caller's, page size 1), after them; on a GPU the two checks share their read."""
         ps = self.page_size
         if ps == 1 and indices.numel() == 1 and tree_len == 0 and indices.dtype is torch.int64 and state is None:
-            sentence = _one_slot_sentence(self._one_slot_state(indices), name, pool)  # the common single read
-            if sentence != "out of range":
-                return sentence
+            one = self._one_slot_state(indices)  # the common single read
+            if one >= 0:  # out of range (-1): the general path words the range
+                return _one_slot_sentence(one, name, pool)
         if self._cpu_check is not None and tree_len % ps == 0 and isinstance(indices, torch.Tensor) and \
                 indices.dtype is torch.int64 and self._cpu_check.split_ok(self._flat(indices), tree_len // ps, OWNED, HELD):
             return None if state is None else state[0].handover_problem(state[1], 0, state[2], pool=state[3])
@@ -132,15 +129,13 @@ class SlotAllocator:
         if counts is not None:
             tree_lo, tree_hi, lo, hi, state_value = counts
             if min(tree_lo, lo) < HELD + MENTION:
-                problem = f"{name} names slots that are not allocated{where}"
+                problem = f"{name} {_NOT_ALLOCATED}{where}"
             elif max(tree_hi, hi) > OWNED + MENTION:
-                problem = f"{name} names the same slot more than once{where}"
+                problem = f"{name} {_NAMED_TWICE}{where}"
             elif not (tree_lo == OWNED + MENTION and lo == hi == HELD + MENTION):
                 problem = self._ownership_sentence(indices, tree_len, name, len_name)
-            if problem is None and fused is not None:
-                sentence = _one_slot_sentence(state_value, fused[2], fused[3])
-                if sentence != "out of range":
-                    return sentence
+            if problem is None and fused is not None and state_value >= 0:
+                return _one_slot_sentence(state_value, fused[2], fused[3])
         if problem is not None or state is None:
             return problem
         return state[0].handover_problem(state[1], 0, state[2], pool=state[3])
@@ -163,13 +158,11 @@ class SlotAllocator:
                 f"{len_name} must count the slots the caller got from the tree (match_prefix)")
 
     def _one_slot_state(self, index: torch.Tensor) -> int:
-        """The state of one slot (page size 1), ``-1`` when out of range: one host read."""
+        """The state of one slot (page size 1), ``-1`` when out of range: one host read (on a
+        GPU its range and state in one)."""
         if self._cpu_check is not None:  # host reads cost nothing on the CPU
             i = index.item()
             return int(self._cpu_check.state[i]) if 0 <= i < self.num_pages else -1
-        if not self.fused_reads:
-            i = int(index)
-            return int(self._state[i]) if 0 <= i < self.num_pages else -1
         return int(self._one_slot_tensor(index))
 
     def _one_slot_tensor(self, index: torch.Tensor) -> torch.Tensor:
@@ -260,27 +253,20 @@ class SlotAllocator:
         """Return slots (held or owned) to the free list. Raises :class:`PoolError` (changing
         nothing) for a slot outside the pool, a slot that is not in use, a slot named twice, or
         a partial page. One host read."""
-        if self._cpu_check is not None and isinstance(indices, torch.Tensor) and indices.dtype is torch.int64:
-            flat = self._flat(indices)
-            if self._cpu_check.all_in_use_once(flat, FREE):
-                pages = flat if self.page_size == 1 else flat.view(-1, self.page_size)[:, 0] // self.page_size
-                if pages.numel():
-                    self._set_state(pages, FREE)
-                    self._queue_released(pages)
-                return
-        counts = self._count_mentions(indices, 0)
-        if counts is None:
-            return
-        if isinstance(counts, str):
-            raise PoolError(counts)
-        _, _, lo, hi, _ = counts
-        pages, _ = self._pages_unchecked(indices)
-        if lo < HELD + MENTION or hi > OWNED + MENTION:
-            listed = pages.tolist()
-            bad = sorted({p for p in listed if int(self._state[p]) == FREE or listed.count(p) > 1})
-            raise PoolError(f"double free: slot(s) {[p * self.page_size for p in bad[:8]]} are not in use (or named twice)")
-        self._set_state(pages, FREE)
-        self._queue_released(pages)
+        fast = self._cpu_check is not None and isinstance(indices, torch.Tensor) and indices.dtype is torch.int64 \
+            and self._cpu_check.all_in_use_once(self._flat(indices), FREE)
+        if not fast:
+            problem = self.problem_with(indices)
+            if problem in (_NOT_ALLOCATED, _NAMED_TWICE):
+                listed = self._pages_of(indices, check=False).tolist()
+                bad = sorted({p for p in listed if int(self._state[p]) == FREE or listed.count(p) > 1})
+                raise PoolError(f"double free: slot(s) {[p * self.page_size for p in bad[:8]]} are not in use (or named twice)")
+            if problem is not None:
+                raise PoolError(problem)
+        pages = self._pages_of(indices, check=False)
+        if pages.numel():
+            self._set_state(pages, FREE)
+            self._queue_released(pages)
 
     def free_owned(self, indices: torch.Tensor) -> None:
         """Return slots known to be allocated and named once (the tree's own, or input already
@@ -337,17 +323,19 @@ class SlotAllocator:
 
 
 
+_NOT_ALLOCATED = "names slots that are not allocated"
+_NAMED_TWICE = "names the same slot more than once"
+
+
 def _one_slot_sentence(state: int, name: str, pool: str | None) -> str | None:
-    """What a single-slot handover check says of a slot in ``state`` (``-1``: out of range,
-    for which the caller words the range itself): ``None`` when the caller holds it."""
+    """What a single-slot handover check says of a slot (inside the pool) in ``state``:
+    ``None`` when the caller holds it."""
     if state == HELD:
         return None
     if state == OWNED:
         return f"{name} names 1 slot(s) past the first 0 that a tree node already owns: " \
             "pass slots the caller allocated (a slot has one owner)"
-    if state == FREE:
-        return f"{name} names a{' ' + pool if pool else ''} slot that is not allocated"
-    return "out of range"
+    return f"{name} names a{' ' + pool if pool else ''} slot that is not allocated"
 
 
 def check_pool_capacity(capacity: object, page_size: object) -> None:
