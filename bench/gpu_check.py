@@ -196,16 +196,15 @@ def step_fuzz(cpu: bool) -> dict:
 
 
 def step_syncs(cpu: bool) -> dict:
-    from himamba.memory.syncs import count_host_syncs
+    from himamba.memory.syncs import count_host_syncs, take_slot_ids_as_on_a_gpu
     from himamba.sim.fuzz import make_cache, make_script
     from himamba.sim.ops import DriverState, apply
 
     script = make_script(31, 300, write_policy="write_through", manual_acks=True)
     script["config"].update(device="cpu" if cpu else "cuda", copy_engine="deferred" if cpu else "auto")
     cache, state = make_cache(script), DriverState()
-    if cpu:  # count what a GPU would do: the allocators' torch path, not their numpy one
-        for pool in (cache.kv_pool, cache.mamba_pool):
-            pool.allocator._cpu_check = None
+    if cpu:  # count what a GPU would do: device pools take slot ids from host copies
+        take_slot_ids_as_on_a_gpu(cache)
     with count_host_syncs(_device(cpu)) as count:
         for op in script["ops"]:
             apply(cache, state, op)
@@ -213,7 +212,7 @@ def step_syncs(cpu: bool) -> dict:
     engine = sum(v for k, v in count.by_site.items() if k.startswith("memory/copy_engines.py"))  # CPU engines only
     return {"ops": n, "syncs": count.total, "per_op": round(count.total / n, 3),
             "per_op_without_cpu_copy_engine": round((count.total - engine) / n, 3), "all_seen": count.raw,
-            "allocator_path": "gpu (torch only)", "by_site": dict(count.by_site.most_common(20))}
+            "slot_ids": "host copies (as on a GPU)", "by_site": dict(count.by_site.most_common(20))}
 
 
 def step_transfer(cpu: bool) -> dict:

@@ -149,20 +149,27 @@ def test_cli_fuzz_runs_the_deferred_engine(capsys) -> None:
     assert "copy engine=deferred" in out and "clean" in out and "300 operations" in out
 
 
-def test_p3_a_source_freed_and_reused_before_the_copy_lands_is_reported() -> None:
-    """Locks keep a write-through source allocated; freed behind the cache's back and handed out
-    again, the deferred engine lands the new owner's bytes (it reads sources as late as CUDA
-    may), and check_integrity names the transfer."""
+def test_p3_a_source_freed_before_the_copy_lands_is_reported_and_not_handed_out_again() -> None:
+    """Locks keep a write-through source allocated; freed behind the cache's back, check_integrity
+    names the transfer, and the allocator parks the slots: an allocation of every free slot does
+    not get them, the copy lands the node's own bytes, and the slots rejoin the free list only
+    when the ack has been processed."""
     cache = _deferred()
     hm.serve(cache, [1, 2, 3, 4])
     node = node_at(cache, [1, 2, 3, 4])
     (ack,) = cache.cache_controller.in_flight()
     assert hm.check_integrity(cache) == []
-    cache.kv_pool.allocator.free_owned(node.value)
+    before = cache.kv_pool.k_buffer[:, node.value].clone()
+    alloc = cache.kv_pool.allocator
+    free_before = alloc.available_size()
+    alloc.free_owned(node.value)
     assert [str(v) for v in hm.check_integrity(cache)][:1] == [
         f"INTEGRITY node #{node.id}: write ack {ack.ack_id}: a source KV slot was freed before the copy landed"]
-    reused = cache.kv_pool.alloc(cache.kv_pool.available_size())  # every free slot, the freed ones too
-    assert set(node.value.tolist()) <= set(reused.tolist())
+    assert alloc.available_size() == free_before and alloc.parked_size() == 4
+    reused = cache.kv_pool.alloc(cache.kv_pool.available_size())  # every free slot
+    assert not set(node.value.tolist()) & set(reused.tolist())
     cache.kv_pool.k_buffer[:, reused] = 99.0
     cache.cache_controller.complete(ack)
-    assert bool((cache.host_kv_pool.k_buffer[:, node.host_value] == 99.0).all())
+    assert torch.equal(cache.host_kv_pool.k_buffer[:, node.host_value], before)
+    cache.writing_check()
+    assert alloc.parked_size() == 0 and alloc.available_size() == 4

@@ -1,16 +1,18 @@
-"""Host synchronisations: the counting hook, the transfer path that makes none, and the
-allocator's GPU read path (several values in one host read) giving the same answers."""
+"""Host synchronisations: the counting hook, the transfer path that makes none, and slot checks
+on a GPU's terms (slot ids from host copies, never read from the device on the hot paths)."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from helpers import assert_healthy
 
 import himamba as hm
 from himamba.errors import PoolError
+from himamba.memory import slot_ids
 from himamba.memory.allocator import SlotAllocator
-from himamba.memory.syncs import count_host_syncs
+from himamba.memory.syncs import count_host_syncs, take_slot_ids_as_on_a_gpu
 
 
 def test_host_reads_are_counted_per_site_and_the_transfer_path_makes_none() -> None:
@@ -34,108 +36,134 @@ def test_host_reads_are_counted_per_site_and_the_transfer_path_makes_none() -> N
     assert_healthy(cache)
 
 
-@pytest.mark.parametrize("page_size", [1, 4])
-def test_the_gpu_path_answers_as_the_cpu_path(page_size: int) -> None:
-    """The GPU's path (torch only) and the CPU's (numpy yes/no checks first) give
-    the same answers and the same errors."""
-    plain, fused = SlotAllocator(32, page_size), SlotAllocator(32, page_size)
-    fused._cpu_check = None
-    a, b = plain.alloc(2 * page_size), fused.alloc(2 * page_size)
-    assert torch.equal(a, b)
-    own_a, own_b = plain.alloc(page_size), fused.alloc(page_size)
-    plain.mark_owned(own_a)
-    fused.mark_owned(own_b)
-    for idx, tree_len in [(torch.cat((own_a, a)), page_size), (torch.cat((own_a, a)), 0), (a, page_size),
-                          (torch.cat((a, a)), 0), (own_a, page_size), (torch.tensor([40 * page_size] * page_size), 0),
-                          (a[:1], 0), (torch.cat((own_a, a)), page_size + 1)]:
-        assert plain.handover_problem(idx, tree_len, "v", "n") == fused.handover_problem(idx, tree_len, "v", "n"), idx
-    probes = [a, a[:page_size], torch.cat((a, a)), torch.tensor([40 * page_size] * page_size),
-              torch.tensor([-1] * page_size), a[:1], torch.tensor([7])]
-    if page_size > 1:
-        probes.append(a[1 : 1 + page_size])  # not page aligned
-    for idx in probes:
-        assert plain.all_allocated(idx) == fused.all_allocated(idx), idx
-        assert plain.problem_with(idx) == fused.problem_with(idx), idx
-    bad_frees = [torch.cat((a, a)), probes[3], probes[4]] + probes[7:]
-    for bad in bad_frees:
-        with pytest.raises(PoolError) as p_err:
-            plain.free(bad)
-        with pytest.raises(PoolError) as f_err:
-            fused.free(bad)
-        assert str(p_err.value) == str(f_err.value)
-    plain.free(a)
-    fused.free(b)
-    plain.free(own_a)
-    fused.free(own_b)
-    assert plain.available_size() == fused.available_size() == 32
-    assert torch.equal(plain._state, fused._state) and not plain._state.any()
+def _gpu_like(capacity: int = 32, page_size: int = 1) -> SlotAllocator:
+    alloc = SlotAllocator(capacity, page_size)
+    alloc.reads_tensor_memory = False
+    return alloc
 
 
-def test_on_the_gpu_path_an_insert_reads_the_host_once() -> None:
-    """The GPU's path (torch only): the KV check and the state slot's check share one host read;
-    a lone state-slot check is one read too. (On the CPU the checks run in numpy.)"""
+def _reads(call) -> int:
+    """Host reads made by ``call`` (from the test itself too: counted under "(outside)")."""
+    with count_host_syncs() as count:
+        call()
+    return count.raw
+
+
+def test_slots_the_cache_handed_out_are_checked_without_a_read_and_others_are_read_once() -> None:
+    """On a GPU's terms an insert of allocated slots (joined with slot_ids.cat) reads nothing; a
+    tensor the cache did not make is read once, then its copy serves; an in-place write makes the
+    copy stale, and the next check reads again."""
     cache = hm.MambaRadixCache(hm.CacheConfig(device="cpu", page_size=4))
-    for alloc in (cache.kv_pool.allocator, cache.mamba_pool.allocator):
-        alloc._cpu_check = None
+    take_slot_ids_as_on_a_gpu(cache)
     kv, slot = cache.kv_pool.alloc(8), cache.mamba_pool.alloc(1)
-
-    def reads(call) -> int:
-        with count_host_syncs() as count:
-            call()
-        return sum(n for site, n in count.by_site.items() if site.startswith("memory/allocator.py"))
-
-    assert reads(lambda: cache.mamba_pool.allocator.handover_problem(slot, 0, "mamba_value", pool="state")) == 1
-    assert reads(lambda: cache.insert(list(range(8)), kv, slot)) == 1
+    assert _reads(lambda: cache.insert(list(range(8)), kv, slot)) == 0
+    m = cache.match_prefix(list(range(8)) + [9, 9, 9, 9])
+    more, slot2 = cache.kv_pool.alloc(4), cache.mamba_pool.alloc(1)
+    value = slot_ids.cat((m.device_indices, more))
+    assert _reads(lambda: cache.insert(list(range(8)) + [9, 9, 9, 9], value, slot2, prev_prefix_len=8)) == 0
     assert_healthy(cache, integrity=False)  # no content was written: only the bookkeeping counts
+
+    alloc = cache.kv_pool.allocator
+    foreign = torch.tensor(cache.kv_pool.alloc(4).tolist())  # the same ids, made elsewhere
+    assert _reads(lambda: alloc.problem_with(foreign)) == 1
+    assert _reads(lambda: alloc.problem_with(foreign[1:3])) == 0  # a view of a tensor read once
+    foreign[0] = 0  # an in-place write: the copy is stale now
+    assert _reads(lambda: alloc.problem_with(foreign)) == 1
+
+
+def test_host_copies_follow_views_joins_and_assignments() -> None:
+    base = slot_ids.upload(np.arange(10, dtype=np.int64), torch.device("cpu"))
+    assert slot_ids.mirrored(base[2:8:3]).tolist() == [2, 5]
+    assert slot_ids.mirrored(base[4]).tolist() == [4]
+    assert slot_ids.mirrored(base.view(2, 5)[1]).tolist() == [5, 6, 7, 8, 9]
+    assert slot_ids.mirrored(base.flip(0)) is None  # not a view the copy can follow
+    joined = slot_ids.cat((base[:2], base[8:], base[:0]))
+    assert slot_ids.mirrored(joined).tolist() == [0, 1, 8, 9]
+    assert slot_ids.mirrored(slot_ids.cat((base[:2], torch.tensor([5])))) is None  # a part without a copy
+    slot_ids.assign(joined, 1, 3, base[5:7])
+    assert joined.tolist() == [0, 5, 6, 9] and slot_ids.mirrored(joined).tolist() == [0, 5, 6, 9]
+    copy = slot_ids.clone(base[3:5])
+    assert slot_ids.mirrored(copy).tolist() == [3, 4] and copy._base is None
+    base[0] = 7
+    assert slot_ids.mirrored(base) is None and slot_ids.mirrored(base[1:]) is None
+    with torch.inference_mode():  # no version counter: the copy is trusted, assign keeps it right
+        inf = slot_ids.upload(np.arange(4, dtype=np.int64), torch.device("cpu"))
+        slot_ids.assign(inf, 0, 1, torch.tensor([3]))
+        assert slot_ids.mirrored(inf).tolist() == [3, 1, 2, 3]
+    ids = slot_ids.host_ids(base)  # read (the copy was stale), recorded
+    assert ids.tolist() == [7, *range(1, 10)] and slot_ids.mirrored(base) is ids
+    with pytest.raises(ValueError):
+        ids[0] = 1  # copies are read-only
+
+
+@pytest.mark.parametrize("page_size", [1, 4])
+def test_a_gpu_like_allocator_answers_as_the_cpu_one(page_size: int) -> None:
+    """Slot ids from host copies (and reads of foreign tensors) give the same answers and the
+    same errors as slot ids read from host memory."""
+    plain, gpu = SlotAllocator(32, page_size), _gpu_like(32, page_size)
+    answers = []
+    for alloc in (plain, gpu):
+        a, own = alloc.alloc(2 * page_size), alloc.alloc(page_size)
+        alloc.mark_owned(own)
+        out = [alloc.handover_problem(idx, n, "v", "n") for idx, n in [
+            (slot_ids.cat((own, a)), page_size), (slot_ids.cat((own, a)), 0), (a, page_size), (slot_ids.cat((a, a)), 0),
+            (own, page_size), (torch.tensor([40 * page_size] * page_size), 0), (a[:1], 0),
+            (slot_ids.cat((own, a)), page_size + 1)]]
+        probes = [a, a[:page_size], slot_ids.cat((a, a)), torch.tensor([40 * page_size] * page_size),
+                  torch.tensor([-1] * page_size), a[:1], torch.tensor([7]), a[1 : 1 + page_size]]
+        out += [(alloc.all_allocated(p), alloc.problem_with(p)) for p in probes]
+        for bad in [slot_ids.cat((a, a)), probes[3], probes[4]] + ([probes[7]] if page_size > 1 else []):
+            with pytest.raises(PoolError) as err:
+                alloc.free(bad)
+            out.append(str(err.value))
+        alloc.free(a)
+        alloc.free(own)
+        out.append(alloc.available_size())
+        answers.append(out)
+    assert answers[0] == answers[1]
+    assert answers[0][0] is None and answers[0][-1] == 32
+
+
+def test_a_transfer_keeps_its_slots_from_reuse_until_it_lands() -> None:
+    """Freed while a transfer names them, pages are parked: not free, not handed out; the
+    transfer's release lets them join the free list."""
+    alloc = SlotAllocator(8, 2)
+    slots = alloc.alloc(4)
+    pages = alloc.hold(slots[:2])
+    alloc.free(slots)
+    assert alloc.available_size() == 6 and alloc.parked_size() == 2 and alloc.held_in_flight(slots).tolist() == [True] * 2 + [False] * 2
+    taken = alloc.alloc(6)
+    assert not set(taken.tolist()) & set(slots[:2].tolist())
+    assert alloc.alloc(2) is None
+    alloc.release(pages)
+    assert alloc.parked_size() == 0 and alloc.alloc(2).tolist() == slots[:2].tolist()
 
 
 @pytest.mark.parametrize(("page_size", "policy"), [(1, "write_back"), (4, "write_through")])
-def test_random_scripts_stay_healthy_on_the_gpu_allocator_path(monkeypatch, page_size: int, policy: str) -> None:
-    """Every allocator on the GPU's code path (torch only), the deferred engine,
-    manual acks: invariants after every operation and integrity at the end stay empty."""
+def test_random_scripts_on_a_gpus_terms_read_no_slot_ids_and_stay_healthy(page_size: int, policy: str) -> None:
+    """Device pools taking slot ids as on a GPU, the deferred engine, manual acks: no host read
+    on any hot path but the CPU copy engine's own, invariants (COPY included) after every
+    operation and integrity at the end empty."""
     from himamba.sim.fuzz import make_cache, make_script
     from himamba.sim.ops import DriverState, apply
 
-    init = SlotAllocator.__init__
-
-    def gpu_path(self, *args, **kwargs):
-        init(self, *args, **kwargs)
-        self._cpu_check = None
-
-    monkeypatch.setattr(SlotAllocator, "__init__", gpu_path)
     script = make_script(7, 400, page_size=page_size, write_policy=policy, manual_acks=True)
     script["config"].update(device="cpu", copy_engine="deferred")
     cache, state = make_cache(script), DriverState()
-    assert cache.kv_pool.allocator._cpu_check is None
-    for op in script["ops"]:
-        apply(cache, state, op)
-        assert not hm.check_invariants(cache), op
+    take_slot_ids_as_on_a_gpu(cache)
+    with count_host_syncs() as count:
+        for op in script["ops"]:
+            apply(cache, state, op)
+            assert not hm.check_invariants(cache), op
+    assert {site for site in count.by_site if site != "(outside)"} <= {"memory/copy_engines.py:161"}, count.by_site
     assert not hm.check_integrity(cache)
 
 
-def test_a_state_slot_checked_with_the_kv_gets_the_same_sentence_on_both_paths() -> None:
-    """handover_problem(..., state=...) on the GPU path (one shared read) words every bad state
-    slot as the CPU path (separate checks) does, and a bad KV slot first."""
-    def pools(gpu: bool):
-        kv, st = SlotAllocator(16, 1), SlotAllocator(4, 1)
-        if gpu:
-            for a in (kv, st):
-                a._cpu_check = None
-        tree, mine = kv.alloc(2), kv.alloc(2)
-        kv.mark_owned(tree)
-        held, owned = st.alloc(1), st.alloc(1)
-        st.mark_owned(owned)
-        return kv, st, torch.cat((tree, mine)), held, owned
-
-    answers = []
-    for gpu in (False, True):
-        kv, st, value, held, owned = pools(gpu)
-        said = []
-        for v, n in [(value, 2), (value, 3), (value[:0], 0)]:
-            for slot in (held, owned, torch.tensor([3]), torch.tensor([9]), torch.tensor([-1])):
-                said.append(kv.handover_problem(v, n, "value", "prev_prefix_len", "device KV",
-                                                state=(st, slot, "mamba_value", "state")))
-        answers.append(said)
-    assert answers[0] == answers[1]
-    assert answers[0][0] is None and "already owns" in answers[0][1] and "not allocated" in answers[0][2]
-    assert "out of range" in answers[0][3] and "claims" in answers[0][5] and answers[0][10] is None
+def test_a_host_copy_that_drifts_from_its_tensor_is_a_copy_violation() -> None:
+    cache = hm.MambaRadixCache(hm.CacheConfig(device="cpu"))
+    take_slot_ids_as_on_a_gpu(cache)
+    hm.serve(cache, [1, 2, 3])
+    node = next(n for n in cache.nodes() if n is not cache.root_node)
+    assert not hm.check_invariants(cache)
+    slot_ids.record(node.value, np.array([0, 0, 0]))  # a wrong copy
+    assert [v.invariant for v in hm.check_invariants(cache)] == ["COPY"]

@@ -65,7 +65,7 @@ class HiTreeBase(TreeBase):
         Issued copies are waited for (so nothing lands later in reused slots); queued loads are
         dropped unissued; prefetch slots are freed; storage contents are kept."""
         cc = self.cache_controller
-        cc.pending_loads.clear()
+        cc.drop_pending_loads()
         for queue in (cc.ack_write_queue, cc.ack_load_queue):
             while queue:
                 queue.popleft().wait()

@@ -16,6 +16,7 @@ from himamba.cache.results import MatchResult
 from himamba.core.key import preview
 from himamba.core.node import TreeNode
 from himamba.errors import CacheAssertionError
+from himamba.memory import slot_ids
 from himamba.observe.events import EventKind
 
 
@@ -37,7 +38,7 @@ class HiLookupMixin(LookupMixin, HiTreeBase):
         while last_host is not root and last_host.host_value is None:
             last_host = last_host.parent
         state_only = int(last_host.mamba_host_value is not None and last_host.mamba_value is None)
-        indices = torch.cat(segs[:best_len]) if best_len else self._empty_indices
+        indices = slot_ids.cat(segs[:best_len]) if best_len else self._empty_indices
         return MatchResult(indices, on_device, last_host, last_host, max(host_hit, state_only),
                            self._branching_seqlen(segs, best_len))
 
@@ -62,7 +63,7 @@ class HiLookupMixin(LookupMixin, HiTreeBase):
         """A host-only node on an insert's path adopts the request's device slots (KV=DH)."""
         if node.value is not None or node.mamba_value is not None:
             raise CacheAssertionError(f"unevict: node #{node.id} is not evicted")
-        node.value = value.clone()
+        node.value = slot_ids.clone(value)
         self.kv_pool.allocator.mark_owned(value)
         self.full_lru_list.insert_mru(node)
         self.full_evictable_size_ += len(value)

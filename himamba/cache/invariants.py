@@ -9,7 +9,8 @@ per-node rules, :class:`~himamba.cache.device_invariants.DeviceRules` (I2-I5, I1
 fields) and, on the tiered cache, :class:`~himamba.cache.host_invariants.HostRules` (the host
 fields, I6, I13); each collects what its whole-cache rules need and checks them in its
 ``finish``: I7-I10 and POOL for the device lists, sets, counters and pools; the host list, the
-host-leaf set, I12 (in flight) and the host pools. The shared walks and counts are in
+host-leaf set, I12 (in flight) and the host pools. On a GPU, COPY compares the host copies of
+the nodes' slot ids with their tensors. The shared walks and counts are in
 :mod:`himamba.cache.checks`.
 
 The fuzzer runs it after every operation, so it is written for speed: the healthy path builds no
@@ -24,6 +25,7 @@ from himamba.cache.checks import TreeWalk, Violation
 from himamba.cache.device_invariants import DeviceRules
 from himamba.cache.host_invariants import HostRules
 from himamba.core.node import TreeNode
+from himamba.memory import slot_ids
 
 NodeRule = Callable[[TreeNode, TreeNode, int], None]
 
@@ -45,7 +47,21 @@ def check_invariants(cache, held_kv: int | None = None, held_states: int | None 
     device.finish(tree, held_kv, held_states)
     if host:
         host.finish(tree)
+    if not cache.kv_pool.allocator.reads_tensor_memory or not cache.mamba_pool.allocator.reads_tensor_memory:
+        _check_host_copies(tree, out)
     return out
+
+
+def _check_host_copies(tree: TreeWalk, out: list[Violation]) -> None:
+    """COPY: on a GPU (or a CPU cache taking slot ids as a GPU does), the host copy of each node's
+    device slot ids (:mod:`himamba.memory.slot_ids`), where it has one, equals the tensor."""
+    for n in tree.nodes:
+        for what, t in (("KV", n.value), ("state", n.mamba_value)):
+            if t is None:
+                continue
+            ids = slot_ids.mirrored(t)
+            if ids is not None and ids.tolist() != t.reshape(-1).tolist():
+                out.append(Violation("COPY", n.id, f"the host copy of its device {what} slot ids differs from the tensor"))
 
 
 def walk_tree(cache, out: list[Violation], visit: NodeRule, then: NodeRule | None = None) -> TreeWalk:

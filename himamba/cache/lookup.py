@@ -20,6 +20,7 @@ from himamba.cache.tree_base import TreeBase
 from himamba.core.key import RadixKey, as_key, preview
 from himamba.core.node import TreeNode
 from himamba.errors import CacheAssertionError, InvalidInputError, UpstreamFailure
+from himamba.memory import slot_ids
 from himamba.memory.device import check_on_device
 from himamba.observe.events import EventKind, operation
 from himamba.validate import check_int
@@ -60,7 +61,7 @@ class LookupMixin(TreeBase):
                       on_device: TreeNode) -> MatchResult:
         """The device tree's result: the usable prefix ends at ``best`` on every count
         (``on_device``, the deepest node of the match with device KV, is ``best`` here)."""
-        indices = torch.cat(segs[:best_len]) if best_len else self._empty_indices
+        indices = slot_ids.cat(segs[:best_len]) if best_len else self._empty_indices
         return MatchResult(indices, best, best, best, 0, self._branching_seqlen(segs, best_len))
 
     def _match_walk(self, key: RadixKey) -> tuple[list[torch.Tensor], TreeNode, int]:
@@ -319,8 +320,8 @@ class LookupMixin(TreeBase):
 
     def _add_new_node(self, parent: TreeNode, key: RadixKey, value: torch.Tensor, mamba_value: torch.Tensor) -> TreeNode:
         node = self._new_node(key, parent)
-        node.value = value.clone()
-        node.mamba_value = mamba_value.clone().view(1)
+        node.value = slot_ids.clone(value)
+        node.mamba_value = slot_ids.clone(mamba_value).view(1)
         self.kv_pool.allocator.mark_owned(value)
         self.mamba_pool.allocator.mark_owned(mamba_value)
         node.last_access_time = self.tick()
@@ -340,7 +341,7 @@ class LookupMixin(TreeBase):
         return node
 
     def _attach_state(self, node: TreeNode, mamba_value: torch.Tensor) -> None:
-        node.mamba_value = mamba_value.clone().view(1)
+        node.mamba_value = slot_ids.clone(mamba_value).view(1)
         self.mamba_pool.allocator.mark_owned(mamba_value)
         self.mamba_lru_list.insert_mru(node)
         self.mamba_evictable_size_ += 1

@@ -9,12 +9,14 @@ as upstream did before #23696); the request then re-matches and moves its lock t
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from himamba.cache.results import Request
 from himamba.cache.tree_base import TreeBase
 from himamba.core.key import RadixKey
 from himamba.errors import CacheAssertionError, InvalidInputError
+from himamba.memory import slot_ids
 from himamba.observe.events import operation
 from himamba.validate import (
     check_bool,
@@ -118,11 +120,12 @@ class RequestFlowMixin(TreeBase):
         match = self.match_prefix(key)
         new_indices, new_last = match.device_indices, match.last_device_node
         n = len(new_indices)
-        if not result.mamba_exist and not torch.equal(new_last.mamba_value, state.view(1)):
+        states = self.mamba_pool.allocator
+        if not result.mamba_exist and not np.array_equal(states.host_ids(new_last.mamba_value), states.host_ids(state)):
             raise CacheAssertionError("cache_unfinished_req: the donated state is not on the new last node")
         if protected > n + self.page_size - 1 or result.prefix_len > n:
             raise CacheAssertionError(f"cache_unfinished_req: matched {n} < protected {protected} / prefix {result.prefix_len}")
-        kv[protected:n] = new_indices[protected:]
+        slot_ids.assign(kv, protected, n, new_indices[protected:])
         if req.last_node is not None:
             self.dec_lock_ref(req.last_node)
         self.inc_lock_ref(new_last)
@@ -173,7 +176,9 @@ class RequestFlowMixin(TreeBase):
         for slot in (req.mamba_pool_idx, req.mamba_track_idx):
             if slot is not None and not self.mamba_pool.allocator.all_allocated(slot):
                 raise InvalidInputError("a state slot of the request is not allocated")
-        if req.mamba_pool_idx is not None and req.mamba_track_idx is not None and torch.equal(req.mamba_pool_idx, req.mamba_track_idx):
+        states = self.mamba_pool.allocator
+        if req.mamba_pool_idx is not None and req.mamba_track_idx is not None and \
+                np.array_equal(states.host_ids(req.mamba_pool_idx), states.host_ids(req.mamba_track_idx)):
             raise InvalidInputError("the request's running and track state slots are the same slot")
 
     def _alloc_mamba_slot(self) -> torch.Tensor:

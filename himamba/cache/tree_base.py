@@ -23,6 +23,7 @@ from himamba.core.key import RadixKey, as_key
 from himamba.core.lru import LRUList
 from himamba.core.node import TreeNode, full_lru_list, mamba_lru_list
 from himamba.errors import CacheAssertionError, InvalidInputError, LockError
+from himamba.memory import slot_ids
 from himamba.memory.device import memory_bytes, resolve_device
 from himamba.memory.pools import KVPool, MambaPool
 from himamba.observe.display import Displayable
@@ -54,7 +55,7 @@ class TreeBase(Displayable):
         self.mamba_pool = MambaPool(config.model, config.device_mamba_slots, self.device)
         self.full_lru_list = full_lru_list()
         self.mamba_lru_list = mamba_lru_list()
-        self._empty_indices = torch.empty(0, dtype=torch.int64, device=self.device)
+        self._empty_indices = slot_ids.cat([torch.empty(0, dtype=torch.int64, device=self.device)])  # recorded: empty
         self._init_tree()
 
     def _check_memory(self, config: CacheConfig) -> None:

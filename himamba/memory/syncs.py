@@ -9,7 +9,8 @@ innermost ``himamba`` frame) while its block runs:
 * with ``device`` a CUDA device, ``torch.cuda.set_sync_debug_mode("warn")`` reports the
   synchronisations CUDA itself sees, and each warning is counted at its site.
 
-Frames in this module, in the checks (``invariants``, ``integrity``) and outside ``himamba`` are
+Reads made for the allocator (its checks, host copies of slot ids) count at the cache's frame
+that asked for them. Frames in this module, in the checks (``invariants``, ``integrity``) and outside ``himamba`` are
 not call sites of the cache's hot paths; calls from them count under ``"(outside)"``.
 """
 
@@ -26,7 +27,8 @@ from pathlib import Path
 import torch
 
 _PACKAGE = str(Path(__file__).resolve().parents[1])
-_NOT_HOT = ("invariants.py", "integrity.py", "syncs.py", "hi_invariants.py")
+_NOT_HOT = ("invariants.py", "integrity.py", "syncs.py", "hi_invariants.py", "held_requests.py")
+_PASS_THROUGH = ("slot_ids.py", "allocator.py")  # a read there is charged to the frame that asked
 _METHODS = ("item", "tolist", "__bool__", "__int__", "__float__", "__index__", "nonzero")
 OUTSIDE = "(outside)"
 
@@ -51,7 +53,7 @@ def _site(depth: int = 2) -> str:
     frame = sys._getframe(depth)
     while frame is not None:
         name = frame.f_code.co_filename
-        if name.startswith(_PACKAGE):
+        if name.startswith(_PACKAGE) and not name.endswith(_PASS_THROUGH):
             rel = name[len(_PACKAGE) + 1:]
             return OUTSIDE if rel.endswith(_NOT_HOT) else f"{rel}:{frame.f_lineno}"
         frame = frame.f_back
@@ -109,3 +111,12 @@ def _site_of_file(filename: str, lineno: int) -> str:
         return OUTSIDE
     rel = filename[len(_PACKAGE) + 1:]
     return OUTSIDE if rel.endswith(_NOT_HOT) else f"{rel}:{lineno}"
+
+
+def take_slot_ids_as_on_a_gpu(cache) -> None:
+    """Make a CPU cache's device pools take slot ids as a GPU's do: from the host copies that
+    tensors carry (:mod:`himamba.memory.slot_ids`), any other read counted by
+    :func:`count_host_syncs`. Host pools stay as they are (on a GPU they are host memory too).
+    For tests and sync counts: call before the cache hands out slots."""
+    for pool in (cache.kv_pool, cache.mamba_pool):
+        pool.allocator.reads_tensor_memory = False

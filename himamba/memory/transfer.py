@@ -70,18 +70,32 @@ class Ack:
     manual: bool = False
     manual_done: bool = False
     handle: CopyHandle | None = None
+    # (allocator, pages) pairs this transfer keeps from reuse until it has landed
+    holds: list = field(default_factory=list)
 
     def done(self) -> bool:
         """Has the copy finished (and, in manual mode, been completed by the caller)?"""
         if self.manual and not self.manual_done:
             return False
-        return self.handle is None or self.handle.ready()
+        if self.handle is None or not self.handle.ready():
+            return self.handle is None
+        if self.handle.landed:
+            self.release_holds()
+        return True
 
     def wait(self) -> None:
-        """Block until the copy has landed (completes a manual ack)."""
+        """Block until the copy has landed (completes a manual ack); its slots may then be reused."""
         self.manual_done = True
         if self.handle is not None:
             self.handle.wait()
+        self.release_holds()
+
+    def release_holds(self) -> None:
+        """Let the allocators hand this transfer's slots out again (once; the copy has landed
+        or will never be issued)."""
+        for allocator, pages in self.holds:
+            allocator.release(pages)
+        self.holds.clear()
 
     @property
     def landed(self) -> bool:
@@ -176,6 +190,8 @@ class TransferController:
         self.kv_slots_device_to_host += device_idx.numel()
         self.states_device_to_host += int(state is not None)
         ack.handle = self.engine.issue(plan)
+        if not ack.handle.landed:  # bytes still to move: keep both sides' slots until they have
+            self._hold(ack, (self.device_kv, self.device_states), (self.host_kv, self.host_states))
         self.ack_write_queue.append(ack)
         self.writes_issued += 1
         return host_idx
@@ -204,6 +220,7 @@ class TransferController:
         dst = TransferSlots(device_idx, tuple(d for st in states for d in (st.device, st.extra_device) if d is not None))
         src = TransferSlots(host_idx, tuple(st.host for st in states))
         ack = Ack(next(self._ids), "load", [node_id], len(host_idx), len(states), src, dst, manual=self.manual_acks)
+        self._hold(ack, (self.host_kv, self.host_states), (self.device_kv, self.device_states))
         self.engine.prepare(plan)
         self.pending_loads.append(_PendingLoad(ack, plan))
         return device_idx
@@ -243,6 +260,8 @@ class TransferController:
             self.kv_slots_host_to_device += pending.ack.kv_tokens
             self.states_host_to_device += pending.ack.states
             pending.ack.handle = self.engine.issue(pending.plan)
+            if pending.ack.handle.landed:
+                pending.ack.release_holds()
             self.engine.order_compute_after(pending.ack.handle)
             self.ack_load_queue.append(pending.ack)
             self.loads_issued += 1
@@ -303,11 +322,27 @@ class TransferController:
             ack.manual_done = True
             if ack.handle is not None:
                 ack.handle.release()
+                if ack.handle.landed:
+                    ack.release_holds()
         return ack
+
+    def drop_pending_loads(self) -> None:
+        """Forget the queued loads unissued (a reset): their slots are no longer held."""
+        for pending in self.pending_loads:
+            pending.ack.release_holds()
+        self.pending_loads.clear()
 
     def in_flight(self) -> list[Ack]:
         """Every ack not yet processed by the cache, writes first."""
         return [*self.ack_write_queue, *self.ack_load_queue, *(p.ack for p in self.pending_loads)]
+
+    @staticmethod
+    def _hold(ack: Ack, src_pools: tuple[KVPool, MambaPool], dst_pools: tuple[KVPool, MambaPool]) -> None:
+        """Keep every slot ``ack`` names (both sides) from being handed out before it lands."""
+        for slots, (kv_pool, state_pool) in ((ack.src, src_pools), (ack.dst, dst_pools)):
+            if slots.kv.numel():
+                ack.holds.append((kv_pool.allocator, kv_pool.allocator.hold(slots.kv)))
+            ack.holds += [(state_pool.allocator, state_pool.allocator.hold(s)) for s in slots.states]
 
     # -- plans ------------------------------------------------------------------------------------
     @staticmethod

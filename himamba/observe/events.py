@@ -19,6 +19,10 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, TypeVar
 
+import torch
+
+from himamba.memory import slot_ids
+
 
 class EventKind(str, Enum):
     """What happened. The values are stable strings (they appear in exported step logs)."""
@@ -178,6 +182,9 @@ def _short(value: Any) -> str:
     if isinstance(value, list) and len(value) > 8:
         return f"[{len(value)} tokens]"
     if hasattr(value, "numel") and hasattr(value, "tolist"):
-        return repr(value.tolist()) if value.numel() <= 8 else f"<{value.numel()} indices>"
+        if value.numel() > 8:
+            return f"<{value.numel()} indices>"
+        ids = slot_ids.mirrored(value) if isinstance(value, torch.Tensor) else None  # no read on a GPU
+        return repr((value if ids is None else ids).tolist())
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."

@@ -53,6 +53,7 @@ from himamba.cache.results import MatchResult, Request
 from himamba.cache.tree_base import TreeBase
 from himamba.core.node import TreeNode
 from himamba.errors import HiMambaError, InvalidInputError
+from himamba.memory import slot_ids
 from himamba.memory.content import prefix_fingerprint, write_kv, write_state_of
 from himamba.sim.engine_args import CHECKPOINTS, check_engine_args
 from himamba.sim.metrics import STEP_COLUMNS, TRANSFERS, SimMetrics
@@ -356,7 +357,7 @@ class Engine:
             cache.dec_lock_ref(node)
         self._loads_queued = True
         if len(loaded):
-            return torch.cat((prefix, loaded)), last, len(loaded), restore
+            return slot_ids.cat((prefix, loaded)), last, len(loaded), restore
         if node is cache.root_node or node.mamba_value is not None:
             return prefix, node, 0, restore and node is target
         return prefix[: _depth(last)], last, 0, restore and last is target
@@ -402,7 +403,7 @@ class Engine:
         if idx is None:
             return False
         write_kv(self.cache.kv_pool, idx, live.tokens[live.fill : end], live.fill)
-        live.req.kv_indices = torch.cat((live.req.kv_indices, idx))
+        live.req.kv_indices = slot_ids.cat((live.req.kv_indices, idx))
         live.fill = end
         return True
 

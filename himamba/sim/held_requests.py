@@ -32,6 +32,7 @@ import torch
 
 from himamba.cache.results import MatchResult, Request
 from himamba.errors import OracleError
+from himamba.memory import slot_ids
 from himamba.memory.content import state_matches, write_kv, write_state
 
 MAX_HELD = 3  # running requests at most; a req_start beyond them does nothing
@@ -81,7 +82,7 @@ def check_match(cache, query: list[int], res: MatchResult) -> None:
     while node is not cache.root_node:
         path.append(node.value)
         node = node.parent
-    want = torch.cat(path[::-1]) if path else res.device_indices[:0]
+    want = slot_ids.cat(path[::-1]) if path else res.device_indices[:0]
     if not torch.equal(res.device_indices, want):
         raise OracleError("match_prefix: device_indices are not the slots of the matched path")
 
@@ -130,7 +131,7 @@ def _prefill(cache, h: HeldRequest, upto: int) -> bool:
             return False
         new = cache.kv_pool.alloc(upto - done)
         write_kv(cache.kv_pool, new, h.tokens[done:upto], done)
-        req.kv_indices = torch.cat((req.kv_indices, new))
+        req.kv_indices = slot_ids.cat((req.kv_indices, new))
     req.fill_len = upto
     write_state(cache.mamba_pool, req.mamba_pool_idx, h.tokens[:upto])
     return True

@@ -23,13 +23,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
-
 from himamba.cache.results import InsertResult, Request
 from himamba.cache.tree_base import TreeBase
 from himamba.core.key import RadixKey
 from himamba.core.node import TreeNode
 from himamba.errors import InvalidInputError, OracleError
+from himamba.memory import slot_ids
 from himamba.memory.content import write_kv, write_state
 from himamba.sim import held_requests
 from himamba.sim.held_requests import HeldRequest, check_match
@@ -78,7 +77,7 @@ def serve(cache, tokens: list[int] | RadixKey, *, reuse_prefix: bool = True) -> 
     if getattr(cache, "tiered", False) and m.host_hit_length > 0:
         loaded, last = cache.init_load_back(m.best_match_node)
         if len(loaded):
-            prefix = torch.cat((prefix, loaded))
+            prefix = slot_ids.cat((prefix, loaded))
             cache.inc_lock_ref(last)
             cache.dec_lock_ref(node)
             node = last
@@ -90,7 +89,7 @@ def serve(cache, tokens: list[int] | RadixKey, *, reuse_prefix: bool = True) -> 
             return None
         new, slot = slots
         write_state(cache.mamba_pool, slot, tokens)
-        result = cache.insert(key, torch.cat((prefix, new)) if n else new, slot, prev_prefix_len=n)
+        result = cache.insert(key, slot_ids.cat((prefix, new)) if n else new, slot, prev_prefix_len=n)
         if result.mamba_exist:
             cache.mamba_pool.free(slot)
         return result
@@ -129,7 +128,7 @@ def _chunked(cache, tokens: list[int], chunk: int) -> None:
         cache.dec_lock_ref(m.last_device_node)
         return
     new, slot = slots
-    req = Request(list(tokens), torch.cat((m.device_indices, new)), slot, last_node=m.last_device_node,
+    req = Request(list(tokens), slot_ids.cat((m.device_indices, new)), slot, last_node=m.last_device_node,
                   cache_protected_len=n)
     track = cache.config.extra_buffer
     if track:

@@ -34,6 +34,7 @@ from himamba.cache.invariants import check_invariants
 from himamba.cache.mamba import MambaRadixCache
 from himamba.core.key import RadixKey
 from himamba.errors import InvalidInputError
+from himamba.memory import slot_ids
 from himamba.sim.mooncake import BLOCK_TOKENS, MooncakeRequest, check_checkpoint
 from himamba.validate import check_token_ids
 
@@ -133,7 +134,7 @@ def _replay(cache, items: Sequence[ReplayItem], headroom: int, sweep_every: int,
                 loaded, last = cache.init_load_back(m.best_match_node)
                 c["ops"] += 1
                 if len(loaded):
-                    prefix = torch.cat((prefix, loaded))
+                    prefix = slot_ids.cat((prefix, loaded))
                     c["host_hits"] += len(loaded)
                     node = last
                 cache.ready_to_load_host_cache()
@@ -182,7 +183,7 @@ def _insert(cache, key: RadixKey, prefix: torch.Tensor, matched: int, c: dict, h
         slot = state_pool.alloc(1)
         if slot is None:
             raise RuntimeError(f"request {i}: cannot allocate a state slot after eviction")
-    value = torch.cat((prefix, new)) if matched else new
+    value = slot_ids.cat((prefix, new)) if matched else new
     result = cache.insert(key, value, slot, prev_prefix_len=matched)
     c["ops"] += 1
     c["inserts"] += 1
