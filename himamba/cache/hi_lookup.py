@@ -52,12 +52,12 @@ class HiLookupMixin(LookupMixin, HiTreeBase):
 
     # -- insert --------------------------------------------------------------------------------
     def _take_matched_segment(
-        self, node: TreeNode, seg_value: torch.Tensor, prev_prefix_len: int, total: int, chunked: bool
+        self, node: TreeNode, value: torch.Tensor, pos: int, p: int, prev_prefix_len: int, total: int, chunked: bool
     ) -> int:
         if node.value is None:
-            self._unevict_node(node, seg_value)
+            self._unevict_node(node, value[pos:pos + p])
             return 0
-        return super()._take_matched_segment(node, seg_value, prev_prefix_len, total, chunked)
+        return super()._take_matched_segment(node, value, pos, p, prev_prefix_len, total, chunked)
 
     def _unevict_node(self, node: TreeNode, value: torch.Tensor) -> None:
         """A host-only node on an insert's path adopts the request's device slots (KV=DH)."""

@@ -274,7 +274,7 @@ class LookupMixin(TreeBase):
             p = node.key.match_at(key, pos, ps)
             if p < len(node.key):
                 node = self._split_node(node, p)
-            total += self._take_matched_segment(node, value[pos:pos + p], prev_prefix_len, total, chunked)
+            total += self._take_matched_segment(node, value, pos, p, prev_prefix_len, total, chunked)
             pos += p
         if pos < n:
             new = self._add_new_node(node, key[pos:], value[pos:], mamba_value)
@@ -300,13 +300,13 @@ class LookupMixin(TreeBase):
             self.mamba_lru_list.reset_node_mru(node)
 
     def _take_matched_segment(
-        self, node: TreeNode, seg_value: torch.Tensor, prev_prefix_len: int, total: int, chunked: bool
+        self, node: TreeNode, value: torch.Tensor, pos: int, p: int, prev_prefix_len: int, total: int, chunked: bool
     ) -> int:
-        """An insert walked through ``node`` (on device): free the request's duplicate slots past
-        ``prev_prefix_len`` and count a hit. Returns the tokens that count towards ``prefix_len``."""
-        p = seg_value.shape[0]
+        """An insert walked through ``node`` (on device), over the request's slots ``value[pos:pos + p]``:
+        free its duplicate slots past ``prev_prefix_len`` and count a hit. Returns the tokens that
+        count towards ``prefix_len``."""
         if prev_prefix_len < total + p:
-            dup = seg_value[max(0, prev_prefix_len - total) :]
+            dup = value[pos + max(0, prev_prefix_len - total) : pos + p]
             self.kv_pool.free_owned(dup)  # checked with the whole value
             if self.events.active:
                 self.events.emit(EventKind.DUPLICATE_FREED, f"#{node.id} already cached: freed {len(dup)} duplicate request slot(s)", (node.id,))

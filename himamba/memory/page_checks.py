@@ -23,25 +23,15 @@ class PageChecks:
         self.offsets = np.arange(page_size, dtype=np.int64)
         self._positions: np.ndarray | None = None  # 0, 1, 2, ...: made on first use
         self._scratch: np.ndarray | None = None  # one entry per page, for the duplicate test
+        self._runs: dict[int, bytes] = {}  # per state, its byte repeated once per page
 
     def pages(self, slots: np.ndarray) -> np.ndarray | None:
         """The pages named by the slot ids ``slots`` (1-D int64), or ``None`` when they are not
         whole aligned pages inside the pool."""
-        if not len(slots):
-            return slots
-        ps = self.page_size
-        if ps == 1:
-            pages = slots
-        else:
-            if len(slots) % ps:
-                return None
-            rows = slots.reshape(-1, ps)
-            pages = rows[:, 0] // ps
-            if (rows != (pages * ps)[:, None] + self.offsets).any():
-                return None
-        if pages.min() < 0 or pages.max() >= self.num_pages:
-            return None
-        return pages
+        pages = self._aligned_pages(slots)
+        if pages is None or not len(pages) or (pages.min() >= 0 and pages.max() < self.num_pages):
+            return pages
+        return None
 
     def named_once(self, pages: np.ndarray) -> bool:
         """Is every page of ``pages`` named once? Each page's entry of a scratch array takes the
@@ -52,22 +42,52 @@ class PageChecks:
             self._positions = np.arange(max(self.num_pages, n), dtype=np.int32)
         here = self._positions[:n]
         self._scratch[pages] = here
-        return bool((self._scratch[pages] == here).all())
+        return self._scratch[pages].tobytes() == here.tobytes()  # one memcmp, not a temporary array
 
     def split_ok(self, slots: np.ndarray, tree_pages: int, tree_state: int, rest_state: int) -> bool:
         """Are ``slots`` whole pages inside the pool, each named once, the first ``tree_pages``
         pages in ``tree_state`` and the rest in ``rest_state``?"""
-        pages = self.pages(slots)
-        if pages is None:
+        states, pages = self._states_of(slots)
+        if states is None:
             return False
-        states = self.state[pages]
-        if tree_pages and not (states[:tree_pages] == tree_state).all():
-            return False
-        if not (states[tree_pages:] == rest_state).all():
-            return False
-        return self.named_once(pages)
+        k = min(tree_pages, len(pages))
+        return self._all(states[:k], tree_state) and self._all(states[k:], rest_state) and self.named_once(pages)
 
     def all_in_use_once(self, slots: np.ndarray, free_state: int) -> bool:
         """Are ``slots`` whole pages inside the pool, each named once, none free?"""
-        pages = self.pages(slots)
-        return pages is not None and not (self.state[pages] == free_state).any() and self.named_once(pages)
+        states, pages = self._states_of(slots)
+        return states is not None and not (states == free_state).any() and self.named_once(pages)
+
+    # -- helpers ---------------------------------------------------------------------------------
+    def _aligned_pages(self, slots: np.ndarray) -> np.ndarray | None:
+        """The page of each run of ``page_size`` slots, or ``None`` unless ``slots`` are whole
+        aligned pages (not checked against the pool's size)."""
+        ps = self.page_size
+        if ps == 1 or not len(slots):
+            return slots
+        if len(slots) % ps:
+            return None
+        rows = slots.reshape(-1, ps)
+        pages = rows[:, 0] // ps
+        return None if (rows != (pages * ps)[:, None] + self.offsets).any() else pages
+
+    def _states_of(self, slots: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """``(states, pages)`` of ``slots``, or ``(None, None)`` when they are not whole aligned
+        pages inside the pool. (Indexing refuses pages past the end; negative ones are tested.)"""
+        pages = self._aligned_pages(slots)
+        if pages is None:
+            return None, None
+        try:
+            states = self.state[pages]
+        except IndexError:
+            return None, None
+        if len(pages) and pages.min() < 0:
+            return None, None
+        return states, pages
+
+    def _all(self, states: np.ndarray, state: int) -> bool:
+        """Is every entry of ``states`` (int8) equal to ``state``? One byte compare."""
+        run = self._runs.get(state)
+        if run is None:
+            run = self._runs[state] = np.full(self.num_pages, state, dtype=np.int8).tobytes()
+        return states.tobytes() == run[: len(states)]
