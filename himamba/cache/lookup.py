@@ -321,7 +321,7 @@ class LookupMixin(TreeBase):
     def _add_new_node(self, parent: TreeNode, key: RadixKey, value: torch.Tensor, mamba_value: torch.Tensor) -> TreeNode:
         node = self._new_node(key, parent)
         node.value = slot_ids.clone(value)
-        node.mamba_value = slot_ids.clone(mamba_value).view(1)
+        node.mamba_value = _one_slot(slot_ids.clone(mamba_value))
         self.kv_pool.allocator.mark_owned(value)
         self.mamba_pool.allocator.mark_owned(mamba_value)
         node.last_access_time = self.tick()
@@ -341,7 +341,7 @@ class LookupMixin(TreeBase):
         return node
 
     def _attach_state(self, node: TreeNode, mamba_value: torch.Tensor) -> None:
-        node.mamba_value = slot_ids.clone(mamba_value).view(1)
+        node.mamba_value = _one_slot(slot_ids.clone(mamba_value))
         self.mamba_pool.allocator.mark_owned(mamba_value)
         self.mamba_lru_list.insert_mru(node)
         self.mamba_evictable_size_ += 1
@@ -349,3 +349,8 @@ class LookupMixin(TreeBase):
         node.last_access_time = self.tick()
         if self.events.active:
             self.events.emit(EventKind.STATE_ATTACHED, f"tombstone #{node.id} adopts the request's state", (node.id,))
+
+
+def _one_slot(slot: torch.Tensor) -> torch.Tensor:
+    """A state slot as a node holds it: shape ``(1,)`` (a view when it had another shape)."""
+    return slot if slot.shape == (1,) else slot.view(1)

@@ -242,6 +242,9 @@ class SlotAllocator:
         """The slot ids of ``indices`` on the host, flattened int64: from the tensor's memory on
         the CPU, from its host copy on a GPU (read once when it has none). :class:`PoolError`
         for something that is not an integer tensor."""
+        if type(indices) is torch.Tensor and indices.dtype is torch.int64 and self.reads_tensor_memory \
+                and indices.device.type == "cpu":
+            return indices.numpy().reshape(-1)  # the common case first: host memory, read in place
         if type(indices) is not torch.Tensor and not isinstance(indices, torch.Tensor):
             raise PoolError(f"indices must be a tensor of slot ids, got {type(indices).__name__}")
         if indices.dtype is not torch.int64:
