@@ -398,6 +398,18 @@ class TestSlotAllocator:
         assert (rows[:, 0] // ps).tolist() == [4, 5, 6, 7, 2, 0]  # fresh pages first, then freed ones in order
         assert len(set(y.tolist()) | set(x[4:8].tolist())) == 28
 
+    @pytest.mark.parametrize("page_size", [1, 4])
+    def test_no_slots_are_fine_everywhere(self, page_size):
+        """An empty slot tensor: no problem, allocated, handed over, freed and held as a no-op."""
+        a = SlotAllocator(16, page_size)
+        none = torch.empty(0, dtype=torch.int64)
+        assert a.problem_with(none) is None and a.all_allocated(none)
+        assert a.handover_problem(none, 0, "value") is None
+        a.free(none)
+        a.free_owned(none)
+        a.release(a.hold(none))
+        assert a.available_size() == 16 and a.parked_size() == 0
+
     def test_is_allocated_and_all_allocated(self):
         a = SlotAllocator(8)
         x = a.alloc(4)

@@ -88,8 +88,10 @@ class SlotAllocator:
         twice, partial pages), or ``None`` when they can; held and owned slots both count as
         allocated. Changes nothing."""
         pages = self._checked_pages(indices)
-        if isinstance(pages, str) or not len(pages):
-            return pages or None
+        if isinstance(pages, str):
+            return pages
+        if not len(pages):
+            return None
         if (self._pages.state[pages] == FREE).any():
             return _NOT_ALLOCATED
         return None if self._pages.named_once(pages) else _NAMED_TWICE

@@ -13,7 +13,9 @@ The bytes move through a copy engine (:mod:`himamba.memory.copy_engines`): ``"sy
 once), ``"deferred"`` (CPU with CUDA's timing: bytes land at completion, destinations poisoned
 until then) or ``"cuda"`` (side streams and events, :mod:`himamba.memory.cuda_engine`).
 :meth:`unlanded_slots` names every destination slot whose bytes are not there yet, so checks
-can skip exactly those.
+can skip exactly those. Until a transfer has landed, its allocators hold every slot it names
+(:meth:`~himamba.memory.allocator.SlotAllocator.hold`): freed meanwhile, such a slot is parked,
+not handed out again, and joins the free list when the ack is waited for or seen done.
 
 **Manual acks** (``manual_acks=True``): acks stay in flight until :meth:`complete` releases them
 (one by one, in any order), so in-flight states can be shown and stepped through. Blocking waits
