@@ -207,17 +207,18 @@ class LookupMixin(TreeBase):
         key = as_key(key)
         if mamba_value is None:
             raise InvalidInputError("mamba_value must be a 1-element int64 tensor naming a device state slot")
-        self._check_insert_args(key, value, mamba_value, prev_prefix_len)
+        walked = self._check_insert_args(key, value, mamba_value, prev_prefix_len)
         if len(key) == 0:
             return InsertResult(0, True)
-        return self._insert_helper(key, value, mamba_value, prev_prefix_len, chunked)
+        return self._insert_helper(key, value, mamba_value, prev_prefix_len, chunked, walked)
 
     def _check_insert_args(
         self, key: RadixKey, value: torch.Tensor, mamba_value: torch.Tensor | None, prev_prefix_len: int
-    ) -> None:
+    ) -> list[TreeNode]:
         """Raise InvalidInputError unless insert(key, value, mamba_value, prev_prefix_len) is
         well formed. ``mamba_value=None`` skips the state checks (for callers that allocate the
-        state slot only after validating)."""
+        state slot only after validating). Returns the device nodes that the check's read-only
+        walk found wholly matched by ``key`` (in order from the root), for the insert to reuse."""
         if not isinstance(value, torch.Tensor) or value.dim() != 1 or value.dtype != torch.int64:
             raise InvalidInputError("value must be a 1-D int64 tensor of device KV slots")
         if value.shape[0] != len(key):
@@ -238,16 +239,22 @@ class LookupMixin(TreeBase):
                                                           "device KV", state=state)
         if problem is not None:
             raise InvalidInputError(problem)
-        if prev_prefix_len and (reach := self._device_reach(key, prev_prefix_len)) < prev_prefix_len:
+        if not prev_prefix_len:
+            return []
+        reach, walked = self._device_reach(key, prev_prefix_len)
+        if reach < prev_prefix_len:
             raise InvalidInputError(
                 f"prev_prefix_len={prev_prefix_len} claims the first {prev_prefix_len} slots of value come from the tree, "
                 f"but only {reach} tokens of this key are cached on device: the tree would adopt its own slots twice")
+        return walked
 
-    def _device_reach(self, key: RadixKey, limit: int) -> int:
+    def _device_reach(self, key: RadixKey, limit: int) -> tuple[int, list[TreeNode]]:
         """How many leading tokens of ``key`` (counted up to ``limit`` or a little past) lie on
-        device nodes of the tree, following the path an insert walks. Changes nothing."""
+        device nodes of the tree, following the path an insert walks, and the nodes on the way
+        that ``key`` matches wholly. Changes nothing."""
         ps = self.page_size
         node, pos, n = self.root_node, 0, len(key)
+        walked: list[TreeNode] = []
         while pos < limit and pos < n and (ck := key.child_key_at(pos, ps)) in node.children:
             child = node.children[ck]
             if child.value is None:
@@ -256,22 +263,32 @@ class LookupMixin(TreeBase):
             pos += p
             if p < len(child.key):
                 break
+            walked.append(child)
             node = child
-        return pos
+        return pos, walked
 
     def _insert_helper(
-        self, key: RadixKey, value: torch.Tensor, mamba_value: torch.Tensor, prev_prefix_len: int, chunked: bool
+        self, key: RadixKey, value: torch.Tensor, mamba_value: torch.Tensor, prev_prefix_len: int, chunked: bool,
+        walked: list[TreeNode] = (),
     ) -> InsertResult:
+        """The insert's walk and changes. ``walked``: nodes the argument check found wholly
+        matched, in order; reached again through the same children, their keys (which only a
+        split changes, and a split puts a new node in the parent's place) need no new compare."""
         ps = self.page_size
         node = self.root_node
         full_lru, mamba_lru = self.full_lru_list, self.mamba_lru_list
         total = 0  # tokens counted towards prefix_len
         pos, n = 0, len(key)  # the walk has matched key[:pos] (and value[:pos])
+        known = iter(walked)
+        expect = next(known, None)
         while pos < n and (ck := key.child_key_at(pos, ps)) in node.children:
             node = node.children[ck]
             node.last_access_time = self.tick()
             self._refresh_insert_lru(node)
-            p = node.key.match_at(key, pos, ps)
+            if node is expect:
+                p, expect = len(node.key), next(known, None)
+            else:
+                p = node.key.match_at(key, pos, ps)
             if p < len(node.key):
                 node = self._split_node(node, p)
             total += self._take_matched_segment(node, value, pos, p, prev_prefix_len, total, chunked)

@@ -103,7 +103,11 @@ class RadixKey:
 def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
     """Number of leading equal elements of two lists (C-speed slice compares, binary search)."""
     la, lb = len(a), len(b)
-    if la <= lb:
+    if la == lb:  # the walks' case (match_at cuts the query to the edge): compare without a copy
+        n = la
+        if a == b:
+            return la
+    elif la < lb:
         n = la
         if a == b[:la]:
             return la

@@ -39,20 +39,20 @@ def _version(t: torch.Tensor) -> int | None:
 def record(t: torch.Tensor, ids: np.ndarray) -> torch.Tensor:
     """Attach ``ids`` (the flattened values of ``t``) as ``t``'s host copy; returns ``t``."""
     ids.flags.writeable = False
-    t.__dict__[_ATTR] = (_version(t), ids)
+    setattr(t, _ATTR, (_version(t), ids))
     return t
 
 
 def mirrored(t: torch.Tensor) -> np.ndarray | None:
     """``t``'s ids (flattened, int64) from a host copy, or ``None`` when neither ``t`` nor the
     tensor it views has a current one. Reads nothing from the device."""
-    rec = t.__dict__.get(_ATTR)
+    rec = getattr(t, _ATTR, None)  # not t.__dict__: that would give every tensor a dict
     if rec is not None and rec[0] == _version(t):
         return rec[1]
     base = t._base
     if base is None:
         return None
-    rec = base.__dict__.get(_ATTR)
+    rec = getattr(base, _ATTR, None)
     if rec is None or rec[0] != _version(base) or base.dim() != 1 or base.stride(0) != 1:
         return None
     ids, off = rec[1], t.storage_offset() - base.storage_offset()
@@ -122,8 +122,9 @@ def assign(dst: torch.Tensor, start: int, stop: int, src: torch.Tensor) -> None:
     simple = dst.dim() == 1 and dst.stride(0) == 1 and owner.dim() == 1 and owner.stride(0) == 1
     part = host_ids(src) if before is not None and simple else None
     dst[start:stop] = src
-    dst.__dict__.pop(_ATTR, None)
-    owner.__dict__.pop(_ATTR, None)
+    for t in (dst, owner):
+        if getattr(t, _ATTR, None) is not None:
+            delattr(t, _ATTR)
     if part is not None:
         off = dst.storage_offset() - owner.storage_offset()
         after = before.copy()
