@@ -175,10 +175,7 @@ class TreeBase(Displayable):
     def _is_device_leaf(self, node: TreeNode) -> bool:
         if node is self.root_node or node.value is None or node.full_lock_ref != 0:
             return False
-        for child in node.children.values():  # a loop, not all(genexpr): this runs on every lock change
-            if child.value is not None:
-                return False
-        return True
+        return all(child.value is None for child in node.children.values())
 
     def _update_device_leaf_status(self, node: TreeNode) -> None:
         if self._is_device_leaf(node):
