@@ -23,7 +23,7 @@ Field names follow SGLang's ``TreeNode`` so that readers can map them one to one
 =========================  ========================================================================
 
 Each LRU list has its own explicit link object on the node (``full_link``, ``mamba_link``,
-``host_mamba_link``); the functions at the end of this module build the three lists over them
+``host_mamba_link``, the last made on first use); the functions at the end of this module build the three lists over them
 (reference §1.4):
 
 =================  ==================  ===================================================
@@ -67,7 +67,7 @@ class TreeNode:
         "last_access_time",
         "full_link",
         "mamba_link",
-        "host_mamba_link",
+        "_host_mamba_link",
     )
 
     def __init__(self, node_id: int, key: RadixKey, parent: TreeNode | None = None) -> None:
@@ -89,7 +89,16 @@ class TreeNode:
         self.last_access_time = 0.0
         self.full_link = LRULink(self)
         self.mamba_link = LRULink(self)
-        self.host_mamba_link = LRULink(self)
+        self._host_mamba_link: LRULink | None = None  # made on first use: see host_mamba_link
+
+    @property
+    def host_mamba_link(self) -> LRULink:
+        """The host-state list's link, made on first use: a device-only tree never needs one, and
+        every object a node carries is one more for the garbage collector to visit."""
+        link = self._host_mamba_link
+        if link is None:
+            link = self._host_mamba_link = LRULink(self)
+        return link
 
     # -- predicates (reference §1.3) ---------------------------------------------------------
     @property
