@@ -23,8 +23,8 @@ Field names follow SGLang's ``TreeNode`` so that readers can map them one to one
 =========================  ========================================================================
 
 Each LRU list has its own explicit link object on the node (``full_link``, ``mamba_link``,
-``host_mamba_link``, the last made on first use); the functions at the end of this module build the three lists over them
-(reference §1.4):
+``host_mamba_link``, the last made on first use); the functions at the end of this module build
+the three lists over them (reference §1.4):
 
 =================  ==================  ===================================================
 list               skips when locked   members

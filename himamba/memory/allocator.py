@@ -83,10 +83,10 @@ class SlotAllocator:
             return False
         return pages is not None and not (self._pages.state[pages] == FREE).any()
 
-    def problem_with(self, indices: torch.Tensor) -> str | None:
+    def problem_with(self, indices: torch.Tensor | np.ndarray) -> str | None:
         """Why these slots cannot be named as one owner's (out of range, not allocated, named
         twice, partial pages), or ``None`` when they can; held and owned slots both count as
-        allocated. Changes nothing."""
+        allocated. ``indices`` may also be slot ids already on the host. Changes nothing."""
         pages = self._checked_pages(indices)
         if isinstance(pages, str):
             return pages
@@ -180,7 +180,7 @@ class SlotAllocator:
         a partial page."""
         ids = self._ids(indices)
         if not self._pages.all_in_use_once(ids, FREE):
-            problem = self.problem_with(indices)
+            problem = self.problem_with(ids)
             if problem in (_NOT_ALLOCATED, _NAMED_TWICE):
                 listed = self._page_ids(ids).tolist()
                 bad = sorted({p for p in listed if self._pages.state[p] == FREE or listed.count(p) > 1})
@@ -270,17 +270,15 @@ class SlotAllocator:
             ids = indices if isinstance(indices, np.ndarray) else self._ids(indices)
         except PoolError as exc:
             return str(exc)
-        pages = self._pages.pages(ids)
-        if pages is not None:
-            return pages
         ps = self.page_size
-        if len(ids) % ps:
-            return f"{len(ids)} slots do not form whole pages of {ps}"
-        rows = ids.reshape(-1, ps)
-        first = rows[:, 0] // ps
-        if (rows != (first * ps)[:, None] + self._pages.offsets).any():
+        pages = self._pages.aligned_pages(ids)
+        if pages is None:
+            if len(ids) % ps:
+                return f"{len(ids)} slots do not form whole pages of {ps}"
             return f"slots do not form whole aligned pages of {ps}: {ids[:8].tolist()}…"
-        return f"slot index out of range: pool has {self.capacity} slots, got {first.min() * ps}..{first.max() * ps + ps - 1}"
+        if len(pages) and (pages.min() < 0 or pages.max() >= self.num_pages):
+            return f"slot index out of range: pool has {self.capacity} slots, got {pages.min() * ps}..{pages.max() * ps + ps - 1}"
+        return pages
 
     def __repr__(self) -> str:
         return f"SlotAllocator({self.available_size()}/{self.capacity} free, page {self.page_size})"

@@ -28,7 +28,7 @@ class PageChecks:
     def pages(self, slots: np.ndarray) -> np.ndarray | None:
         """The pages named by the slot ids ``slots`` (1-D int64), or ``None`` when they are not
         whole aligned pages inside the pool."""
-        pages = self._aligned_pages(slots)
+        pages = self.aligned_pages(slots)
         if pages is None or not len(pages) or (pages.min() >= 0 and pages.max() < self.num_pages):
             return pages
         return None
@@ -58,8 +58,7 @@ class PageChecks:
         states, pages = self._states_of(slots)
         return states is not None and not (states == free_state).any() and self.named_once(pages)
 
-    # -- helpers ---------------------------------------------------------------------------------
-    def _aligned_pages(self, slots: np.ndarray) -> np.ndarray | None:
+    def aligned_pages(self, slots: np.ndarray) -> np.ndarray | None:
         """The page of each run of ``page_size`` slots, or ``None`` unless ``slots`` are whole
         aligned pages (not checked against the pool's size)."""
         ps = self.page_size
@@ -71,10 +70,11 @@ class PageChecks:
         pages = rows[:, 0] // ps
         return None if (rows != (pages * ps)[:, None] + self.offsets).any() else pages
 
+    # -- helpers ---------------------------------------------------------------------------------
     def _states_of(self, slots: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
         """``(states, pages)`` of ``slots``, or ``(None, None)`` when they are not whole aligned
         pages inside the pool. (Indexing refuses pages past the end; negative ones are tested.)"""
-        pages = self._aligned_pages(slots)
+        pages = self.aligned_pages(slots)
         if pages is None:
             return None, None
         try:

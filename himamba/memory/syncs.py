@@ -10,8 +10,9 @@ innermost ``himamba`` frame) while its block runs:
   synchronisations CUDA itself sees, and each warning is counted at its site.
 
 Reads made for the allocator (its checks, host copies of slot ids) count at the cache's frame
-that asked for them. Frames in this module, in the checks (``invariants``, ``integrity``) and outside ``himamba`` are
-not call sites of the cache's hot paths; calls from them count under ``"(outside)"``.
+that asked for them. Frames in this module, in the checks (``invariants``, ``integrity``, the
+fuzzer's oracle) and outside ``himamba`` are not call sites of the cache's hot paths; calls from
+them count under ``"(outside)"``.
 """
 
 from __future__ import annotations

@@ -81,8 +81,7 @@ class Ack:
             return False
         if self.handle is None or not self.handle.ready():
             return self.handle is None
-        if self.handle.landed:
-            self.release_holds()
+        self.release_holds_if_landed()
         return True
 
     def wait(self) -> None:
@@ -91,6 +90,11 @@ class Ack:
         if self.handle is not None:
             self.handle.wait()
         self.release_holds()
+
+    def release_holds_if_landed(self) -> None:
+        """Release the holds once the CPU knows the bytes are in place."""
+        if self.handle is not None and self.handle.landed:
+            self.release_holds()
 
     def release_holds(self) -> None:
         """Let the allocators hand this transfer's slots out again (once; the copy has landed
@@ -262,8 +266,7 @@ class TransferController:
             self.kv_slots_host_to_device += pending.ack.kv_tokens
             self.states_host_to_device += pending.ack.states
             pending.ack.handle = self.engine.issue(pending.plan)
-            if pending.ack.handle.landed:
-                pending.ack.release_holds()
+            pending.ack.release_holds_if_landed()
             self.engine.order_compute_after(pending.ack.handle)
             self.ack_load_queue.append(pending.ack)
             self.loads_issued += 1
@@ -324,8 +327,7 @@ class TransferController:
             ack.manual_done = True
             if ack.handle is not None:
                 ack.handle.release()
-                if ack.handle.landed:
-                    ack.release_holds()
+                ack.release_holds_if_landed()
         return ack
 
     def drop_pending_loads(self) -> None:
