@@ -164,18 +164,27 @@ class TreeBase(Displayable):
 
     # -- structure primitives ----------------------------------------------------------------------
     def _detach(self, node: TreeNode) -> None:
-        """Pop ``node`` from its parent's children (upstream's assertion when the key is absent)."""
+        """Pop ``node`` from its parent's children (upstream's assertion when the key is absent).
+
+        A detached node never returns to the tree, so its unchained LRU links drop their back
+        reference to it: with no node <-> link cycle left, the node is freed as soon as nothing
+        else holds it, instead of waiting for the cycle collector (which would walk its key's
+        tokens once more first)."""
         ck = node.key.child_key(self.page_size)
         children = node.parent.children
         if ck not in children:
             raise CacheAssertionError(f"parent does not have child key, {ck!r} (node #{node.id})")
         del children[ck]
+        for link in (node.full_link, node.mamba_link, node._host_mamba_link):
+            if link is not None and link.prev is None:
+                link.node = None
 
     # -- device leaf set (reference §1.5) -----------------------------------------------------
     def _is_device_leaf(self, node: TreeNode) -> bool:
         if node is self.root_node or node.value is None or node.full_lock_ref != 0:
             return False
-        return all(child.value is None for child in node.children.values())
+        children = node.children  # most nodes tested are new leaves: no generator for them
+        return not children or all(child.value is None for child in children.values())
 
     def _update_device_leaf_status(self, node: TreeNode) -> None:
         if self._is_device_leaf(node):

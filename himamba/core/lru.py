@@ -24,7 +24,8 @@ Node = Any  # anything with an ``id``, a ``parent`` and a ``last_access_time``
 
 
 class LRULink:
-    """One node's position in one LRU list (``node`` is ``None`` for the two sentinels)."""
+    """One node's position in one LRU list (``node`` is ``None`` for the two sentinels, and once a
+    node has left the tree for good: see ``_detach``)."""
 
     __slots__ = ("prev", "next", "node")
 
