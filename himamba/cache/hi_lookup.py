@@ -8,6 +8,7 @@ request's device slots; and each insert-time hit may trigger a write-through bac
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from himamba.cache.hi_base import HiTreeBase
@@ -52,12 +53,13 @@ class HiLookupMixin(LookupMixin, HiTreeBase):
 
     # -- insert --------------------------------------------------------------------------------
     def _take_matched_segment(
-        self, node: TreeNode, value: torch.Tensor, pos: int, p: int, prev_prefix_len: int, total: int, chunked: bool
+        self, node: TreeNode, value: torch.Tensor, ids: np.ndarray, pos: int, p: int, prev_prefix_len: int,
+        total: int, chunked: bool
     ) -> int:
         if node.value is None:
             self._unevict_node(node, value[pos:pos + p])
             return 0
-        return super()._take_matched_segment(node, value, pos, p, prev_prefix_len, total, chunked)
+        return super()._take_matched_segment(node, value, ids, pos, p, prev_prefix_len, total, chunked)
 
     def _unevict_node(self, node: TreeNode, value: torch.Tensor) -> None:
         """A host-only node on an insert's path adopts the request's device slots (KV=DH)."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 from himamba.cache.results import InsertResult, MatchResult, Request
@@ -207,18 +208,19 @@ class LookupMixin(TreeBase):
         key = as_key(key)
         if mamba_value is None:
             raise InvalidInputError("mamba_value must be a 1-element int64 tensor naming a device state slot")
-        walked = self._check_insert_args(key, value, mamba_value, prev_prefix_len)
+        walked, ids, state_ids = self._check_insert_args(key, value, mamba_value, prev_prefix_len)
         if len(key) == 0:
             return InsertResult(0, True)
-        return self._insert_helper(key, value, mamba_value, prev_prefix_len, chunked, walked)
+        return self._insert_helper(key, value, mamba_value, prev_prefix_len, chunked, walked, ids, state_ids)
 
     def _check_insert_args(
         self, key: RadixKey, value: torch.Tensor, mamba_value: torch.Tensor | None, prev_prefix_len: int
-    ) -> list[TreeNode]:
+    ) -> tuple[list[TreeNode], np.ndarray, np.ndarray | None]:
         """Raise InvalidInputError unless insert(key, value, mamba_value, prev_prefix_len) is
         well formed. ``mamba_value=None`` skips the state checks (for callers that allocate the
-        state slot only after validating). Returns the device nodes that the check's read-only
-        walk found wholly matched by ``key`` (in order from the root), for the insert to reuse."""
+        state slot only after validating). Returns what the insert reuses: the device nodes that
+        the check's read-only walk found wholly matched by ``key`` (in order from the root), and
+        the host ids of ``value`` and of ``mamba_value`` (``None`` without one) that it checked."""
         if not isinstance(value, torch.Tensor) or value.dim() != 1 or value.dtype != torch.int64:
             raise InvalidInputError("value must be a 1-D int64 tensor of device KV slots")
         if value.shape[0] != len(key):
@@ -234,19 +236,24 @@ class LookupMixin(TreeBase):
         check_on_device(value, self.kv_pool.device, "value (device KV slots)")
         if mamba_value is not None:
             check_on_device(mamba_value, self.mamba_pool.device, "mamba_value (a device state slot)")
-        state = (self.mamba_pool.allocator, mamba_value, "mamba_value", "state") if mamba_value is not None else None
-        problem = self.kv_pool.allocator.handover_problem(value, prev_prefix_len, "value", "prev_prefix_len",
-                                                          "device KV", state=state)
+        kv = self.kv_pool.allocator
+        ids = kv.host_ids(value)
+        state_ids, state = None, None
+        if mamba_value is not None:
+            states = self.mamba_pool.allocator
+            state_ids = states.host_ids(mamba_value)
+            state = (states, state_ids, "mamba_value", "state")
+        problem = kv.handover_problem(ids, prev_prefix_len, "value", "prev_prefix_len", "device KV", state=state)
         if problem is not None:
             raise InvalidInputError(problem)
         if not prev_prefix_len:
-            return []
+            return [], ids, state_ids
         reach, walked = self._device_reach(key, prev_prefix_len)
         if reach < prev_prefix_len:
             raise InvalidInputError(
                 f"prev_prefix_len={prev_prefix_len} claims the first {prev_prefix_len} slots of value come from the tree, "
                 f"but only {reach} tokens of this key are cached on device: the tree would adopt its own slots twice")
-        return walked
+        return walked, ids, state_ids
 
     def _device_reach(self, key: RadixKey, limit: int) -> tuple[int, list[TreeNode]]:
         """How many leading tokens of ``key`` (counted up to ``limit`` or a little past) lie on
@@ -269,11 +276,13 @@ class LookupMixin(TreeBase):
 
     def _insert_helper(
         self, key: RadixKey, value: torch.Tensor, mamba_value: torch.Tensor, prev_prefix_len: int, chunked: bool,
-        walked: list[TreeNode] = (),
+        walked: list[TreeNode], ids: np.ndarray, state_ids: np.ndarray,
     ) -> InsertResult:
-        """The insert's walk and changes. ``walked``: nodes the argument check found wholly
-        matched, in order; reached again through the same children, their keys (which only a
-        split changes, and a split puts a new node in the parent's place) need no new compare."""
+        """The insert's walk and changes, on arguments :meth:`_check_insert_args` passed (and
+        what it returned). ``walked``: nodes the check found wholly matched, in order; reached
+        again through the same children, their keys (which only a split changes, and a split
+        puts a new node in the parent's place) need no new compare. ``ids``, ``state_ids``: the
+        host ids of ``value`` and ``mamba_value``, so that no slot is read twice."""
         ps = self.page_size
         node = self.root_node
         full_lru, mamba_lru = self.full_lru_list, self.mamba_lru_list
@@ -291,14 +300,14 @@ class LookupMixin(TreeBase):
                 p = node.key.match_at(key, pos, ps)
             if p < len(node.key):
                 node = self._split_node(node, p)
-            total += self._take_matched_segment(node, value, pos, p, prev_prefix_len, total, chunked)
+            total += self._take_matched_segment(node, value, ids, pos, p, prev_prefix_len, total, chunked)
             pos += p
         if pos < n:
-            new = self._add_new_node(node, key[pos:], value[pos:], mamba_value)
+            new = self._add_new_node(node, key[pos:], value, ids, pos, mamba_value, state_ids)
             self._inc_hit_count(new, chunked)
             return InsertResult(total, False)
         if node.mamba_value is None:
-            self._attach_state(node, mamba_value)
+            self._attach_state(node, mamba_value, state_ids)
             return InsertResult(total, False)
         full_lru.reset_node_mru(node)
         mamba_lru.reset_node_mru(node)
@@ -317,14 +326,15 @@ class LookupMixin(TreeBase):
             self.mamba_lru_list.reset_node_mru(node)
 
     def _take_matched_segment(
-        self, node: TreeNode, value: torch.Tensor, pos: int, p: int, prev_prefix_len: int, total: int, chunked: bool
+        self, node: TreeNode, value: torch.Tensor, ids: np.ndarray, pos: int, p: int, prev_prefix_len: int,
+        total: int, chunked: bool
     ) -> int:
-        """An insert walked through ``node`` (on device), over the request's slots ``value[pos:pos + p]``:
-        free its duplicate slots past ``prev_prefix_len`` and count a hit. Returns the tokens that
-        count towards ``prefix_len``."""
+        """An insert walked through ``node`` (on device), over the request's slots ``value[pos:pos + p]``
+        (host ids ``ids[pos:pos + p]``): free its duplicate slots past ``prev_prefix_len`` and
+        count a hit. Returns the tokens that count towards ``prefix_len``."""
         if prev_prefix_len < total + p:
-            dup = value[pos + max(0, prev_prefix_len - total) : pos + p]
-            self.kv_pool.free_owned(dup)  # checked with the whole value
+            dup = ids[pos + max(0, prev_prefix_len - total) : pos + p]
+            self.kv_pool.allocator.free_owned(dup)  # checked with the whole value
             if self.events.active:
                 self.events.emit(EventKind.DUPLICATE_FREED, f"#{node.id} already cached: freed {len(dup)} duplicate request slot(s)", (node.id,))
         self._inc_hit_count(node, chunked)
@@ -335,17 +345,21 @@ class LookupMixin(TreeBase):
         if not chunked:
             node.hit_count += 1
 
-    def _add_new_node(self, parent: TreeNode, key: RadixKey, value: torch.Tensor, mamba_value: torch.Tensor) -> TreeNode:
+    def _add_new_node(self, parent: TreeNode, key: RadixKey, value: torch.Tensor, ids: np.ndarray, start: int,
+                      mamba_value: torch.Tensor, state_ids: np.ndarray) -> TreeNode:
+        """A new leaf under ``parent`` for ``key``, owning the request's slots ``value[start:]``
+        (host ids ``ids``) and its state slot (host ids ``state_ids``): copies of both."""
+        kv, states = self.kv_pool.allocator, self.mamba_pool.allocator
         node = self._new_node(key, parent)
-        node.value = slot_ids.clone(value)
-        node.mamba_value = _one_slot(slot_ids.clone(mamba_value))
-        self.kv_pool.allocator.mark_owned(value)
-        self.mamba_pool.allocator.mark_owned(mamba_value)
+        node.value = slot_ids.own_copy(value, ids, start, host_memory=kv.reads_tensor_memory)
+        node.mamba_value = slot_ids.own_copy(mamba_value, state_ids, 0, host_memory=states.reads_tensor_memory)
+        kv.mark_owned(ids[start:])
+        states.mark_owned(state_ids)
         node.last_access_time = self.tick()
         parent.children[key.child_key(self.page_size)] = node
         self.full_lru_list.insert_mru(node)
         self.mamba_lru_list.insert_mru(node)
-        self.full_evictable_size_ += value.shape[0]
+        self.full_evictable_size_ += len(key)
         self.mamba_evictable_size_ += 1
         self._refresh_leaf_status(node)
         self._refresh_leaf_status(parent)
@@ -357,9 +371,11 @@ class LookupMixin(TreeBase):
             )
         return node
 
-    def _attach_state(self, node: TreeNode, mamba_value: torch.Tensor) -> None:
-        node.mamba_value = _one_slot(slot_ids.clone(mamba_value))
-        self.mamba_pool.allocator.mark_owned(mamba_value)
+    def _attach_state(self, node: TreeNode, mamba_value: torch.Tensor, state_ids: np.ndarray) -> None:
+        """A stateless node on the insert's path adopts the request's state slot (host ids ``state_ids``)."""
+        states = self.mamba_pool.allocator
+        node.mamba_value = slot_ids.own_copy(mamba_value, state_ids, 0, host_memory=states.reads_tensor_memory)
+        states.mark_owned(state_ids)
         self.mamba_lru_list.insert_mru(node)
         self.mamba_evictable_size_ += 1
         self.full_lru_list.reset_node_mru(node)
@@ -367,7 +383,3 @@ class LookupMixin(TreeBase):
         if self.events.active:
             self.events.emit(EventKind.STATE_ATTACHED, f"tombstone #{node.id} adopts the request's state", (node.id,))
 
-
-def _one_slot(slot: torch.Tensor) -> torch.Tensor:
-    """A state slot as a node holds it: shape ``(1,)`` (a view when it had another shape)."""
-    return slot if slot.shape == (1,) else slot.view(1)

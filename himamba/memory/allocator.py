@@ -97,35 +97,37 @@ class SlotAllocator:
         return None if self._pages.named_once(pages) else _NAMED_TWICE
 
     # -- ownership: which allocated slots a tree node holds ----------------------------------------
-    def mark_owned(self, indices: torch.Tensor) -> None:
-        """Record that a tree node adopted these (allocated) slots; freeing them clears the mark."""
-        self._pages.state[self._page_ids(self._ids(indices))] = OWNED
+    def mark_owned(self, indices: torch.Tensor | np.ndarray) -> None:
+        """Record that a tree node adopted these (allocated) slots; freeing them clears the mark.
+        ``indices``: a slot tensor, or its host ids (:meth:`host_ids`)."""
+        self._pages.state[self._page_ids(self._host(indices))] = OWNED
 
     def owned_flags(self, indices: torch.Tensor) -> torch.Tensor:
         """One flag per slot (in range), a CPU tensor: does a tree node hold its page?"""
         return torch.from_numpy(self._pages.state[self._ids(indices) // self.page_size] == OWNED)
 
-    def handover_problem(self, indices: torch.Tensor, tree_len: int, name: str,
+    def handover_problem(self, indices: torch.Tensor | np.ndarray, tree_len: int, name: str,
                          len_name: str | None = None, pool: str | None = None,
                          state: tuple[SlotAllocator, torch.Tensor, str, str] | None = None) -> str | None:
         """Why ``indices`` cannot be handed to the tree, as a sentence, or ``None`` when they can:
         every slot in range and in whole aligned pages, named once; the first ``tree_len`` slots
         owned by the tree (the caller got them from it: ``len_name`` counts them) and the rest
         held by the caller (allocated, not owned). Changes nothing. ``name`` and ``pool`` label
-        the sentence (``"value ... (device KV)"``).
+        the sentence (``"value ... (device KV)"``). ``indices``: a slot tensor, or its host ids
+        (:meth:`host_ids`).
 
-        ``state`` = ``(allocator, slot, name, pool)``: also check one state slot handed over with
-        these (the caller's, page size 1), after them."""
+        ``state`` = ``(allocator, slot, name, pool)``: also check one state slot (tensor or host
+        ids) handed over with these (the caller's, page size 1), after them."""
         problem = self._handover(indices, tree_len, name, len_name, pool)
         if problem is None and state is not None:
             return state[0].handover_problem(state[1], 0, state[2], pool=state[3])
         return problem
 
-    def _handover(self, indices: torch.Tensor, tree_len: int, name: str, len_name: str | None,
+    def _handover(self, indices: torch.Tensor | np.ndarray, tree_len: int, name: str, len_name: str | None,
                   pool: str | None) -> str | None:
         where = f" ({pool})" if pool else ""
         try:
-            ids = self._ids(indices)
+            ids = self._host(indices)
         except PoolError as exc:
             return f"{name} {exc}{where}"
         ps, states = self.page_size, self._pages.state
@@ -189,10 +191,11 @@ class SlotAllocator:
                 raise PoolError(problem)
         self._release_pages(self._page_ids(ids))
 
-    def free_owned(self, indices: torch.Tensor) -> None:
+    def free_owned(self, indices: torch.Tensor | np.ndarray) -> None:
         """Return slots known to be allocated and named once (the tree's own, or input already
-        checked with :meth:`handover_problem`): no validation, so it is cheap."""
-        self._release_pages(self._page_ids(self._ids(indices)))
+        checked with :meth:`handover_problem`): no validation, so it is cheap. ``indices``: a
+        slot tensor, or its host ids (:meth:`host_ids`)."""
+        self._release_pages(self._page_ids(self._host(indices)))
 
     # -- transfers in flight -------------------------------------------------------------------
     def hold(self, indices: torch.Tensor) -> np.ndarray:
@@ -240,13 +243,17 @@ class SlotAllocator:
         something that is not an integer tensor."""
         return self._ids(indices)
 
+    def _host(self, indices: torch.Tensor | np.ndarray) -> np.ndarray:
+        """Host ids as given (what :meth:`host_ids` returned), or those of a slot tensor."""
+        return indices if type(indices) is np.ndarray else self._ids(indices)
+
     def _ids(self, indices: torch.Tensor) -> np.ndarray:
         """The slot ids of ``indices`` on the host, flattened int64: from the tensor's memory on
         the CPU, from its host copy on a GPU (read once when it has none). :class:`PoolError`
         for something that is not an integer tensor."""
         if type(indices) is torch.Tensor and indices.dtype is torch.int64 and self.reads_tensor_memory \
-                and indices.device.type == "cpu":
-            return indices.numpy().reshape(-1)  # the common case first: host memory, read in place
+                and indices.is_cpu:  # the common case first: host memory, read in place
+            return indices.numpy() if indices.dim() == 1 else indices.numpy().reshape(-1)
         if type(indices) is not torch.Tensor and not isinstance(indices, torch.Tensor):
             raise PoolError(f"indices must be a tensor of slot ids, got {type(indices).__name__}")
         if indices.dtype is not torch.int64:

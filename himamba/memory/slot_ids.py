@@ -7,8 +7,8 @@ carries a host copy of its ids, recorded with the tensor's version counter:
 
 * views share both (a view's ``_base`` holds the copy, and in-place writes through any view bump
   the one counter), so slices of a recorded tensor need no record of their own;
-* :func:`cat`, :func:`clone` and :func:`assign` record what they make or change when their inputs
-  are recorded;
+* :func:`cat`, :func:`clone`, :func:`own_copy` and :func:`assign` record what they make or
+  change when their inputs are recorded;
 * :func:`host_ids` answers from the copy while the tensor is unchanged, and otherwise reads the
   device once (:func:`read`, the one host read; the count of :mod:`himamba.memory.syncs` sees it)
   and records what it read.
@@ -111,6 +111,17 @@ def clone(t: torch.Tensor) -> torch.Tensor:
     out = t.clone()
     ids = mirrored(t)
     return out if ids is None else record(out, ids)
+
+
+def own_copy(t: torch.Tensor, ids: np.ndarray, start: int, *, host_memory: bool) -> torch.Tensor:
+    """``t``'s slots from ``start`` on, flattened, in a tensor of their own (a clone), given
+    ``ids``, ``t``'s host ids (what the allocator checked). ``host_memory``: the pool reads
+    tensors' own memory (a CPU pool), so the copy is made from the ids (one torch call where a
+    slice and a clone take two); otherwise it is a device clone, recorded with its ids."""
+    if host_memory:
+        return torch.from_numpy(ids[start:].copy())
+    part = t.reshape(-1)[start:] if start or t.dim() != 1 else t
+    return record(part.clone(), ids[start:].copy())
 
 
 def assign(dst: torch.Tensor, start: int, stop: int, src: torch.Tensor) -> None:
