@@ -128,7 +128,8 @@ def _replay(cache, items: Sequence[ReplayItem], headroom: int, sweep_every: int,
         m = cache.match_prefix(full[:plen] if plen < len(tokens) else full)
         c["ops"] += 1
         prefix, node = m.device_indices, m.last_device_node
-        c["device_hits"] += len(prefix)
+        matched = prefix.shape[0]  # not len(): Tensor.__len__ runs in Python
+        c["device_hits"] += matched
         if tiered:
             if m.host_hit_length > 0:
                 loaded, last = cache.init_load_back(m.best_match_node)
@@ -139,7 +140,7 @@ def _replay(cache, items: Sequence[ReplayItem], headroom: int, sweep_every: int,
                     node = last
                 cache.ready_to_load_host_cache()
             cache.check_hicache_events()
-        matched = prefix.shape[0]
+            matched = prefix.shape[0]
         c["matched"] += matched
         c["prompt"] += plen
         if weight is not None:
