@@ -798,3 +798,23 @@ def test_node_at_finds_only_nodes_ending_exactly_there_and_changes_nothing(page_
     assert cache.node_at(b + [99] * ps) is None and cache.node_at([99] * ps) is None
     assert ([(n.id, n.last_access_time) for n in cache.nodes()], list(cache.full_lru_list.nodes())) == before
     assert_healthy(cache)
+
+
+def test_a_match_leaves_edges_holding_the_querys_token_objects_without_sharing_its_list():
+    """A wholly matched edge takes the query's copy of its tokens (so that the insert that follows
+    compares identical objects); its tokens are unchanged and no caller's list is held."""
+    cache = make_cache(device_kv_tokens=64, device_mamba_slots=8)
+    put(cache, [1000 + i for i in range(6)])
+    put(cache, [1000 + i for i in range(10)])
+    upper, lower = node_at(cache, [1000 + i for i in range(6)]), node_at(cache, [1000 + i for i in range(10)])
+    query = [int(str(1000 + i)) for i in range(12)]  # equal values, objects of its own
+    assert not any(a is b for a, b in zip(query[:6], upper.key.token_ids, strict=True))
+    cache.match_prefix(query)
+    assert upper.key.token_ids == [1000 + i for i in range(6)]
+    assert lower.key.token_ids == [1006 + i for i in range(4)]
+    assert all(a is b for a, b in zip(query[:6], upper.key.token_ids, strict=True))
+    assert all(a is b for a, b in zip(query[6:10], lower.key.token_ids, strict=True))
+    query[0] = 7  # the caller's list is not the tree's
+    assert upper.key.token_ids[0] == 1000
+    assert cache.match_prefix([7, 1001]).device_indices.shape[0] == 0
+    assert_healthy(cache)

@@ -82,7 +82,7 @@ class LookupMixin(TreeBase):
                 break
             if node.mamba_value is not None or node.mamba_host_value is not None:
                 best, best_len = node, len(segs)
-            p = child.key.match_at(key, pos, ps)
+            p = child.key.match_at(key, pos, ps, share=True)  # the insert to come compares the same tokens
             if p < len(child.key):
                 child = self._split_node(child, p)
                 if child.value is not None:

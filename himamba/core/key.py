@@ -73,15 +73,24 @@ class RadixKey:
         plain = self.token_ids[pos] if page_size == 1 else tuple(self.token_ids[pos:pos + page_size])
         return plain if self.extra_key is None else (self.extra_key, plain)
 
-    def match_at(self, other: RadixKey, pos: int, page_size: int = 1) -> int:
+    def match_at(self, other: RadixKey, pos: int, page_size: int = 1, *, share: bool = False) -> int:
         """``self.match(other[pos:], page_size)`` without copying the rest of ``other``: only
-        ``len(self)`` of its tokens are compared. Walks use it to move along a query by offset."""
+        ``len(self)`` of its tokens are compared. Walks use it to move along a query by offset.
+
+        ``share``: when all of this key matches, it keeps the query's copy of those tokens (equal
+        values, the query's int objects) instead of its own. A later compare against the same
+        query, such as the insert that follows a match, then meets the very same objects, which
+        list equality passes without comparing values (about ten times faster). The key's
+        tokens do not change, and no list anyone else holds is shared."""
         if self.extra_key != other.extra_key:
             raise InvalidInputError(
                 f"cannot match keys with different extra keys ({self.extra_key!r} vs {other.extra_key!r})"
             )
         mine = self.token_ids
-        n = common_prefix_len(mine, other.token_ids[pos:pos + len(mine)])
+        theirs = other.token_ids[pos:pos + len(mine)]  # a new list: nobody else holds it
+        n = common_prefix_len(mine, theirs)
+        if share and n == len(mine):
+            self.token_ids = theirs
         return n - n % page_size if page_size > 1 else n
 
     def match(self, other: RadixKey, page_size: int = 1) -> int:
