@@ -83,7 +83,7 @@ class LookupMixin(TreeBase):
             if node.mamba_value is not None or node.mamba_host_value is not None:
                 best, best_len = node, len(segs)
             p = child.key.match_at(key, pos, ps, share=True)  # the insert to come compares the same tokens
-            if p < len(child.key):
+            if p < len(child.key.token_ids):  # (the list's len: RadixKey.__len__ is a Python call)
                 child = self._split_node(child, p)
                 if child.value is not None:
                     segs.append(child.value)
@@ -223,16 +223,17 @@ class LookupMixin(TreeBase):
         the host ids of ``value`` and of ``mamba_value`` (``None`` without one) that it checked."""
         if not isinstance(value, torch.Tensor) or value.dim() != 1 or value.dtype != torch.int64:
             raise InvalidInputError("value must be a 1-D int64 tensor of device KV slots")
-        if value.shape[0] != len(key):
-            raise InvalidInputError(f"value has {len(value)} slots but the key has {len(key)} tokens")
-        if len(key) % self.page_size:
-            raise InvalidInputError(f"key of {len(key)} tokens is not a multiple of the page size {self.page_size}")
+        n = len(key.token_ids)
+        if value.shape[0] != n:
+            raise InvalidInputError(f"value has {len(value)} slots but the key has {n} tokens")
+        if n % self.page_size:
+            raise InvalidInputError(f"key of {n} tokens is not a multiple of the page size {self.page_size}")
         if mamba_value is not None and (
             not isinstance(mamba_value, torch.Tensor) or mamba_value.numel() != 1 or mamba_value.dtype != torch.int64
         ):
             raise InvalidInputError("mamba_value must be a 1-element int64 tensor naming a device state slot")
-        if type(prev_prefix_len) is not int or not 0 <= prev_prefix_len <= len(key):
-            check_int(prev_prefix_len, "prev_prefix_len", 0, len(key))
+        if type(prev_prefix_len) is not int or not 0 <= prev_prefix_len <= n:
+            check_int(prev_prefix_len, "prev_prefix_len", 0, n)
         check_on_device(value, self.kv_pool.device, "value (device KV slots)")
         if mamba_value is not None:
             check_on_device(mamba_value, self.mamba_pool.device, "mamba_value (a device state slot)")
@@ -268,7 +269,7 @@ class LookupMixin(TreeBase):
                 break
             p = child.key.match_at(key, pos, ps)
             pos += p
-            if p < len(child.key):
+            if p < len(child.key.token_ids):
                 break
             walked.append(child)
             node = child
@@ -295,10 +296,10 @@ class LookupMixin(TreeBase):
             node.last_access_time = self.tick()
             self._refresh_insert_lru(node)
             if node is expect:
-                p, expect = len(node.key), next(known, None)
+                p, expect = len(node.key.token_ids), next(known, None)
             else:
                 p = node.key.match_at(key, pos, ps)
-            if p < len(node.key):
+            if p < len(node.key.token_ids):
                 node = self._split_node(node, p)
             total += self._take_matched_segment(node, value, ids, pos, p, prev_prefix_len, total, chunked)
             pos += p

@@ -128,10 +128,19 @@ class LRUList:
     def reset_node_mru(self, node: Node) -> None:
         """Move a member to the most-recently-used end."""
         link = self.link(node)
-        if link.prev is None:
+        prev = link.prev
+        if prev is None:
             raise self._not_member(node)
-        self._unlink(link)
-        self._link_after(self.head, link)
+        head = self.head
+        if prev is head:
+            return
+        # unlink and relink at the head in one step: the hottest list operation (every walk)
+        nxt = link.next
+        prev.next = nxt
+        nxt.prev = prev
+        first = head.next
+        link.prev, link.next = head, first
+        head.next = first.prev = link
 
     def reset_node_and_parents_mru(self, node: Node, root: Node) -> None:
         """Move ``node`` and its ancestors (up to, not including, ``root``) to the MRU end,

@@ -125,16 +125,18 @@ class SlotAllocator:
 
     def _handover(self, indices: torch.Tensor | np.ndarray, tree_len: int, name: str, len_name: str | None,
                   pool: str | None) -> str | None:
-        where = f" ({pool})" if pool else ""
         try:
             ids = self._host(indices)
         except PoolError as exc:
-            return f"{name} {exc}{where}"
+            return f"{name} {exc}{f' ({pool})' if pool else ''}"
         ps, states = self.page_size, self._pages.state
-        if ps == 1 and tree_len == 0 and len(ids) == 1 and 0 <= ids[0] < self.num_pages:
-            return _one_slot_sentence(int(states[ids[0]]), name, pool)  # a state slot: the common case
+        if ps == 1 and tree_len == 0 and len(ids) == 1:  # a state slot: the common case, in plain ints
+            slot = int(ids[0])
+            if 0 <= slot < self.num_pages:
+                return _one_slot_sentence(int(states[slot]), name, pool)
         if tree_len % ps == 0 and self._pages.split_ok(ids, tree_len // ps, OWNED, HELD):
             return None
+        where = f" ({pool})" if pool else ""
         pages = self._checked_pages(ids)
         if isinstance(pages, str):
             return f"{name} {pages}{where}"
