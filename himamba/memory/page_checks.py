@@ -46,12 +46,13 @@ class PageChecks:
 
     def split_ok(self, slots: np.ndarray, tree_pages: int, tree_state: int, rest_state: int) -> bool:
         """Are ``slots`` whole pages inside the pool, each named once, the first ``tree_pages``
-        pages in ``tree_state`` and the rest in ``rest_state``?"""
+        pages in ``tree_state`` and the rest in ``rest_state``? (One byte compare for the states.)"""
         states, pages = self._states_of(slots)
         if states is None:
             return False
         k = min(tree_pages, len(pages))
-        return self._all(states[:k], tree_state) and self._all(states[k:], rest_state) and self.named_once(pages)
+        return (states.tobytes() == self._run(tree_state, k) + self._run(rest_state, len(pages) - k)
+                and self.named_once(pages))
 
     def all_in_use_once(self, slots: np.ndarray, free_state: int) -> bool:
         """Are ``slots`` whole pages inside the pool, each named once, none free?"""
@@ -85,9 +86,9 @@ class PageChecks:
             return None, None
         return states, pages
 
-    def _all(self, states: np.ndarray, state: int) -> bool:
-        """Is every entry of ``states`` (int8) equal to ``state``? One byte compare."""
+    def _run(self, state: int, n: int) -> bytes:
+        """``n`` pages' worth of ``state``, as the bytes of an int8 state array."""
         run = self._runs.get(state)
         if run is None:
             run = self._runs[state] = np.full(self.num_pages, state, dtype=np.int8).tobytes()
-        return states.tobytes() == run[: len(states)]
+        return run[:n]
