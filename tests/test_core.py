@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import random
+import weakref
 
 import pytest
 import torch
@@ -748,6 +749,30 @@ class TestEvents:
         assert all(e.data["stop"] for e in inner[5:])
         assert "evict" in str(events[0]) and str(inner[0]).startswith("  ")
         assert_healthy(cache)
+
+    def test_operations_are_bracketed_only_while_someone_listens(self):
+        """With no listener an operation is the plain method (no bracketing call in between);
+        the first listener brackets every operation, the last one leaving removes it; a
+        controller's eviction callback is bracketed too; the bus keeps no cache alive."""
+        cache = make_cache(cls=hm.HiMambaRadixCache, host_kv_tokens=64, host_mamba_slots=8)
+        plain = type(cache).__dict__.get("insert") or hm.MambaRadixCache.insert
+        assert "insert" not in vars(cache) and cache.insert.__func__ is plain
+        events, stop = _record(cache)
+        second = cache.events.subscribe(lambda e: None)
+        assert cache.insert.__func__ is not plain
+        cache.cache_controller.evict_device_states(1)
+        assert [(e.kind, e.data.get("op")) for e in events][:1] == [(EventKind.OP_BEGIN, "evict_mamba")]
+        stop()
+        assert cache.insert.__func__ is not plain  # one listener is left
+        second()
+        assert "insert" not in vars(cache) and cache.insert.__func__ is plain
+        put(cache, [1, 2])
+        assert len(events) == 2  # nothing recorded after the listeners left
+        device = make_cache()
+        _record(device)[1]()
+        gone = weakref.ref(device)
+        del device  # freed at once: listening left no cycle behind
+        assert gone() is None
 
     def test_nested_operations_nest_their_events(self):
         cache = make_cache()

@@ -44,8 +44,9 @@ class HiTreeBase(TreeBase):
             self.cache_controller = TransferController(
                 self.kv_pool, self.mamba_pool, self.host_kv_pool, self.host_mamba_pool,
                 manual_acks=self._manual_acks,
-                evict_host_states=self.evict_mamba_host,
-                evict_device_states=self.evict_mamba,
+                # looked up at each call, so that they are bracketed while anyone listens
+                evict_host_states=lambda n: self.evict_mamba_host(n),
+                evict_device_states=lambda n: self.evict_mamba(n),
                 engine=make_engine(cfg.copy_engine, self.device),
             )
         super()._init_tree()

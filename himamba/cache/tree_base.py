@@ -50,7 +50,7 @@ class TreeBase(Displayable):
         self.page_size = config.page_size
         self.device = resolve_device(config.device)
         self._check_memory(config)
-        self.events = EventBus()
+        self.events = EventBus(owner=self)  # brackets the operations while anyone listens
         self.kv_pool = KVPool(config.model, config.device_kv_tokens, config.page_size, self.device)
         self.mamba_pool = MambaPool(config.model, config.device_mamba_slots, self.device)
         self.full_lru_list = full_lru_list()

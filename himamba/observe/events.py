@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import types
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
@@ -71,26 +73,37 @@ Listener = Callable[[Event], None]
 
 
 class EventBus:
-    """Fan-out of events to listeners. ``active`` is true while at least one listens."""
+    """Fan-out of events to listeners. ``active`` is true while at least one listens.
 
-    __slots__ = ("_listeners", "active", "depth")
+    ``owner``: the object whose :func:`operation` methods are bracketed while anyone listens
+    (held weakly: the bus keeps no cache alive)."""
 
-    def __init__(self) -> None:
+    __slots__ = ("_listeners", "active", "depth", "_owner")
+
+    def __init__(self, owner: Any = None) -> None:
         self._listeners: list[Listener] = []
         self.active = False
         self.depth = 0
+        self._owner = None if owner is None else weakref.ref(owner)
 
     def subscribe(self, listener: Listener) -> Callable[[], None]:
         """Start delivering events to ``listener``; returns a function that stops it."""
         self._listeners.append(listener)
-        self.active = True
+        self._set_active(True)
 
         def unsubscribe() -> None:
             if listener in self._listeners:
                 self._listeners.remove(listener)
-            self.active = bool(self._listeners)
+            self._set_active(bool(self._listeners))
 
         return unsubscribe
+
+    def _set_active(self, active: bool) -> None:
+        if active != self.active:
+            self.active = active
+            owner = None if self._owner is None else self._owner()
+            if owner is not None:
+                trace_operations(owner, active)
 
     def emit(self, kind: EventKind, text: str, nodes: tuple[int, ...] = (), **data: Any) -> None:
         """Deliver one event. Callers check ``active`` first so that nothing is built in vain."""
@@ -136,30 +149,64 @@ class CacheListener:
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+_OPERATION = "_himamba_operation"  # the mark operation() leaves on a method: its name
+
+
 def operation(name: str) -> Callable[[F], F]:
-    """Decorate a public cache method: bracket it by OP_BEGIN/OP_END events when anyone listens.
+    """Mark a public cache method as the operation ``name``: while anyone listens to the
+    object's :class:`EventBus` (built with the object as ``owner``), its calls are bracketed
+    by OP_BEGIN/OP_END events (:func:`trace_operations`). With no listener the method runs as
+    written, at no cost."""
 
-    The wrapped object must have an ``events`` attribute holding an :class:`EventBus`.
-    """
+    def mark(fn: F) -> F:
+        setattr(fn, _OPERATION, name)
+        return fn
 
-    def wrap(fn: F) -> F:
-        @functools.wraps(fn)
-        def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
-            bus: EventBus = self.events
-            if not bus.active:
-                return fn(self, *args, **kwargs)
-            bus.emit(EventKind.OP_BEGIN, f"{name}({_describe_args(args, kwargs)})", op=name)
-            bus.depth += 1
-            try:
-                result = fn(self, *args, **kwargs)
-            finally:
-                bus.depth -= 1
-            bus.emit(EventKind.OP_END, f"{name} -> {_short(result)}", op=name)
-            return result
+    return mark
 
-        return wrapper  # type: ignore[return-value]
 
-    return wrap
+def trace_operations(obj: Any, on: bool) -> None:
+    """Bracket the :func:`operation` methods of ``obj`` (which has ``events``) by OP_BEGIN and
+    OP_END events (``on``), or give it back its plain methods. The bracketed ones are bound
+    methods in the instance's ``__dict__``, so calls through ``self`` inside an operation are
+    bracketed too (one level deeper); a call through ``super()`` is not."""
+    methods = _operations(type(obj))
+    if on:
+        for attr, (fn, name) in methods.items():
+            setattr(obj, attr, types.MethodType(_bracketed(fn, name), obj))
+    else:
+        for attr in methods:
+            obj.__dict__.pop(attr, None)
+
+
+@functools.cache
+def _operations(cls: type) -> dict[str, tuple[Callable[..., Any], str]]:
+    """The :func:`operation` methods of ``cls`` by attribute, as its instances resolve them."""
+    found: dict[str, tuple[Callable[..., Any], str]] = {}
+    for klass in reversed(cls.__mro__):
+        for attr, fn in vars(klass).items():
+            name = getattr(fn, _OPERATION, None)
+            if name is not None:
+                found[attr] = (fn, name)
+            elif attr in found:
+                del found[attr]  # overridden by a plain method
+    return found
+
+
+def _bracketed(fn: Callable[..., Any], name: str) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def bracketed(self: Any, *args: Any, **kwargs: Any) -> Any:
+        bus: EventBus = self.events
+        bus.emit(EventKind.OP_BEGIN, f"{name}({_describe_args(args, kwargs)})", op=name)
+        bus.depth += 1
+        try:
+            result = fn(self, *args, **kwargs)
+        finally:
+            bus.depth -= 1
+        bus.emit(EventKind.OP_END, f"{name} -> {_short(result)}", op=name)
+        return result
+
+    return bracketed
 
 
 def _describe_args(args: tuple, kwargs: dict) -> str:
