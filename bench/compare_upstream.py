@@ -8,7 +8,8 @@ Both caches replay the same trace with the same protocol (``../shared/bench/READ
 lock, allocate KV with ``evict(short + 256)`` on shortage and a state slot with
 ``evict_mamba(8)``, insert, unlock; every 50 requests evict to 25% free; 300,000 KV tokens, 600
 states, page size 1, one torch thread). Runs alternate himamba, SGLang, himamba, ... so both see
-the same machine load; the line printed has each side's median ``requests_per_s`` over the runs,
+the same machine load, each after a full collection (so that no run pays for the garbage the
+one before it left); the line printed has each side's median ``requests_per_s`` over the runs,
 ``speedup`` (median of the per-pair ratios himamba / SGLang), the same on this process's CPU time
 (``*_per_cpu_s``, ``speedup_cpu``: steadier on a shared machine), the fastest run of each side
 (``*_best_requests_per_cpu_s``, ``speedup_best``: the least disturbed runs), hit rates and
@@ -124,7 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     gc.freeze()
     ours, theirs = [], []
     for _ in range(max(1, args.repeat)):
+        gc.collect()  # the last run's garbage (a tree with cycles waits for the collector) is not this run's
         ours.append(protocol.replay(protocol.make_cache(), items))
+        gc.collect()
         theirs.append(replay_sglang(sg, items))
     ratios = [b["seconds"] / a["seconds"] for a, b in zip(ours, theirs, strict=True)]
     cpu_ratios = [a["requests_per_cpu_s"] / b["requests_per_cpu_s"] for a, b in zip(ours, theirs, strict=True)]
