@@ -183,8 +183,10 @@ class TreeBase(Displayable):
     def _is_device_leaf(self, node: TreeNode) -> bool:
         if node is self.root_node or node.value is None or node.full_lock_ref != 0:
             return False
-        children = node.children  # most nodes tested are new leaves: no generator for them
-        return not children or all(child.value is None for child in children.values())
+        for child in node.children.values():  # noqa: SIM110 -- a plain loop: no generator on this hot path
+            if child.value is not None:
+                return False
+        return True
 
     def _update_device_leaf_status(self, node: TreeNode) -> None:
         if self._is_device_leaf(node):
