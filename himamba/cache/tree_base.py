@@ -226,7 +226,7 @@ class TreeBase(Displayable):
         while x is not root:
             if x.value is not None:
                 if x.full_lock_ref == 0:
-                    n = x.value.shape[0]
+                    n = len(x.key.token_ids)  # = len(x.value) (I2), without a tensor call
                     self.full_evictable_size_ -= n
                     self.full_protected_size_ += n
                     delta -= n
@@ -284,7 +284,7 @@ class TreeBase(Displayable):
                 x.evicted_lock_ref -= 1
             elif x.value is not None:
                 if x.full_lock_ref == 1:
-                    n = x.value.shape[0]
+                    n = len(x.key.token_ids)  # = len(x.value) (I2)
                     self.full_evictable_size_ += n
                     self.full_protected_size_ -= n
                     delta += n
