@@ -108,7 +108,7 @@ class SlotAllocator:
 
     def handover_problem(self, indices: torch.Tensor | np.ndarray, tree_len: int, name: str,
                          len_name: str | None = None, pool: str | None = None,
-                         state: tuple[SlotAllocator, torch.Tensor, str, str] | None = None) -> str | None:
+                         state: tuple[SlotAllocator, torch.Tensor | np.ndarray, str, str] | None = None) -> str | None:
         """Why ``indices`` cannot be handed to the tree, as a sentence, or ``None`` when they can:
         every slot in range and in whole aligned pages, named once; the first ``tree_len`` slots
         owned by the tree (the caller got them from it: ``len_name`` counts them) and the rest
