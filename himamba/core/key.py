@@ -88,9 +88,12 @@ class RadixKey:
             )
         mine = self.token_ids
         theirs = other.token_ids[pos:pos + len(mine)]  # a new list: nobody else holds it
-        n = common_prefix_len(mine, theirs)
-        if share and n == len(mine):
-            self.token_ids = theirs
+        if theirs == mine:  # the walks' usual case: the whole edge matches
+            if share:
+                self.token_ids = theirs
+            n = len(mine)
+        else:
+            n = common_prefix_len(mine, theirs)
         return n - n % page_size if page_size > 1 else n
 
     def match(self, other: RadixKey, page_size: int = 1) -> int:

@@ -100,7 +100,11 @@ class SlotAllocator:
     def mark_owned(self, indices: torch.Tensor | np.ndarray) -> None:
         """Record that a tree node adopted these (allocated) slots; freeing them clears the mark.
         ``indices``: a slot tensor, or its host ids (:meth:`host_ids`)."""
-        self._pages.state[self._page_ids(self._host(indices))] = OWNED
+        ids = self._host(indices)
+        if len(ids) == 1 and self.page_size == 1:  # a state slot: a plain store, not a scatter
+            self._pages.state[int(ids[0])] = OWNED
+        else:
+            self._pages.state[self._page_ids(ids)] = OWNED
 
     def owned_flags(self, indices: torch.Tensor) -> torch.Tensor:
         """One flag per slot (in range), a CPU tensor: does a tree node hold its page?"""
