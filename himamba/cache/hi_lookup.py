@@ -57,16 +57,18 @@ class HiLookupMixin(LookupMixin, HiTreeBase):
         total: int, chunked: bool
     ) -> int:
         if node.value is None:
-            self._unevict_node(node, value[pos:pos + p])
+            self._unevict_node(node, value[pos:pos + p], ids[pos:pos + p])
             return 0
         return super()._take_matched_segment(node, value, ids, pos, p, prev_prefix_len, total, chunked)
 
-    def _unevict_node(self, node: TreeNode, value: torch.Tensor) -> None:
-        """A host-only node on an insert's path adopts the request's device slots (KV=DH)."""
+    def _unevict_node(self, node: TreeNode, value: torch.Tensor, ids: np.ndarray) -> None:
+        """A host-only node on an insert's path adopts the request's device slots ``value``
+        (host ids ``ids``) (KV=DH)."""
         if node.value is not None or node.mamba_value is not None:
             raise CacheAssertionError(f"unevict: node #{node.id} is not evicted")
-        node.value = slot_ids.clone(value)
-        self.kv_pool.allocator.mark_owned(value)
+        kv = self.kv_pool.allocator
+        node.value = slot_ids.own_copy(value, ids, 0, host_memory=kv.reads_tensor_memory)
+        kv.mark_owned(ids)
         self.full_lru_list.insert_mru(node)
         self.full_evictable_size_ += len(value)
         self._refresh_leaf_status(node)

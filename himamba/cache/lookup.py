@@ -335,7 +335,7 @@ class LookupMixin(TreeBase):
         count a hit. Returns the tokens that count towards ``prefix_len``."""
         if prev_prefix_len < total + p:
             dup = ids[pos + max(0, prev_prefix_len - total) : pos + p]
-            self.kv_pool.allocator.free_owned(dup)  # checked with the whole value
+            self.kv_pool.free_owned(dup)  # checked with the whole value
             if self.events.active:
                 self.events.emit(EventKind.DUPLICATE_FREED, f"#{node.id} already cached: freed {len(dup)} duplicate request slot(s)", (node.id,))
         self._inc_hit_count(node, chunked)

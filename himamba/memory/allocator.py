@@ -280,7 +280,7 @@ class SlotAllocator:
         """The pages of ``indices``, or a sentence: not an integer tensor, not whole aligned
         pages, or out of range."""
         try:
-            ids = indices if isinstance(indices, np.ndarray) else self._ids(indices)
+            ids = self._host(indices)
         except PoolError as exc:
             return str(exc)
         ps = self.page_size

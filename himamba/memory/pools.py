@@ -13,6 +13,7 @@ pool that CUDA copies should read from and write to asynchronously.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from himamba.memory.allocator import SlotAllocator, check_pool_capacity
@@ -40,8 +41,9 @@ class _Pool:
         """Return slots; double and foreign frees raise and change nothing."""
         self.allocator.free(indices)
 
-    def free_owned(self, indices: torch.Tensor) -> None:
-        """Return slots the caller knows are allocated and distinct (unchecked, cheap)."""
+    def free_owned(self, indices: torch.Tensor | np.ndarray) -> None:
+        """Return slots the caller knows are allocated and distinct (unchecked, cheap): a slot
+        tensor, or its host ids (``allocator.host_ids``)."""
         self.allocator.free_owned(indices)
 
     def available_size(self) -> int:
