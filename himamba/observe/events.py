@@ -5,7 +5,9 @@ so with no listener an event costs one attribute read and nothing is built. List
 :class:`Event` records synchronously, in order, while the cache is mid-operation: they may read
 the cache but must not change it.
 
-Public operations are bracketed by ``OP_BEGIN`` / ``OP_END`` events; ``Event.depth`` tells how
+Public operations are bracketed by ``OP_BEGIN`` / ``OP_END`` events (``OP_FAILED`` instead of
+``OP_END`` when the operation raises: emitted once, by the innermost operation the exception
+leaves, before it propagates unchanged); ``Event.depth`` tells how
 deeply the event is nested (an ``evict_mamba`` that falls back to a leaf eviction has depth 1
 inside it), so a recorder can group steps by the public call that caused them.
 """
@@ -31,6 +33,7 @@ class EventKind(str, Enum):
 
     OP_BEGIN = "op_begin"  # a public operation starts
     OP_END = "op_end"  # ... and returns
+    OP_FAILED = "op_failed"  # ... or raises: the exception type and message (the state as it left it)
     NODE_CREATED = "node_created"  # a new leaf hung under a parent
     SPLIT = "split"  # an edge split in two
     LRU_REFRESH = "lru_refresh"  # nodes moved to the MRU end / retimed
@@ -78,9 +81,10 @@ class EventBus:
     ``owner``: the object whose :func:`operation` methods are bracketed while anyone listens
     (held weakly: the bus keeps no cache alive)."""
 
-    __slots__ = ("_listeners", "active", "depth", "_owner")
+    __slots__ = ("_listeners", "active", "depth", "_owner", "_failed")
 
     def __init__(self, owner: Any = None) -> None:
+        self._failed: BaseException | None = None  # the exception an OP_FAILED event reported last
         self._listeners: list[Listener] = []
         self.active = False
         self.depth = 0
@@ -201,8 +205,18 @@ def _bracketed(fn: Callable[..., Any], name: str) -> Callable[..., Any]:
         bus.depth += 1
         try:
             result = fn(self, *args, **kwargs)
-        finally:
+        except BaseException as exc:
             bus.depth -= 1
+            if bus.active and bus._failed is not exc:
+                bus._failed = exc  # the operations around this one re-raise it without a second event
+                bus.emit(EventKind.OP_FAILED, f"{name} raised {type(exc).__name__}: {_short_error(exc)}", op=name,
+                         error=type(exc).__name__, message=str(exc))
+            if bus.depth == 0:
+                bus._failed = None  # keep no exception (and its frames) alive after the outermost call
+            raise
+        bus.depth -= 1
+        if bus.depth == 0:
+            bus._failed = None
         bus.emit(EventKind.OP_END, f"{name} -> {_short(result)}", op=name)
         return result
 
@@ -212,6 +226,12 @@ def _bracketed(fn: Callable[..., Any], name: str) -> Callable[..., Any]:
 def _describe_args(args: tuple, kwargs: dict) -> str:
     parts = [_short(a) for a in args] + [f"{k}={_short(v)}" for k, v in kwargs.items()]
     return ", ".join(parts)
+
+
+def _short_error(exc: BaseException, limit: int = 300) -> str:
+    """The exception's message on one line, at most ``limit`` characters."""
+    text = " ".join(str(exc).split()) or "(no message)"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _short(value: Any) -> str:
