@@ -582,7 +582,7 @@ class TestModelSpecPresets:
 
     def test_presets_and_scaling(self):
         presets = hm.ModelSpec.presets()
-        assert set(presets) == {"tiny", "qwen3-next-80b-a3b", "nemotron-h-8b", "jamba-v0.1", "falcon-h1"}
+        assert set(presets) == {"tiny", "qwen3-next-80b-a3b", "nemotron-h-8b", "jamba-v0.1", "falcon-h1", "attention-mamba2-7b"}
         qwen = presets["qwen3-next-80b-a3b"]
         small = qwen.scaled(1, 2)
         assert (small.num_full_layers, small.num_mamba_layers) == (1, 2)

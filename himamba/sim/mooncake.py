@@ -138,21 +138,24 @@ def ceilings(requests: Iterable[MooncakeRequest]) -> dict[str, float | int]:
       of an earlier request's ``hash_ids``;
     * ``ceiling_sequence_end`` — the longest ``k`` such that ``hash_ids[:k]`` equals an earlier
       request's whole ``hash_ids``;
-    * ``ceiling_page_aligned`` — the same against earlier requests' page-aligned keys.
+    * ``ceiling_page_aligned`` — the same against earlier requests' page-aligned keys;
+    * ``ceiling_branch_point`` — the same against the ends of earlier requests and their branch
+      points: where an earlier request's ``hash_ids`` left every request before it (Marconi's
+      admission, :mod:`himamba.sim.admission`).
 
     Also returns ``requests``, ``prompt_blocks`` and ``prompt_tokens``. The trie of every prefix
     seen is kept as one dict ``(parent node, hash id) -> node``.
     """
     children: dict[tuple[int, int], int] = {}
-    ends = {"sequence_end": set(), "page_aligned": set()}
-    blocks = {"attention": 0, "sequence_end": 0, "page_aligned": 0}
+    ends = {"sequence_end": set(), "page_aligned": set(), "branch_point": set()}
+    blocks = {"attention": 0, "sequence_end": 0, "page_aligned": 0, "branch_point": 0}
     tokens = dict.fromkeys(blocks, 0)
     n = total_blocks = total_tokens = 0
     for r in requests:
         n += 1
         total_blocks += len(r.hash_ids)
         total_tokens += r.input_length
-        node, best = 0, {"attention": 0, "sequence_end": 0, "page_aligned": 0}
+        node, best = 0, dict.fromkeys(blocks, 0)
         path = []
         for depth, h in enumerate(r.hash_ids, 1):
             nxt = children.get((node, h))
@@ -164,10 +167,14 @@ def ceilings(requests: Iterable[MooncakeRequest]) -> dict[str, float | int]:
             for policy, marks in ends.items():
                 if node in marks:
                     best[policy] = depth
+        branch = len(path)
         for depth in range(len(path), len(r.hash_ids)):  # grow the trie by the unseen rest
             node = children.setdefault((node, r.hash_ids[depth]), len(children) + 1)
             path.append(node)
         ends["sequence_end"].add(path[-1])
+        ends["branch_point"].add(path[-1])
+        if 0 < branch < len(path):
+            ends["branch_point"].add(path[branch - 1])
         if r.full_blocks:
             ends["page_aligned"].add(path[r.full_blocks - 1])
         for policy, k in best.items():
