@@ -81,10 +81,10 @@ def test_svg_shows_every_node_with_its_id_and_counters():
                 f"hmr={v.host_mamba_ref_counter}") in text
         assert f"{len(v.key)} tok" in text
     # the compact legend is one strip in the graph label, not a box; "full" is the long one
-    assert "legend" not in found and "full tombstone" in svg and "changed" in svg
+    assert "legend" not in found and "full tombstone: 3-D box" in html.unescape(svg) and "changed" in svg
     assert "legend" in boxes(hm.to_svg(cache, legend="full"))
     bare = hm.to_svg(cache, legend=False)
-    assert "full tombstone" not in bare and "legend" not in boxes(bare)
+    assert "full tombstone: 3-D box" not in html.unescape(bare) and "legend" not in boxes(bare)
     with pytest.raises(hm.InvalidInputError, match="legend"):
         hm.render(cache, legend="long")
 
@@ -464,7 +464,7 @@ def test_stepper_buttons_and_stepping_back():
     assert st.index == 3
     with pytest.raises(IndexError):
         st.go(len(rec))
-    assert "mismatch" in st.lru_html.value
+    assert "full LRU:" in st.lru_html.value and "<th>pos</th>" in st.lru_html.value  # the compact view
     assert st.widget.children[1].value.count("hm-legend") == 1  # the legend, once
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from himamba.observe.snapshot import NodeView, Snapshot
+from himamba.observe.snapshot import NodeView, Snapshot, moved_to_front
 
 KEYFRAME_EVERY = 64  # entries between full copies
 _BUILT_KEPT = 4  # entries kept built after a read
@@ -83,13 +83,7 @@ def lru_change(old: tuple[int, ...], new: tuple[int, ...]) -> object:
     """How LRU order ``new`` follows from ``old`` (see :class:`Delta`)."""
     if new is old or new == old:
         return None
-    at = {nid: i for i, nid in enumerate(old)}
-    k, last = len(new), len(old)
-    while k > 0:  # the longest tail of ``new`` that keeps the relative order it had in ``old``
-        pos = at.get(new[k - 1])
-        if pos is None or pos >= last:
-            break
-        last, k = pos, k - 1
+    k = moved_to_front(old, new)
     if k > _MOVED_AT_MOST:
         return new
     kept = set(new)

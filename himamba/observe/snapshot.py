@@ -221,7 +221,7 @@ def diff(a: Snapshot, b: Snapshot) -> list[str]:
         out.append(f"node #{nid}: " + ", ".join(changes))
     for name in sorted(set(a.lru) | set(b.lru)):
         if a.lru.get(name) != b.lru.get(name):
-            out.append(f"{name} LRU: {list(a.lru.get(name, ()))} → {list(b.lru.get(name, ()))}")
+            out.append(f"{name} LRU: {lru_sentence(a.lru.get(name, ()), b.lru.get(name, ()))}")
     for name in sorted(set(a.counters) | set(b.counters)):
         if a.counters.get(name) != b.counters.get(name):
             out.append(f"{name}: {a.counters.get(name)} → {b.counters.get(name)}")
@@ -229,6 +229,41 @@ def diff(a: Snapshot, b: Snapshot) -> list[str]:
         if a.pools.get(name) != b.pools.get(name):
             out.append(f"{name} pool used: {a.pools.get(name, (0, 0))[0]} → {b.pools.get(name, (0, 0))[0]}")
     return out
+
+
+def moved_to_front(old: tuple[int, ...], new: tuple[int, ...]) -> int:
+    """How many ids lead ``new`` before its longest tail that keeps the relative order those ids
+    had in ``old``: ``new`` is ``new[:k]`` followed by ``old`` without ``new[:k]`` and without
+    the ids that left. O(len)."""
+    at = {nid: i for i, nid in enumerate(old)}
+    k, last = len(new), len(old)
+    while k > 0:
+        pos = at.get(new[k - 1])
+        if pos is None or pos >= last:
+            break
+        last, k = pos, k - 1
+    return k
+
+
+SHORT_LRU = 12  # lists up to this long are written out whole in diff sentences
+
+
+def lru_sentence(old: tuple[int, ...], new: tuple[int, ...]) -> str:
+    """How an LRU order changed: both orders when short (``[1, 2] → [2, 1]``), else what moved
+    to the MRU end, what joined and what left (``#7, #3 to the MRU end; #9 left`` of 1,000)."""
+    if max(len(old), len(new)) <= SHORT_LRU:
+        return f"{list(old)} → {list(new)}"
+    k = moved_to_front(old, new)
+    kept = set(new)
+    left = [nid for nid in old if nid not in kept]
+
+    def ids(seq: list[int] | tuple[int, ...]) -> str:
+        return ", ".join(f"#{i}" for i in seq[:8]) + (f" and {len(seq) - 8} more" if len(seq) > 8 else "")
+
+    parts = [f"{ids(new[:k])} to the MRU end"] if k else []
+    if left:
+        parts.append(f"{ids(left)} left")
+    return "; ".join(parts or ["reordered"]) + f" ({len(new)} nodes)"
 
 
 def changed_nodes(a: Snapshot | None, b: Snapshot) -> tuple[tuple[int, ...], tuple[int, ...]]:

@@ -4,6 +4,7 @@ LRU positions and short key texts. Everything here reads Snapshots only (never l
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Mapping
 from typing import Any
 
@@ -76,5 +77,24 @@ def node_id(node: Any) -> int:
 
 
 def name_map(names: Mapping[Any, str] | None) -> dict[int, str]:
-    """``{node_or_id: "P"}`` as ``{id: "P"}``."""
-    return {node_id(k): str(v) for k, v in (names or {}).items()}
+    """``{node_or_id: "P"}`` as ``{id: "P"}``. A name holding a control character or a lone
+    surrogate (which neither ``dot`` nor a UTF-8 page can carry) is refused with
+    :class:`~himamba.errors.InvalidInputError`; markup in a name is fine (every view escapes it)."""
+    out = {}
+    for k, v in (names or {}).items():
+        nid, text = node_id(k), str(v)
+        bad = next((ch for ch in text if unicodedata.category(ch) in ("Cc", "Cs")), None)
+        if bad is not None:
+            raise InvalidInputError(f"name {text!r} of node #{nid} holds U+{ord(bad):04X} (a control character or "
+                                    "lone surrogate); names must be printable text")
+        out[nid] = text
+    return out
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters and lone surrogates written as ``\\x07`` / ``\\ud800``
+    escapes (for texts the views did not write, such as a loaded step log's)."""
+    if all(unicodedata.category(ch) not in ("Cc", "Cs") for ch in text):
+        return text
+    return "".join(ch.encode("unicode_escape").decode("ascii") if unicodedata.category(ch) in ("Cc", "Cs") else ch
+                   for ch in text)

@@ -5,10 +5,14 @@
     cmp                         # in a notebook: a stepper with both trees side by side
     cmp.to_html("b1.html")      # one self-contained page, offline
 
-Steps are aligned on what they say (their operation, kind and text, with node ids kept), the
-longest common sequence first (:mod:`difflib`); a step with no partner gets an empty cell.
-Only decision steps are aligned unless ``all_steps=True``. The view starts one row before the
-first difference (for context); the rows before it are the same in both recordings.
+Steps are aligned by operation first, then by step: the two sequences of public operations
+(by name) are matched, longest common sequence first (:mod:`difflib`); inside each matched pair
+of operations their steps are matched on what they say (kind and text, node ids kept); an
+operation or a step with no partner gets empty cells, so two steps of different operations
+never share a row. A failure step (an operation that raised) is a step like any other and
+differs from whatever stands beside it. Only decision steps are aligned unless
+``all_steps=True``. The view starts one row before the first difference (for context); the
+rows before it are the same in both recordings.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from html import escape
 from pathlib import Path
 from typing import Any
 
@@ -36,17 +41,39 @@ def _steps(rec: Recorder | Sequence[Step], all_steps: bool) -> list[Step]:
     return steps if all_steps else [s for s in steps if is_decision(s)]
 
 
+def _operations(steps: Sequence[Step]) -> list[list[Step]]:
+    groups: list[list[Step]] = []
+    for s in steps:
+        if groups and groups[-1][0].op_index == s.op_index:
+            groups[-1].append(s)
+        else:
+            groups.append([s])
+    return groups
+
+
+def _pair(a: Sequence[Any], b: Sequence[Any], key: Any) -> list[tuple[str, list[Any], list[Any]]]:
+    """Blocks of ``a`` and ``b``: ("equal", same-length runs) or ("other", the runs between)."""
+    matcher = difflib.SequenceMatcher(None, [key(x) for x in a], [key(y) for y in b], autojunk=False)
+    return [("equal" if tag == "equal" else "other", list(a[i1:i2]), list(b[j1:j2]))
+            for tag, i1, i2, j1, j2 in matcher.get_opcodes()]
+
+
+def _side_by_side(left: list[Step], right: list[Step]) -> list[tuple[Step | None, Step | None]]:
+    return [(left[k] if k < len(left) else None, right[k] if k < len(right) else None)
+            for k in range(max(len(left), len(right)))]
+
+
 def align(a: Sequence[Step], b: Sequence[Step]) -> list[tuple[Step | None, Step | None]]:
-    """Pairs of steps (``None`` where one side has no partner), in order."""
+    """Pairs of steps (``None`` where one side has no partner), in order: operations matched by
+    name first, then the steps of each matched pair of operations (see the module docstring)."""
     pairs: list[tuple[Step | None, Step | None]] = []
-    matcher = difflib.SequenceMatcher(None, [_signature(s) for s in a], [_signature(s) for s in b], autojunk=False)
-    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
-        if tag == "equal":
-            pairs += list(zip(a[i1:i2], b[j1:j2], strict=True))
+    for tag, ops_a, ops_b in _pair(_operations(a), _operations(b), lambda op: op[0].op):
+        if tag != "equal":
+            pairs += [(s, None) for op in ops_a for s in op] + [(None, s) for op in ops_b for s in op]
             continue
-        left, right = list(a[i1:i2]), list(b[j1:j2])
-        for k in range(max(len(left), len(right))):
-            pairs.append((left[k] if k < len(left) else None, right[k] if k < len(right) else None))
+        for op_a, op_b in zip(ops_a, ops_b, strict=True):
+            for inner, left, right in _pair(op_a, op_b, lambda s: (s.kind, s.text)):
+                pairs += list(zip(left, right, strict=True)) if inner == "equal" else _side_by_side(left, right)
     return pairs
 
 
@@ -89,22 +116,38 @@ class Comparison:
             rows = []
             for i, (x, y) in enumerate(self.pairs[self.start:], self.start):
                 differs = x is None or y is None or _signature(x) != _signature(y)
-                heading = f"aligned step {i + 1} of {len(self.pairs)}" + (" · differs" if differs else " · same")
-                rows.append(Row((frame(x), frame(y)), heading, True, differs))
+                op = (x or y).op
+                failed = " · FAILED" if any(s is not None and s.failed for s in (x, y)) else ""
+                heading = (f"aligned step {i + 1} of {len(self.pairs)} · {op}{failed}"
+                           + (" · differs" if differs else " · same"))
+                rows.append(Row((frame(x), frame(y)), heading, True, differs, anchor=i + 1))
             self._rows = rows
         return self._rows
 
+    @property
+    def failures(self) -> list[tuple[int, str, Step]]:
+        """The failure steps: (aligned row index, column label, step), in order."""
+        return [(i, self.labels[k], s) for i, pair in enumerate(self.pairs) for k, s in enumerate(pair)
+                if s is not None and s.failed]
+
     def intro(self) -> str:
+        """A paragraph (HTML, escaped) on where the recordings part and where either failed."""
         first = self.first_difference
         if first is None:
-            return f"<p>The two recordings say the same things in all {len(self.pairs)} steps.</p>"
-        return (f"<p>The first {first} aligned step(s) are the same in both; they part at step "
-                f"{first + 1} (orange bar), shown here from step {self.start + 1}.</p>")
+            text = f"The two recordings say the same things in all {len(self.pairs)} steps."
+        else:
+            step_s = "step is" if first == 1 else "steps are"
+            text = (f"The first {first} aligned {step_s} the same in both; they part at step {first + 1} "
+                    f"(dashed orange line), shown here from step {self.start + 1}.")
+        for i, label, step in self.failures:
+            text += f" {label} fails at aligned step {i + 1} (#step={i + 1}): {step.text}."
+        return f"<p>{escape(text)}</p>"
 
-    def to_html(self, path: str | Path, title: str | None = None) -> Path:
-        """Write one self-contained page with both recordings side by side; returns the path."""
+    def to_html(self, path: str | Path, title: str | None = None, theme: str = "auto") -> Path:
+        """Write one self-contained page with both recordings side by side (``theme``: auto,
+        light or dark); follows no symbolic link; returns the path."""
         title = title or f"{self.labels[0]} vs {self.labels[1]}"
-        return write_page(path, title, self.rows(), self.labels, self.intro())
+        return write_page(path, title, self.rows(), self.labels, self.intro(), theme)
 
     def _ipython_display_(self) -> None:
         from IPython.display import HTML, display

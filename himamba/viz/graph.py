@@ -30,11 +30,11 @@ from himamba.observe.recorder import Step
 from himamba.observe.snapshot import NodeView, Snapshot
 from himamba.viz import style
 from himamba.viz.collapse import choose
-from himamba.viz.common import as_snapshot, key_text, lru_positions, name_map, node_id
+from himamba.viz.common import as_snapshot, key_text, lru_positions, name_map, node_id, printable
 
 DEFAULT_MAX_NODES = 150
-MAX_WIDTH_PT = 1000.0
-MIN_SCALE = 0.6
+MAX_WIDTH_PT = 720.0  # JupyterLab's output area is about 968 CSS px = 726 pt with the file browser open
+MIN_SCALE = 0.7
 SLACK = 1.0  # share of the widest natural width the box estimates may fill
 TITLE_WIDTH = 110  # characters per title line
 LAYOUTS = ("TB", "LR")
@@ -70,10 +70,16 @@ def _title_lines(obj: Any, snap: Snapshot, title: str | bool | None) -> list[str
     elif isinstance(obj, Step):
         lines.append(f"step {obj.index} · op {obj.op_index} {obj.op}")
         lines.append(f"{obj.kind}: {obj.text}")
-    if lines:
-        for what, ids in snap.in_flight:
-            lines.append(f"in flight: {what} ({', '.join(f'#{i}' for i in ids)})")
-    return [part for line in lines for part in textwrap.wrap(line, TITLE_WIDTH) or [""]]
+    if lines and snap.in_flight:
+        lines.append(in_flight_text(snap))
+    return [part for line in lines for part in textwrap.wrap(printable(line), TITLE_WIDTH) or [""]]
+
+
+def in_flight_text(snap: Snapshot, limit: int = 3) -> str:
+    """One line for the transfers in flight: ``in flight (19): write ack 3 (#1, #2); ...; 16 more``."""
+    items = [f"{what} ({', '.join(f'#{i}' for i in ids)})" for what, ids in snap.in_flight]
+    more = f"; {len(items) - limit} more" if len(items) > limit else ""
+    return f"in flight ({len(items)}): " + "; ".join(items[:limit]) + more
 
 
 def box_width(v: NodeView, name: str | None = None, ranks: str = "") -> float:
@@ -127,7 +133,8 @@ def render(obj: Any, *, highlight: Iterable[Any] | None = None, ghosts: Iterable
       ``"full"`` the long legend, ``False`` none; ``title``: a heading (a Step's default: its
       operation and text; ``False`` or ``""``: none).
     * ``layout``: ``"TB"`` (root on top) or ``"LR"`` (root on the left).
-    * ``names``: ``{node_or_id: "P"}``, shown in front of the node's id.
+    * ``names``: ``{node_or_id: "P"}``, shown in front of the node's id (a name holding a
+      control character or a lone surrogate is refused with ``InvalidInputError``).
 
     Never changes ``obj``. Node boxes are named ``n<id>``; ghosts ``g<id>``; summary boxes
     ``c<parent id>``; the full legend node ``legend``.
@@ -152,7 +159,8 @@ def render(obj: Any, *, highlight: Iterable[Any] | None = None, ghosts: Iterable
     top = snap.root.id
     ghost_list, anchors = _attach_ghosts(snap, ghosts or (), top, set(by_id))
     prefer = [v.id for v in snap.nodes if v.locked or v.pinned]
-    positions = lru_positions(snap) if lru_rank else {}
+    every_position = lru_positions(snap)
+    positions = every_position if lru_rank else {}
 
     def ranks_of(v: NodeView) -> str:
         return style.ranks_text(v, positions) if positions else ""
@@ -167,7 +175,8 @@ def render(obj: Any, *, highlight: Iterable[Any] | None = None, ghosts: Iterable
            labelloc="t", labeljust="l")
     if fit:
         g.attr("graph", size=f"{MAX_WIDTH_PT / 72:.3f},1000")
-    g.attr("node", shape="box", style="filled", fontname=style.FONT, fontsize="9", margin="0.04,0.02")
+    g.attr("node", shape="box", style="filled", fontname=style.FONT, fontsize="9", margin="0.04,0.02",
+           fontcolor=style.INK)
     g.attr("edge", arrowsize="0.5", color="#6b7280")
     lines = _title_lines(obj, snap, title)
     strip = style.legend_strip() if legend == "compact" else ""
@@ -177,7 +186,8 @@ def render(obj: Any, *, highlight: Iterable[Any] | None = None, ghosts: Iterable
     for nid in visible.keep:
         v = by_id[nid]
         g.node(_name(nid), style.node_label(v, highlighted=nid in highlight, ranks=ranks_of(v),
-                                            name=labels.get(nid)), **style.node_attrs(v))
+                                            name=labels.get(nid)),
+               **style.node_attrs(v, style.tooltip_text(v, every_position, labels.get(nid))))
         if nid != top:
             g.edge(_name(v.parent), _name(nid))
     for parent, f in visible.folded.items():
@@ -185,7 +195,8 @@ def render(obj: Any, *, highlight: Iterable[Any] | None = None, ghosts: Iterable
         g.edge(_name(parent), f"c{parent}", style="dashed")
     drawn_ghosts = {gv.id for gv in ghost_list}
     for gv in ghost_list:
-        g.node(f"g{gv.id}", style.node_label(gv, ghost=True, name=labels.get(gv.id)), **style.ghost_attrs())
+        g.node(f"g{gv.id}", style.node_label(gv, ghost=True, name=labels.get(gv.id)),
+               tooltip="deleted by this step\n" + style.tooltip_text(gv, {}, labels.get(gv.id)), **style.ghost_attrs())
         parent = f"g{gv.parent}" if gv.parent in drawn_ghosts else _name(gv.parent)
         g.edge(parent, f"g{gv.id}", style="dashed", color=style.GHOST)
     if legend == "full":

@@ -24,9 +24,10 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from himamba.errors import InvalidInputError
 from himamba.observe.recorder import Recorder, Step
-from himamba.viz.export import Row, write_page
-from himamba.viz.frames import Frame, build_frame, is_decision
+from himamba.viz.export import THEMES, Row, write_page
+from himamba.viz.frames import DIFFERS_STYLE, Frame, build_frame, is_decision
 from himamba.viz.style import legend_html
 
 
@@ -42,9 +43,11 @@ class Player:
 
     def __init__(self, rows: Sequence[Row] | tuple[int, Callable[[int], Row]], *,
                  columns: Sequence[str] = ("",), decisions: Sequence[bool] | None = None,
-                 show_lru: bool = True, all_steps: bool = False) -> None:
+                 show_lru: bool = True, all_steps: bool = False, theme: str = "auto") -> None:
         import ipywidgets as widgets
 
+        if theme not in THEMES:
+            raise InvalidInputError(f"theme must be one of {', '.join(THEMES)}, got {theme!r}")
         if isinstance(rows, tuple) and len(rows) == 2 and callable(rows[1]):
             self._count, self._build = rows
         else:
@@ -55,7 +58,11 @@ class Player:
         self.prev_button = widgets.Button(description="◀ prev", tooltip="previous step (←)", layout=widgets.Layout(width="80px"))
         self.next_button = widgets.Button(description="next ▶", tooltip="next step (→)", layout=widgets.Layout(width="80px"))
         self.play = widgets.Play(value=0, min=0, max=0, step=1, interval=900, description="play",
+                                 tooltip="play the steps one by one (▶ play, ❚❚ pause, ■ stop)",
                                  show_repeat=False, layout=widgets.Layout(width="90px"))
+        self.full_lru = widgets.Checkbox(value=False, description="whole LRU table", indent=False,
+                                         tooltip="show every row of the LRU lists (built on demand)",
+                                         layout=widgets.Layout(width="150px"))
         self.slider = widgets.IntSlider(value=0, min=0, max=0, description="step", continuous_update=False,
                                         readout=False, layout=widgets.Layout(width="30%"))
         widgets.link((self.play, "value"), (self.slider, "value"))
@@ -71,8 +78,10 @@ class Player:
         self.next_button.on_click(lambda _b: self.next())
         self.slider.observe(lambda change: self._show(change["new"]), names="value")
         self.all_steps.observe(lambda _c: self._refilter(), names="value")
-        controls = widgets.HBox([self.prev_button, self.next_button, self.play, self.slider, self.all_steps,
-                                 self.position])
+        self.full_lru.observe(lambda _c: self._show(self._index) if self._shown else None, names="value")
+        controls = widgets.HBox([self.prev_button, self.next_button, widgets.Label("play:"), self.play, self.slider,
+                                 self.all_steps, *([self.full_lru] if show_lru else []), self.position],
+                                layout=widgets.Layout(flex_flow="row wrap"))
         panes = []
         for i, name in enumerate(columns):
             parts = ([widgets.HTML(f"<b>{escape(name)}</b>")] if name else []) + [self.info_panes[i], self.tree_panes[i]]
@@ -80,7 +89,9 @@ class Player:
             side_by_side = widgets.Layout(flex="1 1 0", min_width="0") if n > 1 else widgets.Layout()
             panes.append(widgets.VBox(parts, layout=side_by_side))
         body = panes[0] if n == 1 else widgets.HBox(panes)
-        self.widget = widgets.VBox([controls, widgets.HTML(legend_html()), body])
+        self.widget = widgets.VBox([controls, widgets.HTML(_THEME_CSS + legend_html()), body])
+        self.widget.add_class(f"hm-theme-{theme}")
+        self.theme = theme
         self._keys = _arrow_keys(self.widget, self)
         self._shown: list[int] = []
         self._index = 0
@@ -151,7 +162,7 @@ class Player:
         for k, frame in enumerate(row.frames):
             self.info_panes[k].value = _info(frame, row)
             self.tree_panes[k].value = frame.svg if frame else ""
-            self.lru_panes[k].value = frame.lru if frame else ""
+            self.lru_panes[k].value = (frame.full_lru() if self.full_lru.value else frame.lru) if frame else ""
         self.prev_button.disabled = i == 0
         self.next_button.disabled = i == len(self._shown) - 1
         kind = "steps" if self.all_steps.value else "decision steps"
@@ -163,11 +174,28 @@ class Player:
         display(self.widget)
 
 
+#: Colours of the widget's own HTML in each theme: "auto" follows JupyterLab's theme variables;
+#: drawings keep their light fills (dark ink on every fill) on a transparent background.
+_THEME_CSS = """<style>
+.hm-theme-dark{background:#0f172a;color:#e5e7eb;padding:4px}
+.hm-theme-dark .widget-html-content,.hm-theme-dark .widget-label{color:#e5e7eb}
+.hm-theme-light{background:#fff;color:#111827;padding:4px}
+.hm-theme-auto .widget-html-content{color:var(--jp-ui-font-color1,inherit)}
+.hm-theme-dark svg>g>polygon:first-of-type,.hm-theme-auto svg>g>polygon:first-of-type{fill:transparent}
+.hm-lru-view table{font-size:11px;border-collapse:collapse;margin:4px 8px 4px 0;display:inline-table;
+  vertical-align:top}
+.hm-lru-view td,.hm-lru-view th{padding:1px 5px}
+.hm-lru-view caption{text-align:left;font-weight:bold}
+</style>"""
+
+
 def _info(frame: Frame | None, row: Row) -> str:
     if frame is None:
-        return '<i style="color:#6b7280">(no step here)</i>'
-    bar = "border-left:4px solid #f97316;padding-left:6px" if row.differs else ""
-    return f'<div style="{bar}"><b>{escape(frame.title)}</b>{frame.changes}</div>'
+        return '<i style="opacity:0.7">(no step here)</i>'
+    text = frame.info_html()
+    if row.differs and not frame.failed:
+        return f'<div style="{DIFFERS_STYLE}">{text}<small>(differs from the other column)</small></div>'
+    return text
 
 
 def _arrow_keys(widget: Any, player: Player) -> Any:
@@ -201,7 +229,8 @@ class Stepper(Player):
     """
 
     def __init__(self, steps: Recorder | Sequence[Step], *, show_lru: bool = True, all_steps: bool = False,
-                 names: Mapping[Any, str] | None = None, zoom: bool = True, **render_kw: Any) -> None:
+                 names: Mapping[Any, str] | None = None, zoom: bool = True, theme: str = "auto",
+                 **render_kw: Any) -> None:
         self.steps: list[Step] = list(steps.steps if isinstance(steps, Recorder) else steps)
         if not all(isinstance(s, Step) for s in self.steps):
             raise TypeError("Stepper needs a Recorder or a sequence of Step objects")
@@ -209,10 +238,10 @@ class Stepper(Player):
 
         def build(i: int) -> Row:
             frame = build_frame(self.steps[i], **self.render_kw)
-            return Row((frame,), frame.title, frame.decision)
+            return Row((frame,), frame.title, frame.decision, anchor=self.steps[i].index)
 
         super().__init__((len(self.steps), build), decisions=[is_decision(s) for s in self.steps],
-                         show_lru=show_lru, all_steps=all_steps)
+                         show_lru=show_lru, all_steps=all_steps, theme=theme)
         self.info_html, self.tree_html, self.lru_html = self.info_panes[0], self.tree_panes[0], self.lru_panes[0]
 
     @property
@@ -221,18 +250,23 @@ class Stepper(Player):
         return self.steps[self.row_index] if self._shown else None
 
     def to_html(self, path: str | Path, title: str = "himamba: recorded steps") -> Path:
-        """All steps as one offline page (see :func:`to_html`)."""
-        return to_html(self.steps, path, title=title, **self.render_kw)
+        """All steps as one offline page (see :func:`to_html`), in this stepper's theme."""
+        return to_html(self.steps, path, title=title, theme=self.theme, **self.render_kw)
 
 
 def to_html(steps: Recorder | Sequence[Step], path: str | Path, *, title: str = "himamba: recorded steps",
             names: Mapping[Any, str] | None = None, show_lru: bool = True, zoom: bool = True,
-            **render_kw: Any) -> Path:
+            theme: str = "auto", **render_kw: Any) -> Path:
     """Write ``steps`` as one self-contained HTML page (see :mod:`himamba.viz.export`): decision
-    steps by default, every step with the "all steps" box; returns the path."""
+    steps by default, every step with the "all steps" box, a link per step (``#step=N``, N the
+    step's index), a play button and a theme menu (``theme``: auto, light or dark). Follows no
+    symbolic link; returns the path."""
     steps = list(steps.steps if isinstance(steps, Recorder) else steps)
+    if theme not in THEMES:
+        raise InvalidInputError(f"theme must be one of {', '.join(THEMES)}, got {theme!r}")
     rows = []
     for step in steps:
         frame = build_frame(step, names=names, show_lru=show_lru, zoom=zoom, **render_kw)
-        rows.append(Row((frame,), f"step {step.index}", frame.decision))
-    return write_page(path, title, rows)
+        heading = f"step {step.index}" + (" · FAILED" if frame.failed else "")
+        rows.append(Row((frame,), heading, frame.decision, anchor=step.index))
+    return write_page(path, title, rows, theme=theme)

@@ -2,10 +2,15 @@
 
 One place decides how a node looks, so the legend can never disagree with the boxes:
 
-* fill colour = node kind (:func:`himamba.viz.common.node_kind`);
-* border: red and thick = locked (``fl > 0`` or ``ml > 0``), purple double = pinned
-  (``hr > 0`` or ``hmr > 0``), both = red double; text markers ``LOCK`` / ``PIN`` too;
-* an orange header = changed by the step shown; dashed grey = a ghost (deleted by the step);
+* fill colour and outline = node kind (:func:`himamba.viz.common.node_kind`): device blue
+  square, tombstone yellow with cut corners, host-only lilac rounded, full tombstone grey
+  3-D box (the colours stay apart under colour-blindness simulations, :mod:`himamba.viz.palette`,
+  and the outline carries the kind without them);
+* border: vermilion and thick = locked (``fl > 0`` or ``ml > 0``), purple double = pinned
+  (``hr > 0`` or ``hmr > 0``), both = vermilion double; text markers ``LOCK`` / ``PIN`` too;
+* an orange header and a ``*`` before the id = changed by the step shown; dashed grey = a
+  ghost (deleted by the step), marked ``DELETED``;
+* every box has a tooltip (:func:`tooltip_text`): the counters, tiers and last access time;
 * ``Ld`` / ``Lh`` = member of the evictable device / host leaf set; ``f2 m1 h3`` = positions
   in the full / mamba / host-mamba LRU lists (1 = most recently used).
 Fonts may lack emoji, so every marker is plain text. A text run never starts with a space after a
@@ -22,33 +27,51 @@ from himamba.viz.common import LRU_SHORT, key_text, node_kind
 
 FONT = "Helvetica"
 
+#: Fills by node kind: a colour-blind-safe set (blue, yellow, lilac, grey; checked under
+#: simulated protanopia, deuteranopia and tritanopia in :mod:`himamba.viz.palette`), each kind
+#: also drawn with its own outline (:data:`KIND_SHAPE`), so no meaning rests on colour alone.
 FILL = {
     "root": "#ffffff",
-    "device": "#b7e4c7",
-    "tombstone": "#fde68a",
-    "host-only": "#bfdbfe",
-    "full tombstone": "#d1d5db",
+    "device": "#569ffc",
+    "tombstone": "#f5e663",
+    "host-only": "#e7b8ff",
+    "full tombstone": "#a3a3a3",
+}
+#: Outline by node kind (graphviz shape and style): square, cut corners, rounded, 3-D box.
+KIND_SHAPE = {
+    "root": ("box", "filled"),
+    "device": ("box", "filled"),
+    "tombstone": ("box", "filled,diagonals"),
+    "host-only": ("box", "filled,rounded"),
+    "full tombstone": ("box3d", "filled"),
 }
 SHORT_KIND = {"device": "device", "tombstone": "tombstone", "host-only": "host-only",
               "full tombstone": "full tomb."}
 KIND_TEXT = {
-    "device": "device: KV and state on device",
-    "tombstone": "tombstone: KV on device, state only on host",
-    "host-only": "host-only: KV and state only on host",
-    "full tombstone": "full tombstone: no state on either tier",
+    "device": "device (square box): KV and state on device",
+    "tombstone": "tombstone (cut corners): KV on device, state only on host",
+    "host-only": "host-only (rounded): KV and state only on host",
+    "full tombstone": "full tombstone (3-D box): no state on either tier",
 }
 BORDER = "#374151"
-LOCK_COLOR = "#dc2626"
-PIN_COLOR = "#7c3aed"
-HIGHLIGHT = "#fb923c"
+LOCK_COLOR = "#d55e00"
+PIN_COLOR = "#5e3c99"
+HIGHLIGHT = "#e08a00"
 GHOST = "#9ca3af"
-COLLAPSED_FILL = "#f3f4f6"
-NAME_COLOR = "#1d4ed8"
+COLLAPSED_FILL = "#f4f4f4"
+NAME_COLOR = "#6b0f5c"  # dark magenta: readable on every fill
+INK = "#111827"  # text on every fill, in light and dark pages alike
+CHANGED_MARK = "*"  # in front of a changed node's id: the highlight is not colour alone
 
 
-def node_attrs(v: NodeView) -> dict[str, str]:
-    """Graphviz node attributes: fill by kind; border by lock / pin."""
-    attrs = {"fillcolor": FILL[node_kind(v)], "color": BORDER, "penwidth": "1"}
+def node_attrs(v: NodeView, tooltip: str = "") -> dict[str, str]:
+    """Graphviz node attributes: fill and outline by kind; border by lock / pin; the tooltip
+    (``tooltip``: plain text; see :func:`tooltip_text`)."""
+    kind = node_kind(v)
+    shape, fill_style = KIND_SHAPE[kind]
+    attrs = {"fillcolor": FILL[kind], "color": BORDER, "penwidth": "1", "shape": shape, "style": fill_style}
+    if tooltip:
+        attrs["tooltip"] = tooltip
     if v.locked:
         attrs.update(color=LOCK_COLOR, penwidth="3")
     if v.pinned:
@@ -56,6 +79,23 @@ def node_attrs(v: NodeView) -> dict[str, str]:
         if not v.locked:
             attrs["color"] = PIN_COLOR
     return attrs
+
+
+def tooltip_text(v: NodeView, positions: dict[str, dict[int, int]], name: str | None = None) -> str:
+    """A node's hover text: id and name, key and length, tiers, the eight counters (fl, ml, hr,
+    hmr, hit_count and the positions f, m, h in the LRU lists; ``-`` = not a member), its last
+    access time and leaf-set membership."""
+    if v.is_root:
+        return "root" + (f" ({name})" if name else "")
+    ranks = " ".join(f"{LRU_SHORT.get(k, k)}={pos.get(v.id, '-')}" for k, pos in positions.items())
+    return "\n".join([
+        f"#{v.id}{f' ({name})' if name else ''} {key_text(v.key, 12)} {len(v.key)} token{'s' if len(v.key) != 1 else ''}",
+        f"{node_kind(v)}: KV {v.kv_tier}, state {v.state_tier}",
+        f"fl={v.full_lock_ref} ml={v.mamba_lock_ref} hr={v.host_ref_counter} hmr={v.host_mamba_ref_counter} "
+        f"hit_count={v.hit_count} {ranks}".rstrip(),
+        f"last access t={v.last_access_time:g}"
+        + (" · evictable device leaf" if v.device_leaf else "") + (" · evictable host leaf" if v.host_leaf else ""),
+    ])
 
 
 def _row(text: str, bgcolor: str | None = None) -> str:
@@ -71,11 +111,12 @@ def node_label(v: NodeView, *, highlighted: bool = False, ranks: str = "",
     """An HTML-like label: name (when given), id, key preview and length; tiers; counters;
     markers; LRU ranks."""
     head_bg = HIGHLIGHT if highlighted else None
+    mark = f"<B>{CHANGED_MARK}</B>" if highlighted else ""
     named = f'<FONT COLOR="{NAME_COLOR}"><B>{escape(name)}</B></FONT>{NBSP}' if name else ""
     if v.is_root:
-        rows = [_row(f"{named}<B>root</B>", head_bg)]
+        rows = [_row(f"{mark}{named}<B>root</B>", head_bg)]
     else:
-        head = f"{named}<B>#{v.id}</B>{NBSP}{escape(key_text(v.key))} {len(v.key)} tok"
+        head = f"{mark}{named}<B>#{v.id}</B>{NBSP}{escape(key_text(v.key))} {len(v.key)} tok"
         rows = [
             _row(head, head_bg),
             _row(f"KV={v.kv_tier} M={v.state_tier}"),
@@ -138,36 +179,51 @@ def title_label(lines: list[str], legend: str = "") -> str:
 
 #: The compact legend: (text, cell attributes) per item, one line.
 STRIP = (
-    ("device", {"bgcolor": FILL["device"], "border": "1"}),
-    ("tombstone", {"bgcolor": FILL["tombstone"], "border": "1"}),
-    ("host-only", {"bgcolor": FILL["host-only"], "border": "1"}),
-    ("full tombstone", {"bgcolor": FILL["full tombstone"], "border": "1"}),
-    ("LOCK fl/ml&gt;0", {"border": "2", "color": LOCK_COLOR}),
-    ("PIN hr/hmr&gt;0", {"border": "2", "color": PIN_COLOR}),
-    ("changed", {"bgcolor": HIGHLIGHT, "border": "1"}),
-    ("deleted", {"border": "1", "color": GHOST, "style": "dashed"}),
+    ("device: square", {"bgcolor": FILL["device"], "border": "1"}),
+    ("tombstone: cut corners", {"bgcolor": FILL["tombstone"], "border": "1"}),
+    ("host-only: rounded", {"bgcolor": FILL["host-only"], "border": "1"}),
+    ("full tombstone: 3-D box", {"bgcolor": FILL["full tombstone"], "border": "1"}),
+    ("LOCK thick fl/ml&gt;0", {"border": "3", "color": LOCK_COLOR}),
+    ("PIN double hr/hmr&gt;0", {"border": "2", "color": PIN_COLOR}),
+    (f"{CHANGED_MARK} changed", {"bgcolor": HIGHLIGHT, "border": "1"}),
+    ("deleted (dashed)", {"border": "1", "color": GHOST, "style": "dashed"}),
     ("… folded", {"bgcolor": COLLAPSED_FILL, "border": "1"}),
-    ("KV=D/H M=d/h · Ld/Lh leaf sets · f m h LRU rank", {}),
+    ("KV=D/H M=d/h · Ld/Lh leaf sets · f m h LRU rank · hover a box for its counters", {}),
 )
 
 
 def legend_strip() -> str:
-    """The compact legend as one graphviz HTML table row: a cell per fill, border and marker."""
-    cells = "".join(
-        f"<TD{''.join(f' {k.upper()}={chr(34)}{v}{chr(34)}' for k, v in attrs.items())}>"
-        f'<FONT POINT-SIZE="8">{text}</FONT></TD>' for text, attrs in STRIP)
-    return f'<TABLE BORDER="0" CELLBORDER="0" CELLSPACING="4" CELLPADDING="2"><TR>{cells}</TR></TABLE>'
+    """The compact legend as a small graphviz HTML table: a row of the node kinds (fill and
+    outline), a row of borders and markers, and a line on how to read a label (about 500 pt
+    wide, so the legend never makes a fitted drawing wider)."""
+    cells = [f"<TD{''.join(f' {k.upper()}={chr(34)}{v}{chr(34)}' for k, v in attrs.items())}>"
+             f'<FONT POINT-SIZE="8">{text}</FONT></TD>' for text, attrs in STRIP]
+    rows = [cells[:4], cells[4:9]]  # kinds; then borders and markers (the how-to-read line apart)
+    body = "".join(f"<TR>{''.join(r)}</TR>" for r in rows)
+    inner = f'<TABLE BORDER="0" CELLBORDER="0" CELLSPACING="4" CELLPADDING="2">{body}</TABLE>'
+    return (f'<TABLE BORDER="0" CELLBORDER="0" CELLSPACING="0" CELLPADDING="0"><TR><TD ALIGN="LEFT">{inner}</TD></TR>'
+            f'<TR><TD ALIGN="LEFT">{cells[9].replace("<TD>", "").replace("</TD>", "")}</TD></TR></TABLE>')
+
+
+_CHIP_SHAPE = {"tombstone": "clip-path:polygon(5px 0,calc(100% - 5px) 0,100% 5px,100% calc(100% - 5px),"
+                            "calc(100% - 5px) 100%,5px 100%,0 calc(100% - 5px),0 5px)",
+               "host-only": "border-radius:8px", "full tombstone": f"box-shadow:3px -3px 0 {BORDER}"}
 
 
 def legend_html() -> str:
-    """The same strip as plain HTML (the stepper and exported pages show it once, above the steps)."""
+    """The same strip as plain HTML (the stepper and exported pages show it once, above the
+    steps). Every coloured chip sets its own text colour, so it reads on light and dark pages."""
     css = {"bgcolor": "background:{}", "color": "border-color:{}", "style": "border-style:{}"}
     items = []
-    for text, attrs in STRIP:
+    for (text, attrs), kind in zip(STRIP, (*KIND_TEXT, *[None] * len(STRIP)), strict=False):
         rules = ["padding:1px 6px", "margin-right:6px", "display:inline-block", "white-space:nowrap"]
         if attrs.get("border"):
             rules.append(f"border:{attrs['border']}px solid {BORDER}")
+        if attrs.get("bgcolor"):
+            rules.append(f"color:{INK}")
         rules += [css[k].format(v) for k, v in attrs.items() if k in css]
+        if kind in _CHIP_SHAPE:
+            rules.append(_CHIP_SHAPE[kind])
         items.append(f'<span style="{";".join(rules)}">{text}</span>')
     return f'<div class="hm-legend" style="font:12px sans-serif;margin:4px 0">{"".join(items)}</div>'
 
@@ -180,9 +236,9 @@ def legend_label() -> str:
 
     rows = [f"<TR>{cell(KIND_TEXT[k], bgcolor=FILL[k], border='1')}</TR>" for k in KIND_TEXT]
     rows += [
-        f"<TR>{cell('<B>LOCK</B>&#160;red border: fl&gt;0 or ml&gt;0', border='3', color=LOCK_COLOR)}</TR>",
-        f"<TR>{cell('<B>PIN</B>&#160;purple double border: hr&gt;0 or hmr&gt;0', border='2', color=PIN_COLOR)}</TR>",
-        f"<TR>{cell('orange header: highlighted (changed by this step)', bgcolor=HIGHLIGHT, border='1')}</TR>",
+        f"<TR>{cell('<B>LOCK</B>&#160;thick vermilion border: fl&gt;0 or ml&gt;0', border='3', color=LOCK_COLOR)}</TR>",
+        f"<TR>{cell('<B>PIN</B>&#160;double purple border: hr&gt;0 or hmr&gt;0', border='2', color=PIN_COLOR)}</TR>",
+        f"<TR>{cell('orange header and *: highlighted (changed by this step)', bgcolor=HIGHLIGHT, border='1')}</TR>",
         f"<TR>{cell('dashed grey: deleted by this step (ghost)', border='1', color=GHOST, style='dashed')}</TR>",
         f"<TR>{cell('… N more nodes: collapsed subtrees', bgcolor=COLLAPSED_FILL, border='1')}</TR>",
         "<TR><TD>#id [key] tokens · KV tier D/H · state tier d/h (- none)</TD></TR>",

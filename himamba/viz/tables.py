@@ -177,17 +177,19 @@ PINNED_BG = "background-color: #ede9fe"
 
 def style_lru(df: pd.DataFrame) -> Styler:
     """Colour :func:`lru_table` rows: red where a time-ordered list is out of time order,
-    amber where the host-mamba list (not required to be time-ordered) differs."""
+    amber where the host-mamba list (not required to be time-ordered) differs (the ``mismatch``
+    column says the same in words). Every cell's text is HTML-escaped (names may hold markup)."""
     def row_style(row: pd.Series) -> list[str]:
         if not row.get("mismatch", False):
             return [""] * len(row)
         return [MISMATCH_BG if row.get("must_match", True) else SOFT_MISMATCH_BG] * len(row)
 
-    return df.style.apply(row_style, axis=1)
+    return df.style.format(escape="html").apply(row_style, axis=1)
 
 
 def style_nodes(df: pd.DataFrame) -> Styler:
-    """Colour :func:`node_table` rows: light red = locked, light purple = pinned (locked wins)."""
+    """Colour :func:`node_table` rows: light red = locked, light purple = pinned (locked wins;
+    the ``locked`` / ``pinned`` columns say the same in words). Cell text is HTML-escaped."""
     def row_style(row: pd.Series) -> list[str]:
         if row.get("locked", False):
             return [LOCKED_BG] * len(row)
@@ -195,4 +197,4 @@ def style_nodes(df: pd.DataFrame) -> Styler:
             return [PINNED_BG] * len(row)
         return [""] * len(row)
 
-    return df.style.apply(row_style, axis=1)
+    return df.style.format(escape="html").apply(row_style, axis=1)
