@@ -242,3 +242,28 @@ def plot_sweep(frame: pd.DataFrame, x: str, y: str = "hit_rate", hue: str | None
     if hue is not None:
         ax.legend(fontsize="small")
     return fig
+
+
+def plot_policies(frame: pd.DataFrame, ys: tuple[str, ...] = ("hit_rate", "flops_saved"),
+                  title: str = "admission x eviction across cache sizes") -> Figure:
+    """A policy sweep's frame (:func:`himamba.sim.policy_sweep.policy_sweep`) drawn as one panel
+    per column of ``ys`` against the cache size (the sizes in the frame's order, by label), one
+    line per (admission, eviction) pair: a colour per admission, a line style per eviction."""
+    styles = ("-", "--", ":", "-.")
+    labels = list(dict.fromkeys(frame["size"]))
+    fig, axes = _subplots(len(ys), title, height=3.0)
+    admissions = list(dict.fromkeys(frame["admission"]))
+    evictions = list(dict.fromkeys(frame["eviction"]))
+    for (admission, eviction), group in frame.groupby(["admission", "eviction"], sort=False):
+        x = [labels.index(s) for s in group["size"]]
+        for ax, y in zip(axes, ys, strict=True):
+            ax.plot(x, group[y], marker="o", color=f"C{admissions.index(admission) % 10}",
+                    ls=styles[evictions.index(eviction) % len(styles)], label=f"{admission} + {eviction}")
+    for ax, y in zip(axes, ys, strict=True):
+        ax.set_ylabel(y.replace("_", " "))
+        ax.set_ylim(bottom=0)
+    axes[-1].set_xticks(range(len(labels)), labels)
+    axes[-1].set_xlabel("cache size")
+    axes[0].legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1))
+    fig.tight_layout()
+    return fig

@@ -159,13 +159,13 @@ def sweep(grid: Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]],
 
             workload = load_jsonl(workload)[:limit]
     packed = pack(workload)
-    client, owned = _connect(client, address, n_workers, memory_limit)
+    client, owned = connect(client, address, n_workers, memory_limit)
     try:
         shipped = client.scatter(packed, broadcast=True)
         tag = uuid.uuid4().hex[:12]
         futures = [client.submit(run_config, i, p, shipped, probe, pure=False, key=f"himamba-sweep-{tag}-{i}")
                    for i, p in enumerate(configs)]
-        rows = _gather(futures, len(configs) >= 8 if progress is None else progress)
+        rows = gather_rows(futures, len(configs) >= 8 if progress is None else progress)
     finally:
         for c in owned:
             c.close()
@@ -177,8 +177,9 @@ def sweep(grid: Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]],
 
 
 # -- helpers ------------------------------------------------------------------------------------------
-def _connect(client, address: str | None, n_workers: int, memory_limit: str | int):
-    """(client, things to close afterwards)."""
+def connect(client, address: str | None, n_workers: int, memory_limit: str | int):
+    """(client, things to close afterwards): ``client`` itself, else a client of the scheduler at
+    ``address``, else a LocalCluster of ``n_workers`` single-threaded processes and its client."""
     if client is not None:
         return client, []
     from distributed import Client, LocalCluster
@@ -192,14 +193,16 @@ def _connect(client, address: str | None, n_workers: int, memory_limit: str | in
     return c, [c, cluster]
 
 
-def _gather(futures: list, progress: bool) -> list[dict[str, Any]]:
+def gather_rows(futures: list, progress: bool, desc: str = "sweep") -> list[dict[str, Any]]:
+    """The results of ``futures`` in the order they finish, each future released once read;
+    ``progress``: a tqdm bar (``desc``) over them."""
     from distributed import as_completed
 
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(futures), unit="config", desc="sweep")
+        bar = tqdm(total=len(futures), unit="config", desc=desc)
     rows = []
     for future in as_completed(futures):
         rows.append(future.result())
