@@ -8,9 +8,9 @@
                                     sizes and reuse ceilings of a trace, one JSON line
     himamba differential --seqs N   the same scripts on himamba and on SGLang 0.5.11, compared
                                     after every operation; exit 1 on a divergence
-    himamba bench replay|transfer|render|fuzz|sweep [ARGS...]
-                                    (replay ships with the package; the others run from a
-                                    source checkout's bench/ folder)
+    himamba bench replay|policies|transfer|render|fuzz|sweep [ARGS...]
+                                    (replay and policies ship with the package; the others
+                                    run from a source checkout's bench/ folder)
 
 Errors in what you pass print one line (``himamba: error: ...``) and exit with status 2.
 
@@ -34,7 +34,7 @@ from himamba.errors import HiMambaError
 from himamba.sim.fuzz import DEFAULT_EPISODE
 from himamba.validate import prepare_output_dir, prepare_output_file, write_text_no_follow
 
-BENCHES = ("replay", "transfer", "render", "fuzz", "sweep")
+BENCHES = ("replay", "policies", "transfer", "render", "fuzz", "sweep")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -108,14 +108,14 @@ def _parser() -> argparse.ArgumentParser:
     trace_sub = trace.add_subparsers(dest="trace_command", required=True, metavar="WHAT")
     stats = trace_sub.add_parser("stats", help="requests, prompt blocks and the reuse ceilings as one JSON line",
                                  description="Read a Mooncake trace (block mode) and print one JSON line: requests, "
-                                             "prompt_blocks, prompt_tokens and the three reuse ceilings of an unbounded "
-                                             "cache (ceiling_attention, ceiling_sequence_end, ceiling_page_aligned; "
-                                             "*_tokens: weighted by tokens).")
+                                             "prompt_blocks, prompt_tokens and the reuse ceilings of an unbounded "
+                                             "cache (ceiling_attention, ceiling_sequence_end, ceiling_page_aligned, "
+                                             "ceiling_branch_point; *_tokens: weighted by tokens).")
     stats.add_argument("--format", choices=("mooncake",), default="mooncake", help="the trace format (mooncake)")
     stats.add_argument("file", type=Path, help="JSON-lines trace")
 
     bench = sub.add_parser("bench", help="run a benchmark",
-                           description="Run one of the benchmarks (replay ships with the package; the others run "
+                           description="Run one of the benchmarks (replay and policies ship with the package; the others run "
                                        "from the repository's bench/ folder); arguments after the name go to it.")
     bench.add_argument("name", choices=BENCHES, help="which benchmark")
     bench.add_argument("args", nargs=argparse.REMAINDER, help="its arguments (see its --help)")
@@ -287,11 +287,11 @@ def _trace(args: argparse.Namespace) -> int:
 
 # -- bench ---------------------------------------------------------------------------------------
 def _bench(args: argparse.Namespace) -> int:
-    if args.name == "replay":
-        from himamba.sim.bench_replay import main as replay_main
+    if args.name in ("replay", "policies"):
+        from himamba.sim import bench_policies, bench_replay
 
         try:
-            return replay_main(args.args)
+            return (bench_replay if args.name == "replay" else bench_policies).main(args.args)
         except SystemExit as exc:  # argparse's own --help / usage errors
             return int(exc.code or 0)
     path = Path(__file__).resolve().parents[1] / "bench" / f"{args.name}.py"
