@@ -30,6 +30,7 @@ from himamba.observe.snapshot import Snapshot, diff, take
 from himamba.sim.engine import Engine
 from himamba.sim.ops import serve
 from himamba.viz import (
+    Playground,
     Stepper,
     compare,
     counters_table,
@@ -37,6 +38,7 @@ from himamba.viz import (
     lru_table,
     node_table,
     render,
+    text,
     to_svg,
 )
 
@@ -63,6 +65,7 @@ __all__ = [
     "RadixKey",
     "Recorder",
     "Request",
+    "Playground",
     "Snapshot",
     "Step",
     "Stepper",
@@ -79,6 +82,7 @@ __all__ = [
     "render",
     "serve",
     "take",
+    "text",
     "to_svg",
     "__version__",
 ]

@@ -15,6 +15,7 @@ from himamba.observe.recorder import Step
 from himamba.observe.snapshot import Snapshot
 from himamba.viz.compare import Comparison, compare
 from himamba.viz.graph import render, to_svg
+from himamba.viz.playground import Playground
 from himamba.viz.stepper import Player, Stepper, to_html
 from himamba.viz.tables import (
     counters_table,
@@ -24,6 +25,7 @@ from himamba.viz.tables import (
     style_lru,
     style_nodes,
 )
+from himamba.viz.text import text
 
 
 def _plain(obj: Any) -> str:
@@ -54,6 +56,7 @@ register_exporter("html", to_html)
 __all__ = [
     "Comparison",
     "Player",
+    "Playground",
     "Stepper",
     "compare",
     "counters_table",
@@ -64,6 +67,7 @@ __all__ = [
     "render",
     "style_lru",
     "style_nodes",
+    "text",
     "to_html",
     "to_svg",
 ]
