@@ -456,7 +456,10 @@ class TestSlotAllocator:
         assert problem(torch.tensor([1.0]), 0).startswith("value indices must be an integer tensor")
         assert torch.equal(a._state, before)
         assert a.owned_flags(torch.cat((tree, mine))).tolist() == [True] * 2 * ps + [False] * 2 * ps
-        a.free(tree)  # freeing clears ownership
+        with pytest.raises(hm.PoolError, match="belong to a tree node"):
+            a.free(tree)  # a caller cannot free the tree's slots
+        assert torch.equal(a._state, before)
+        a.free_owned(tree)  # the tree's own free clears ownership
         assert not a.owned_flags(tree).any() and not a.is_allocated(tree).any()
 
     def test_a_single_state_slot_is_handed_over_only_when_the_caller_holds_it(self):

@@ -92,9 +92,9 @@ class TreeBase(Displayable):
         if node is self.root_node:
             return
         if node.value is not None:
-            self.kv_pool.free(node.value)
+            self.kv_pool.free_owned(node.value)
         if node.mamba_value is not None:
-            self.mamba_pool.free(node.mamba_value)
+            self.mamba_pool.free_owned(node.mamba_value)
 
     def _lru_lists(self) -> tuple[LRUList, ...]:
         return (self.full_lru_list, self.mamba_lru_list)

@@ -5,8 +5,9 @@ Slots are handed out in whole pages of ``page_size`` consecutive slots (page ``p
 ``page_size == 1`` a page is a slot. Freed pages go to the back of the list (first in, first out).
 
 Every page carries a state: free, held (handed out, the caller's) or owned (a tree node adopted
-it). Freeing a slot that is free already, freeing the same slot twice in one call, or freeing an
-index outside the pool raises :class:`PoolError` and changes nothing; :meth:`handover_problem`
+it). Freeing a slot that is free already, freeing the same slot twice in one call, freeing an
+index outside the pool, or freeing a slot a tree node owns raises :class:`PoolError` and changes
+nothing (the tree returns its own slots with :meth:`~SlotAllocator.free_owned`); :meth:`handover_problem`
 says whether slots can be handed to the tree, the first ones being the tree's own and the rest
 the caller's.
 
@@ -183,11 +184,12 @@ class SlotAllocator:
         return slot_ids.upload(ids, self.device)
 
     def free(self, indices: torch.Tensor) -> None:
-        """Return slots (held or owned) to the free list. Raises :class:`PoolError` (changing
-        nothing) for a slot outside the pool, a slot that is not in use, a slot named twice, or
-        a partial page."""
+        """Return slots a caller holds to the free list. Raises :class:`PoolError` (changing
+        nothing) for a slot outside the pool, a slot that is not in use, a slot named twice, a
+        partial page, or a slot a tree node owns (the tree frees its own slots, through
+        :meth:`free_owned`, when it evicts them)."""
         ids = self._ids(indices)
-        if not self._pages.all_in_use_once(ids, FREE):
+        if not self._pages.split_ok(ids, 0, OWNED, HELD):  # every page held, each named once
             problem = self.problem_with(ids)
             if problem in (_NOT_ALLOCATED, _NAMED_TWICE):
                 listed = self._page_ids(ids).tolist()
@@ -195,6 +197,10 @@ class SlotAllocator:
                 raise PoolError(f"double free: slot(s) {[p * self.page_size for p in bad[:8]]} are not in use (or named twice)")
             if problem is not None:
                 raise PoolError(problem)
+            owned = np.flatnonzero(self._pages.state[self._page_ids(ids)] == OWNED)
+            slots = (ids[owned * self.page_size] if self.page_size > 1 else ids[owned]).tolist()
+            raise PoolError(f"slot(s) {slots[:8]} belong to a tree node: the tree frees its own slots when it evicts "
+                            "them; free only slots you allocated")
         self._release_pages(self._page_ids(ids))
 
     def free_owned(self, indices: torch.Tensor | np.ndarray) -> None:

@@ -38,7 +38,8 @@ class _Pool:
         return self.allocator.alloc(n)
 
     def free(self, indices: torch.Tensor) -> None:
-        """Return slots; double and foreign frees raise and change nothing."""
+        """Return slots the caller holds; double and foreign frees, and slots a tree node owns,
+        raise :class:`~himamba.errors.PoolError` and change nothing."""
         self.allocator.free(indices)
 
     def free_owned(self, indices: torch.Tensor | np.ndarray) -> None:
