@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from himamba.errors import InvalidInputError
 from himamba.memory.copy_engines import CopyEngine, CopyHandle, CopyPlan, RowCopy, SyncCopyEngine
 from himamba.memory.pools import KVPool, MambaPool
 
@@ -320,9 +321,16 @@ class TransferController:
     # -- acks ------------------------------------------------------------------------------------
     def complete(self, ack: Ack | None = None) -> Ack | None:
         """Manual mode: mark one in-flight ack (default: the oldest write, else load) complete.
-        Its copy may land from now on (the deferred engine lands it here)."""
+        Its copy may land from now on (the deferred engine lands it here). ``ack`` must be one
+        of this controller's :meth:`in_flight` acks: anything else (not an :class:`Ack`, another
+        controller's, one already processed) raises :class:`InvalidInputError`, nothing changed."""
         if ack is None:
             ack = next((a for q in (self.ack_write_queue, self.ack_load_queue) for a in q if not a.manual_done), None)
+        elif not isinstance(ack, Ack):
+            raise InvalidInputError(f"complete() takes an Ack from in_flight() (or nothing), got {type(ack).__name__}")
+        elif not any(a is ack for a in self.in_flight()):
+            raise InvalidInputError(f"{ack.kind} ack {ack.ack_id} is not in flight on this controller: it belongs to "
+                                    "another cache or has been processed already")
         if ack is not None:
             ack.manual_done = True
             if ack.handle is not None:
@@ -372,7 +380,6 @@ def default_engine(device: torch.device) -> CopyEngine:
 def make_engine(name: str, device: torch.device) -> CopyEngine:
     """The copy engine called ``name`` ("auto", "sync", "deferred", "cuda") for pools on ``device``.
     Raises :class:`~himamba.errors.InvalidInputError` for a name that does not fit the device."""
-    from himamba.errors import InvalidInputError
     from himamba.memory.copy_engines import DeferredCopyEngine
 
     if name == "auto":
