@@ -3,6 +3,11 @@
 A key is a list of token ids and an ``extra_key`` (for example a LoRA id or a cache salt).
 Keys with different extra keys never share a node: the extra key is part of every child key.
 Slicing a key keeps its extra key.
+
+An extra key is ``None`` or a hashable value that equals itself and no value of another kind
+(:func:`check_extra_key`): a list or a dict (unhashable) is refused, so is NaN (it never equals
+itself: an entry stored under it could never be matched) and so is a bool (``True == 1``: it
+would share the entries of ``extra_key=1``; pass an int or a str), also inside a tuple.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ class RadixKey:
 
     def __init__(self, token_ids: Iterable[int], extra_key: Hashable | None = None) -> None:
         self.token_ids: list[int] = check_token_ids(token_ids, "token_ids")
-        self.extra_key = extra_key
+        self.extra_key = extra_key if extra_key is None or type(extra_key) is str else check_extra_key(extra_key)
 
     @classmethod
     def _trusted(cls, token_ids: list[int], extra_key: Hashable | None) -> RadixKey:
@@ -110,6 +115,32 @@ class RadixKey:
         """This key truncated to a multiple of ``page_size`` tokens (itself when aligned)."""
         extra = len(self.token_ids) % page_size
         return self if extra == 0 else RadixKey._trusted(self.token_ids[: len(self.token_ids) - extra], self.extra_key)
+
+
+def check_extra_key(extra_key: object, name: str = "extra_key") -> Hashable | None:
+    """``extra_key`` when it can key entries apart (see the module docstring), else
+    :class:`InvalidInputError` saying why: unhashable, a bool, or unequal to itself (NaN)."""
+    if extra_key is None or type(extra_key) in (str, int, bytes):
+        return extra_key
+    try:
+        hash(extra_key)
+    except TypeError:
+        raise InvalidInputError(f"{name} must be hashable (a str, an int or a tuple of them), got a "
+                                f"{type(extra_key).__name__}") from None
+    _check_extra_part(extra_key, name)
+    return extra_key
+
+
+def _check_extra_part(value: object, name: str) -> None:
+    if isinstance(value, bool):
+        raise InvalidInputError(f"{name} {value!r} is a bool, which equals the int {int(value)} and would share its "
+                                "entries: pass an int or a str")
+    if isinstance(value, (tuple, frozenset)):
+        for part in value:
+            _check_extra_part(part, name)
+    elif value != value:  # NaN and its kind never equal themselves
+        raise InvalidInputError(f"{name} {value!r} never equals itself, so entries stored under it could never "
+                                "be matched again")
 
 
 def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
