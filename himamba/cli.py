@@ -12,7 +12,10 @@
                                     (replay and policies ship with the package; the others
                                     run from a source checkout's bench/ folder)
 
-Errors in what you pass print one line (``himamba: error: ...``) and exit with status 2.
+Errors in what you pass print one line (``himamba: error: ...``; a file's faults name its file
+and line) and exit with status 2. Ctrl-C ends a command with status 130 and one line on stderr;
+``fuzz`` first prints its report of the episodes that finished (its workers ignore the interrupt
+and are stopped). Output files are never written through a symbolic link.
 
 Size: over 300 lines because one argument parser for every command, whose help texts are the
 commands' documentation, and one small function per command.
@@ -100,7 +103,9 @@ def _parser() -> argparse.ArgumentParser:
                       help="himamba's legacy switches or profile (repeatable), e.g. sglang-0.5.11 (agreement is "
                            "expected) or none (the defaults: divergences name their switch)")
     diff.add_argument("--no-shrink", action="store_true", help="report divergences unshrunk (faster)")
-    diff.add_argument("--out", type=Path, default=None, help="write the (shrunk) divergent scripts to this JSON file")
+    diff.add_argument("--out", type=Path, default=None,
+                      help="write the (shrunk) divergent scripts to this JSON file (a link there is not followed)")
+    diff.add_argument("--force", action="store_true", help="replace the --out file if it exists")
     diff.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     trace = sub.add_parser("trace", help="look at a trace file",
@@ -135,9 +140,17 @@ def main(argv: list[str] | None = None) -> int:
         # was sent SIGPIPE does (status 128 + 13), and keep Python from complaining at exit
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    except KeyboardInterrupt:  # Ctrl-C: one line, status 128 + SIGINT, as a shell reports it
+        print("himamba: interrupted", file=sys.stderr)
+        return 130
     except (HiMambaError, ValueError, OSError) as exc:
-        print(f"himamba: error: {exc}", file=sys.stderr)
+        print(f"himamba: error: {_one_line(exc)}", file=sys.stderr)
         return 2
+
+
+def _one_line(exc: BaseException) -> str:
+    """An error's text on one line (a message quoting user input may hold line breaks)."""
+    return " ".join(str(exc).split("\n")) or type(exc).__name__
 
 
 # -- demo ----------------------------------------------------------------------------------------
@@ -200,32 +213,47 @@ def _fuzz(args: argparse.Namespace) -> int:
     print(f"{report.ops_run} operations in {report.seconds:.1f} s: {report.ops_per_s:,.0f} ops/s with invariants "
           f"checked after every operation and integrity after every {args.integrity_every}"
           + (f" ({args.jobs} jobs)" if args.jobs > 1 else ""))
+    config = report.script["config"] if report.script is not None else {}  # None: no episode finished
     print(f"{x['episodes']} episode(s) of up to {x['episode_length']} operations; trees of {x['nodes']:.0f} nodes on "
-          f"average; legacy={sorted(legacy) or 'none'}, policy={report.script['config']['write_policy']}, "
-          f"copy engine={report.script['config'].get('copy_engine', 'auto')}")
+          f"average; legacy={sorted(legacy) or 'none'}, policy={config.get('write_policy', args.policy or 'default')}, "
+          f"copy engine={config.get('copy_engine', args.copy_engine)}")
+    stopped = 130 if report.interrupted else None  # Ctrl-C: the partial report, then status 130
     if report.failure is None:
+        if stopped:
+            print("interrupted: no invariant violation, no integrity error in the episodes that finished")
+            print("himamba: interrupted; partial report above", file=sys.stderr)
+            return stopped
         print("clean: no invariant violation, no integrity error")
         return 0
     f = report.failure
     print(f"FAILED after {report.ops_run} operations (episode {x['episode']}, its operation {f.step + 1}): "
           f"{f.kind}: {f.message}")
     shrunk = report.shrunk
-    print(f"shrunk to {len(shrunk['ops'])} operations:")
+    if shrunk is None:  # interrupted while shrinking: the failing episode's whole script
+        shrunk = report.script
+        print(f"not shrunk (interrupted); the failing script, {len(shrunk['ops'])} operations:")
+    else:
+        print(f"shrunk to {len(shrunk['ops'])} operations:")
     print(json.dumps(shrunk, indent=1))
     if args.out is not None:
         write_text_no_follow(args.out, json.dumps(shrunk, indent=1))
         print(f"wrote {args.out}")
+    if stopped:
+        print("himamba: interrupted; partial report above", file=sys.stderr)
+        return stopped
     return 1
 
 
 # -- differential --------------------------------------------------------------------------------
 def _differential(args: argparse.Namespace) -> int:
-    from himamba.differential import run_differential
-
     for flag, value in (("--seqs", args.seqs), ("--ops", args.ops)):
         if value < 1:
             raise ValueError(f"{flag} must be at least 1, got {value}")
     legacy = normalize_legacy([name for name in args.legacy if name != "none"])
+    if args.out is not None:
+        prepare_output_file(args.out, args.force)  # refused before the run (and SGLang's import), not after
+    from himamba.differential import run_differential
+
     bar = _progress_bar(not args.no_progress, args.seqs, "seq")
     progress = None if bar is None else (lambda: bar.update(1))
     try:
@@ -242,7 +270,7 @@ def _differential(args: argparse.Namespace) -> int:
     print(report.summary())
     if args.out is not None:
         scripts = [d.shrunk or d.script for d in report.divergences]
-        args.out.write_text(json.dumps(scripts, indent=1), encoding="utf-8")
+        write_text_no_follow(args.out, json.dumps(scripts, indent=1))
         print(f"wrote {args.out}")
     return 1 if report.divergences else 0
 
@@ -251,11 +279,9 @@ def _differential(args: argparse.Namespace) -> int:
 def _replay(args: argparse.Namespace) -> int:
     from himamba.observe.recorder import Recorder
     from himamba.sim.fuzz import check_script, make_cache, run_ops_recorded
+    from himamba.sim.trace_io import read_json_file
 
-    try:
-        script = json.loads(args.script.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{args.script}: not JSON ({exc.msg} at line {exc.lineno})") from None
+    script = read_json_file(args.script, "script")
     check_script(script)
     if args.svg is not None:
         prepare_output_dir(args.svg, args.force)

@@ -29,7 +29,7 @@ import sys
 
 from himamba.errors import InvalidInputError
 from himamba.sim import mooncake, protocol
-from himamba.sim.trace_io import load_token_trace
+from himamba.sim.trace_io import json_lines, load_token_trace
 
 FORMATS = ("trace", "mooncake")
 
@@ -109,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         items = protocol.token_items(load_token_trace(args.trace)[: args.limit])
         sizes = (args.device_tokens or protocol.PROTOCOL["device_kv_tokens"], args.host_tokens)
 
+    _check_fits(args, items, sizes[0])
+
     def cache():
         return protocol.make_cache(sizes[0], args.state_slots, tiered=args.tiered, host_kv=sizes[1],
                                    host_states=args.host_state_slots, write_policy=args.write_policy)
@@ -142,6 +144,26 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(best))
     sys.stdout.flush()
     return 0 if best["accounting_ok"] and best["violations"] == 0 else 1
+
+
+def _check_fits(args: argparse.Namespace, items: list, device_kv: int) -> None:
+    """Refuse a trace with a request that inserts more than the whole device KV pool (it could
+    never be served, whatever is evicted): :class:`InvalidInputError` naming its file and line."""
+    for i, (_, _, insert_len, _) in enumerate(items):
+        if insert_len > device_kv:
+            block = args.format == "mooncake"
+            unit, flag = ("blocks", "--device-blocks") if block else ("tokens", "--device-tokens")
+            raise InvalidInputError(
+                f"{_record_where(args.trace, i)}: request {i} needs {insert_len} device KV {unit}, more than the "
+                f"whole pool ({flag} {device_kv}); pass a larger {flag} or leave the request out")
+
+
+def _record_where(path: str, index: int) -> str:
+    """``file:line`` of the ``index``-th record of a JSON-lines file (blank lines skipped)."""
+    for i, (where, _) in enumerate(json_lines(path)):
+        if i == index:
+            return where
+    return str(path)
 
 
 def model_bytes(cc, model, block_tokens: int = mooncake.BLOCK_TOKENS) -> dict[str, int]:

@@ -107,13 +107,12 @@ def replay(cache, items: Sequence[ReplayItem], *, listener=None, headroom: int =
     if type(sweep_every) is not int or sweep_every < 1:
         raise InvalidInputError(f"sweep_every must be a positive int, got {sweep_every!r}")
     items = check_items(items)
-    if listener is not None:
-        cache.events.subscribe(listener)
+    unsubscribe = cache.events.subscribe(listener) if listener is not None else None
     try:
         return _replay(cache, items, headroom, sweep_every, block_tokens)
     finally:
-        if listener is not None:
-            cache.events.unsubscribe(listener)
+        if unsubscribe is not None:
+            unsubscribe()
 
 
 def _replay(cache, items: Sequence[ReplayItem], headroom: int, sweep_every: int, block_tokens: int) -> dict:

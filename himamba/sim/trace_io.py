@@ -8,14 +8,16 @@ Two line formats, told apart per line:
   "rid": int?}`` (``output_len`` draws the output tokens deterministically).
 
 :func:`load_jsonl` rejects the first malformed line with a :class:`TraceFormatError` (a
-``ValueError``) whose message names the file and line and says what is wrong: not JSON, not an
-object, a missing key, a token that is not a non-negative int (bools and floats included), a
+``ValueError``) whose message names the file and line and says what is wrong: not JSON (nested
+too deeply or holding a number too long to read included), not an object, a missing key, a token that is not a non-negative int (bools and floats included), a
 ``prompt_len`` out of range. Blank lines are skipped; a file without requests is an error.
 """
 
 from __future__ import annotations
 
 import json
+import re
+import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -41,13 +43,44 @@ def json_lines(path: str | Path) -> Iterator[tuple[str, object]]:
                 if not line.strip():
                     continue
                 where = f"{path}:{lineno}"
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise TraceFormatError(f"{where}: not valid JSON ({exc.msg})") from None
-                yield where, rec
+                yield where, parse_json(line, where)
         except UnicodeDecodeError:
             raise TraceFormatError(f"{path}:{lineno + 1}: not UTF-8 text (is it a JSON-lines file?)") from None
+
+
+def parse_json(text: str, where: str, first_line: int | None = None) -> object:
+    """``text`` parsed as JSON, or :class:`TraceFormatError` starting with ``where`` ("file:line"):
+    not JSON, nested too deeply for the parser (no :class:`RecursionError` escapes), or an
+    integer too long for Python to read (more than 4300 digits). With ``first_line`` (``text``
+    is a whole file whose first line has that number), ``where`` is a file name and the message
+    adds the line of the fault where it is known."""
+    def at(line: int | None) -> str:
+        return where if first_line is None or line is None else f"{where}:{first_line + line - 1}"
+
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise TraceFormatError(f"{at(exc.lineno)}: not valid JSON ({exc.msg})") from None
+    except RecursionError:
+        raise TraceFormatError(f"{where}: JSON nested too deeply to read") from None
+    except ValueError as exc:  # an int literal past sys.get_int_max_str_digits()
+        digits = re.search(rf"\d{{{sys.get_int_max_str_digits() + 1},}}", text)
+        line = text.count("\n", 0, digits.start()) + 1 if digits else None
+        raise TraceFormatError(f"{at(line)}: a number too long to read ({str(exc).split(':')[0]})") from None
+
+
+def read_json_file(path: str | Path, what: str = "JSON file") -> object:
+    """The JSON document in file ``path``; :class:`TraceFormatError` naming the file (and the
+    line, where known) when it is not UTF-8 text (a pickle, say), not JSON, nested too deeply or
+    holds a number too long to read. ``what`` names the file's role in the message."""
+    path = Path(path)
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise TraceFormatError(f"{path}:{line}: not UTF-8 text (byte {exc.start}): a {what} is JSON text") from None
+    return parse_json(text, str(path), first_line=1)
 
 
 def load_jsonl(path: str | Path) -> list[SimRequest]:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -33,7 +36,12 @@ def fuzz(seed: int = 0, ops: int = 10_000, *, page_size: int = 1, write_policy: 
     episodes are independent, and the first failing episode *in episode order* is reported.
     ``progress(i)`` is called with the number of operations done so far, minus one (per
     operation with one job, per episode with several). ``copy_engine`` is passed to every
-    script (:func:`make_script`)."""
+    script (:func:`make_script`).
+
+    A ``KeyboardInterrupt`` (Ctrl-C) ends the run early instead of propagating: the report has
+    ``interrupted`` set and counts the episodes that finished (a failure found before it stays;
+    shrinking it is skipped or cut short, leaving ``shrunk`` ``None``). Workers ignore the
+    interrupt, so they print nothing; they are stopped with the pool."""
     if ops < 1:
         raise InvalidInputError(f"ops must be at least 1, got {ops}")
     if jobs < 1:
@@ -46,26 +54,34 @@ def fuzz(seed: int = 0, ops: int = 10_000, *, page_size: int = 1, write_policy: 
     total = FuzzReport(0, 0.0, {})
     events: dict[str, int] = {}
     node_samples: list[float] = []
-    for report in _episode_reports(task, plan, jobs, progress):
-        total.ops_run += report.ops_run
-        for kind, n in report.counts.items():
-            total.counts[kind] = total.counts.get(kind, 0) + n
-        for kind, n in report.extras.get("events", {}).items():
-            events[kind] = events.get(kind, 0) + n
-        node_samples.append(report.extras["nodes"] * report.ops_run)
-        total.script, total.failure = report.script, report.failure
-        total.extras["episode"] = report.extras["episode"]
-        if progress is not None and jobs > 1:
-            progress(total.ops_run - 1)
-        if report.failure is not None:
-            break
+    total.extras["episode"] = -1
+    try:
+        with contextlib.closing(_episode_reports(task, plan, jobs, progress)) as reports:
+            for report in reports:
+                total.ops_run += report.ops_run
+                for kind, n in report.counts.items():
+                    total.counts[kind] = total.counts.get(kind, 0) + n
+                for kind, n in report.extras.get("events", {}).items():
+                    events[kind] = events.get(kind, 0) + n
+                node_samples.append(report.extras["nodes"] * report.ops_run)
+                total.script, total.failure = report.script, report.failure
+                total.extras["episode"] = report.extras["episode"]
+                if progress is not None and jobs > 1:
+                    progress(total.ops_run - 1)
+                if report.failure is not None:
+                    break
+    except KeyboardInterrupt:  # Ctrl-C: what ran so far (whole episodes) is the report
+        total.interrupted = True
     total.seconds = time.perf_counter() - start_time
     total.extras.update(episodes=total.extras["episode"] + 1, episode_length=length,
                         nodes=sum(node_samples) / max(1, total.ops_run))
     if count_events:
         total.extras["events"] = events
-    if total.failure is not None and do_shrink:
-        total.shrunk = shrink(total.script, total.failure)
+    if total.failure is not None and do_shrink and not total.interrupted:
+        try:
+            total.shrunk = shrink(total.script, total.failure)
+        except KeyboardInterrupt:  # the failure stands; its script stays unshrunk
+            total.interrupted = True
     return total
 
 
@@ -118,7 +134,7 @@ def _episode_reports(task: _EpisodeTask, plan: list[tuple[int, int]], jobs: int,
     import multiprocessing
 
     # spawn, not fork: a forked copy of a process that already ran torch may hang in its thread pool
-    with multiprocessing.get_context("spawn").Pool(jobs - 1, initializer=_init_worker) as pool:
+    with _workers_ignoring_interrupts(jobs - 1) as pool:
         remote: dict[int, multiprocessing.pool.AsyncResult] = {}
         finished: dict[int, FuzzReport] = {}
         started = 0
@@ -147,8 +163,27 @@ def _run_remote(task: _EpisodeTask, item: tuple[int, int]) -> FuzzReport:
     return report
 
 
+@contextlib.contextmanager
+def _workers_ignoring_interrupts(n: int):
+    """A spawn pool of ``n`` workers that ignore SIGINT from their first instruction: a Ctrl-C
+    reaches the whole process group, and only this process handles it. (Ignored at start-up,
+    SIGINT stays ignored in a new Python, so a worker still importing prints no traceback.)"""
+    import multiprocessing
+
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+    try:
+        pool = multiprocessing.get_context("spawn").Pool(n, initializer=_init_worker)
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, previous)
+    with pool:
+        yield pool
+
+
 def _init_worker() -> None:
     import torch
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(1)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from himamba.cache.invariants import check_invariants
 from himamba.cache.mamba import MambaRadixCache
 from himamba.errors import InvalidInputError
 from himamba.sim.ops import DriverState, apply, check_op
+from himamba.sim.trace_io import parse_json, read_json_file
 from himamba.validate import check_bool
 
 
@@ -35,7 +35,8 @@ class FuzzFailure:
 
 @dataclass
 class FuzzReport:
-    """Outcome of a run: operations done, per-kind counts, time, and the failure if any."""
+    """Outcome of a run: operations done, per-kind counts, time, and the failure if any.
+    ``interrupted``: the run was stopped (Ctrl-C) before its end; the figures count what ran."""
 
     ops_run: int
     seconds: float
@@ -44,6 +45,7 @@ class FuzzReport:
     script: dict | None = None
     shrunk: dict | None = None
     extras: dict = field(default_factory=dict)
+    interrupted: bool = False
 
     @property
     def ops_per_s(self) -> float:
@@ -139,9 +141,9 @@ def run_ops_recorded(cache, ops: list[dict], recorder) -> FuzzFailure | None:
 def replay(script: dict | str | Path, integrity_every: int = 1) -> FuzzReport:
     """Run a saved script (a dict, a JSON string or a path to a JSON file)."""
     if isinstance(script, Path) or (isinstance(script, str) and not script.lstrip().startswith("{")):
-        script = json.loads(Path(script).read_text(encoding="utf-8"))
+        script = read_json_file(script, "script")
     elif isinstance(script, str):
-        script = json.loads(script)
+        script = parse_json(script, "script")
     check_script(script)
     return run_script(script, integrity_every)
 
