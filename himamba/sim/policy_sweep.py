@@ -192,3 +192,19 @@ def h200_sizes(host_gb: Sequence[float] = (0, 256, 1024), model: ModelSpec | Non
         label = "H200" if not gb else f"H200 + {gb:g} GB host"
         out.append(pool_size(label, s.device_blocks, s.device_state_slots, s.host_blocks, s.host_state_slots))
     return out
+
+
+#: Eviction policies a cache may know (``lru`` always; the others once ``CacheConfig`` has them).
+EVICTIONS = ("lru", "lru_consumed", "flop_aware", "farthest_next_use")
+
+
+def available_evictions(names: Sequence[str] = EVICTIONS) -> list[str]:
+    """Those of ``names`` a cache can be built with here (``lru`` always)."""
+    out = []
+    for name in names:
+        try:
+            check_eviction(name)
+        except (InvalidInputError, TypeError, ValueError):
+            continue
+        out.append(name)
+    return out
