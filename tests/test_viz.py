@@ -224,7 +224,7 @@ def test_a_render_fits_a_notebook_without_shrinking_its_text(n_nodes, layout):
     snap = take(big_tree(n_nodes))
     svg = hm.to_svg(snap, layout=layout)
     width = float(SVG_SIZE.search(svg).group(1))
-    assert width <= 1_000 and graph.svg_scale(svg) >= graph.MIN_SCALE
+    assert width <= graph.MAX_WIDTH_PT and graph.svg_scale(svg) >= graph.MIN_SCALE
     found = boxes(svg)
     assert "n0" in found  # the root is always drawn
     shown = [k for k in found if k.startswith("n")]

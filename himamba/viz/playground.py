@@ -64,7 +64,6 @@ class Playground:
         self.do_button.on_click(lambda _b: self._try(lambda: self.do(self.action.value, self.arg.value)))
         self.undo_button.on_click(lambda _b: self.undo())
         self.reset_button.on_click(lambda _b: self.new_cache(self.preset.value))
-        self.arg.on_submit(lambda _t: self._try(lambda: self.do(self.action.value, self.arg.value)))
         self.action.observe(lambda _c: self._describe(), names="value")
         self.widget = widgets.VBox([
             widgets.HBox([self.preset, self.reset_button]),
