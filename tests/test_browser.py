@@ -121,6 +121,40 @@ def test_exported_page_steps_offline(tmp_path) -> None:
     assert refused == []
 
 
+HOSTILE = '<script>alert("x")</script><img src=x onerror=alert(1)>'
+
+
+def test_an_export_with_injected_labels_runs_nothing_and_shows_the_label(tmp_path) -> None:
+    playwright = pytest.importorskip("playwright.sync_api")
+    from himamba.sim.scenarios import b1_replay
+
+    run = b1_replay(True)
+    names = {nid: HOSTILE for nid in run.names}
+    path = run.recorder.to_html(tmp_path / "hostile.html", names=names, theme="dark")
+    last = run.recorder.steps[-1].index
+    dialogs = []
+    with playwright.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_context(offline=True, viewport={"width": 1200, "height": 900}).new_page()
+        page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+        page.goto(path.resolve().as_uri() + f"#step={last}")  # a per-step link opens that step
+        shown = page.locator("section.hm-row.hm-on")
+        assert shown.get_attribute("data-step") == str(last) and "FAILED" in shown.inner_text()
+        page.keyboard.press("Home")
+        for _ in range(4):
+            page.click("#hm-next")
+        assert HOSTILE in page.locator("body").inner_text()  # the label reads as text
+        page.click("#hm-play")
+        page.wait_for_timeout(2_000)
+        assert page.locator("#hm-play").inner_text().strip() in ("■ stop", "▶ play")
+        assert page.evaluate("location.hash").startswith("#step=")
+        shots = ROOT / "build"
+        shots.mkdir(exist_ok=True)
+        page.screenshot(path=str(shots / "browser_export_dark.png"))
+        browser.close()
+    assert dialogs == []
+
+
 def test_stepper_in_jupyterlab(jupyterlab) -> None:
     playwright = pytest.importorskip("playwright.sync_api")
     base, token = jupyterlab

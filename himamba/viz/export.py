@@ -45,7 +45,7 @@ _CSS = """
 html[data-theme=dark]{--bg:#0f172a;--fg:#e5e7eb;--line:#374151;--muted:#9ca3af;--link:#93c5fd}
 @media (prefers-color-scheme: dark){html[data-theme=auto]{--bg:#0f172a;--fg:#e5e7eb;--line:#374151;
   --muted:#9ca3af;--link:#93c5fd}}
-body{font-family:sans-serif;margin:12px auto;max-width:1500px;color:var(--fg);background:var(--bg)}
+body{font-family:sans-serif;margin:12px auto;padding:0 12px;max-width:1500px;color:var(--fg);background:var(--bg)}
 a{color:var(--link)}
 .hm-controls{position:sticky;top:0;background:var(--bg);padding:6px 0;border-bottom:1px solid var(--line);z-index:1}
 .hm-controls button{font-size:14px;padding:2px 10px}

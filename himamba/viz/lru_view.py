@@ -61,6 +61,9 @@ def compact_html(snap: Snapshot, names: Mapping[Any, str] | None = None, changed
     parts = []
     for name, ids in snap.lru.items():
         n = len(ids)
+        if not n:
+            parts.append(f'<table class="hm-lru"><caption>{escape(name)} LRU: empty</caption></table>')
+            continue
         show = set(range(min(ends, n))) | set(range(max(n - ends, 0), n))
         body, hidden = _rows(snap, name, labels, show, moved)
         note = f", {hidden} not shown" if hidden else ""
