@@ -58,7 +58,10 @@ def make_cache(script: dict):
     unknown = sorted(set(script["config"]) - known)
     if unknown:
         raise InvalidInputError(f"script config has unknown field(s) {unknown}; known: {sorted(known)}")
-    cfg = CacheConfig(**{**script["config"], "legacy": frozenset(script["config"].get("legacy", ()))})
+    legacy = script["config"].get("legacy", ())
+    if not isinstance(legacy, (list, tuple)) or any(type(name) is not str for name in legacy):
+        raise InvalidInputError(f"script config 'legacy' must be a list of switch names, got {legacy!r:.80}")
+    cfg = CacheConfig(**{**script["config"], "legacy": frozenset(legacy)})
     if script.get("cache", "tiered") == "device":
         return MambaRadixCache(cfg)
     return HiMambaRadixCache(cfg, manual_acks=script.get("manual_acks", False))
@@ -161,5 +164,7 @@ def check_script(script: object) -> None:
         raise InvalidInputError("script has no 'ops' list")
     check_bool(script.get("manual_acks", False), "script 'manual_acks'")
     for i, op in enumerate(ops):
+        if isinstance(op, dict) and type(op.get("op")) is not str:  # a list there cannot be looked up
+            raise InvalidInputError(f"script op {i}: 'op' must name an operation (a string), got {op.get('op')!r:.80}")
         check_op(i, op)
 
