@@ -3,12 +3,23 @@
 
     python bench/bad_input.py [--timeout 5] [--json]
 
-For every case: ``clear`` (a project ValueError, the whole state unchanged, invariants and
-integrity clean), ``corrupted`` (invariants or integrity fail afterwards, or a file outside the
-output folder was written), ``changed`` (an error, but the state changed), ``silent`` (accepted:
-no error), ``unclear`` (some other exception, or a project error without a sentence), ``hang``
-(still running after ``--timeout`` seconds).
-With ``PYTHONPATH`` pointing at another checkout it measures that code with the same cases.
+For every case, one outcome:
+
+* ``ok`` — a clear project error (a ValueError with a sentence), the whole state unchanged,
+  invariants and integrity clean; for the command line, one ``himamba: error:`` line naming what
+  the case asks (a file and line, say), or status 130 after a Ctrl-C with a partial report;
+* ``unclear`` — some other exception, a project error without a sentence, or a command-line
+  message that misses what it must name;
+* ``silent`` — accepted: no error;
+* ``corrupt`` — invariants or integrity fail afterwards, or an error was raised after the state
+  had changed (a change half done);
+* ``crash`` — the command line ended in a traceback (an exception escaped it);
+* ``insecure`` — a file outside the output folder was written (a link was followed);
+* ``hang`` — still running after ``--timeout`` seconds; ``setup failed`` — the code measured
+  lacks what the case sets up.
+
+With ``PYTHONPATH`` pointing at another checkout it measures that code with the same cases (the
+figures before a change: ``git archive`` a commit into a folder and point ``PYTHONPATH`` there).
 """
 
 from __future__ import annotations
@@ -24,7 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-OUTCOMES = ("clear", "corrupted", "changed", "silent", "unclear", "hang", "setup failed")
+OUTCOMES = ("ok", "unclear", "silent", "corrupt", "crash", "insecure", "hang", "setup failed")
 
 
 class _Timeout(BaseException):
@@ -37,6 +48,7 @@ def _alarm(signum, frame):
 
 def classify(case, timeout: float) -> tuple[str, str]:
     """(outcome, the error's text) of one case."""
+    from bad_inputs import Crash, Insecure
     from fingerprint import fingerprint
 
     import himamba as hm
@@ -69,19 +81,23 @@ def classify(case, timeout: float) -> tuple[str, str]:
             try:
                 after()
                 unchanged = True
+            except Insecure:
+                return "insecure", f"{type(error).__name__}: {error}" if error else ""
             except AssertionError:
                 corrupted = True
         elif cache is None:
             unchanged = True
         text = "" if error is None else f"{type(error).__name__}: {error}"
         if corrupted:
-            return "corrupted", text
+            return "corrupt", text
+        if isinstance(error, Crash):
+            return "crash", text
         if error is None or (isinstance(error, SystemExit) and not error.code):
             return "silent", text
         if not unchanged:
-            return "changed", text
+            return "corrupt", text
         if isinstance(error, hm.HiMambaError) and isinstance(error, ValueError) and len(str(error)) >= 15:
-            return "clear", text
+            return "ok", text
         return "unclear", text
 
 
@@ -106,12 +122,13 @@ def main() -> int:
     import himamba
 
     print(f"himamba from {Path(himamba.__file__).parent}")
-    print(f"{'class':16} {'inputs':>6} " + " ".join(f"{o:>12}" for o in OUTCOMES))
+    width = {o: max(8, len(o)) for o in OUTCOMES}
+    print(f"{'class':16} {'inputs':>6} " + " ".join(f"{o:>{width[o]}}" for o in OUTCOMES))
     total = Counter()
     for klass, counts in table.items():
         total.update(counts)
-        print(f"{klass:16} {sum(counts.values()):6d} " + " ".join(f"{counts[o]:12d}" for o in OUTCOMES))
-    print(f"{'all':16} {sum(total.values()):6d} " + " ".join(f"{total[o]:12d}" for o in OUTCOMES))
+        print(f"{klass:16} {sum(counts.values()):6d} " + " ".join(f"{counts[o]:{width[o]}d}" for o in OUTCOMES))
+    print(f"{'all':16} {sum(total.values()):6d} " + " ".join(f"{total[o]:{width[o]}d}" for o in OUTCOMES))
     return 0
 
 

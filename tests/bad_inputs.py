@@ -5,9 +5,19 @@ raise a clear error (a :class:`ValueError` subclass of the project) and leave th
 requests) exactly as they were. Cases without a cache (configuration, readers, the command line)
 return ``cache=None`` and check their own "nothing changed" (files untouched) in ``after``.
 
-Classes (the issue's): ``ownership``, ``atomicity``, ``data loss``, ``silent``, ``unclear``,
-``hangs``, ``output folders``. ``tests/test_bad_input_catalogue.py`` runs every case;
-``bench/bad_input.py`` prints how many of each class get a clear error with nothing changed.
+Classes: ``ownership``, ``atomicity``, ``data loss``, ``silent``, ``unclear``, ``hangs``,
+``output folders``, and the hostile cases ``command line`` (the ``himamba`` command fed hostile
+files or a Ctrl-C) and ``small holes`` (foreign acks, extra keys that cannot key entries apart,
+freeing the tree's slots). ``tests/test_bad_input_catalogue.py`` runs every case;
+``bench/bad_input.py`` counts what each class gets (ok, unclear, silent, corrupt, crash, insecure).
+
+Command-line cases run :func:`himamba.cli.main` (or the command in a process of its own, for a
+Ctrl-C): a clean end becomes the project error the catalogue expects (status 2 with one line
+``himamba: error: ...`` naming what the case says it must, or status 130 after a Ctrl-C with a
+partial report and no traceback); an exception escaping the command is a :class:`Crash`, a
+message that misses what it must name is an :class:`UnclearEnd`. A write outside the output
+folder raises :class:`Insecure`. A case with ``open`` set still fails for a reason that is
+outside the files it tests (the sentence says what is missing).
 """
 
 from __future__ import annotations
@@ -29,16 +39,29 @@ class Case:
     klass: str
     name: str
     build: Callable[[Path], tuple]  # tmp folder -> (cache | None, call, requests, after | None)
+    open: str | None = None  # why the case still fails, when it does for a reason outside its files
 
 
 CASES: list[Case] = []
 
 
-def case(klass: str, name: str):
+def case(klass: str, name: str, open: str | None = None):
     def register(build):
-        CASES.append(Case(klass, name, build))
+        CASES.append(Case(klass, name, build, open))
         return build
     return register
+
+
+class Crash(Exception):
+    """The command line ended in a traceback (an exception escaped it)."""
+
+
+class UnclearEnd(Exception):
+    """The command line ended without the one clear line (or the status) the case asks for."""
+
+
+class Insecure(AssertionError):
+    """A file outside the output folder was written (a link was followed)."""
 
 
 # -- caches with some history ---------------------------------------------------------------------------
@@ -575,15 +598,66 @@ def _(tmp):
 
 
 # -- output folders --------------------------------------------------------------------------------------
-def _cli(*argv: str):
-    """Run the command line; its status 2 (a clear error) becomes an InvalidInputError."""
+def _cli(*argv: str, names: tuple[str, ...] = ()):
+    """Run the command line in this process. Status 2 with one line ``himamba: error: ...``
+    holding every string of ``names`` becomes an InvalidInputError; an exception escaping it is
+    a :class:`Crash`; status 2 with another message is an :class:`UnclearEnd`."""
+    import contextlib
+    import io
+
     from himamba.cli import main
 
     def call():
-        code = main(list(argv))
+        err = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+                code = main(list(argv))
+        except BaseException as exc:  # noqa: BLE001 - anything escaping the command is the finding
+            raise Crash(f"himamba {' '.join(argv)} ended in a traceback: {type(exc).__name__}: {exc}") from exc
+        lines = err.getvalue().strip().splitlines()
         if code == 2:
-            raise hm.InvalidInputError(f"himamba {' '.join(argv)} refused with status 2")
+            if len(lines) != 1 or not lines[0].startswith("himamba: error: ") or not all(n in lines[0] for n in names):
+                raise UnclearEnd(f"status 2 without one line naming {list(names)}: {err.getvalue()[:300]!r}")
+            raise hm.InvalidInputError(f"himamba {' '.join(argv)} refused with status 2: {lines[0]}")
         return code
+    return call
+
+
+def _cli_interrupted(tmp: Path, *argv: str):
+    """Run ``himamba ARGV`` in a process group of its own, send the group SIGINT (as Ctrl-C in a
+    terminal does) once the command has started working, and expect status 130, a partial
+    report on stdout and no traceback from it or its workers."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    def call():
+        err_path = tmp / "stderr.txt"
+        with open(err_path, "w") as err:
+            here = str(Path(hm.__file__).resolve().parents[1])  # the code this process measures
+            env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (here, os.environ.get("PYTHONPATH"))))}
+            proc = subprocess.Popen([sys.executable, "-c", "from himamba.cli import main; raise SystemExit(main())",
+                                     *argv], stdout=subprocess.PIPE, stderr=err, text=True, start_new_session=True,
+                                    cwd=tmp, env=env)
+            try:
+                deadline = time.monotonic() + 60
+                while err_path.stat().st_size == 0 and proc.poll() is None and time.monotonic() < deadline:
+                    time.sleep(0.05)  # the progress bar's first line: the command is running
+                time.sleep(1.0)
+                os.killpg(proc.pid, signal.SIGINT)
+                out, _ = proc.communicate(timeout=60)
+            finally:
+                if proc.poll() is None:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+        text = err_path.read_text()
+        if "Traceback" in text:
+            raise Crash(f"a traceback after Ctrl-C (status {proc.returncode}): {text[-300:]!r}")
+        if proc.returncode != 130 or "operations in" not in out or "interrupted" not in out:
+            raise UnclearEnd(f"after Ctrl-C: status {proc.returncode}, stdout {out[-200:]!r}")
+        raise hm.InvalidInputError("Ctrl-C ended the run with status 130 and a partial report")
     return call
 
 
@@ -593,7 +667,8 @@ def _victim(tmp: Path) -> tuple[Path, Callable[[], None]]:
     victim.write_text("keep me")
 
     def untouched():
-        assert victim.read_text() == "keep me", "a file outside the output folder was overwritten"
+        if victim.read_text() != "keep me":
+            raise Insecure("a file outside the output folder was overwritten")
     return victim, untouched
 
 
@@ -722,3 +797,224 @@ def _(tmp):
 def _(tmp):
     c = tiered_cache(storage=True)
     return c, lambda: c.write_backup_storage("node"), ()
+
+
+# -- command line: hostile files and Ctrl-C ------------------------------------------------------------------
+def _deep(depth: int = 100_000) -> str:
+    return "[" * depth + "]" * depth
+
+
+_LONG_INT = "7" * 5000  # past Python's 4300-digit limit for reading an int
+
+
+def _trace_file(tmp: Path, lines: list[str], name: str = "t.jsonl") -> Path:
+    path = tmp / name
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+_GOOD = '{"prompt_len": 2, "tokens": [1, 2, 3]}'
+_MOONCAKE = '{"timestamp": 0, "input_length": 600, "output_length": 5, "hash_ids": [1, 2]}'
+
+
+@case("command line", "bench replay: a request longer than --device-tokens")
+def _(tmp):
+    path = _trace_file(tmp, [_GOOD, "", json.dumps({"prompt_len": 1, "tokens": list(range(9))})])
+    return None, _cli("bench", "replay", "--trace", str(path), "--repeat", "1", "--device-tokens", "8",
+                      names=("t.jsonl:3", "--device-tokens")), ()
+
+
+@case("command line", "bench replay --format mooncake: a request longer than --device-blocks")
+def _(tmp):
+    path = _trace_file(tmp, [_MOONCAKE, '{"timestamp": 1, "input_length": 2000, "output_length": 5, '
+                                        '"hash_ids": [1, 2, 3, 4]}'])
+    return None, _cli("bench", "replay", "--trace", str(path), "--format", "mooncake", "--device-blocks", "3",
+                      "--repeat", "1", names=("t.jsonl:2", "--device-blocks")), ()
+
+
+@case("command line", "bench replay: a deeply nested JSON line")
+def _(tmp):
+    path = _trace_file(tmp, [_GOOD, _deep()])
+    return None, _cli("bench", "replay", "--trace", str(path), "--repeat", "1", names=("t.jsonl:2",)), ()
+
+
+@case("command line", "trace stats: a deeply nested JSON line")
+def _(tmp):
+    path = _trace_file(tmp, [_MOONCAKE, _deep()])
+    return None, _cli("trace", "stats", str(path), names=("t.jsonl:2",)), ()
+
+
+@case("command line", "replay: a deeply nested JSON script")
+def _(tmp):
+    path = tmp / "s.json"
+    path.write_text(_deep())
+    return None, _cli("replay", str(path), names=("s.json",)), ()
+
+
+@case("command line", "bench replay: an integer of 5000 digits in a trace")
+def _(tmp):
+    path = _trace_file(tmp, [_GOOD, _GOOD, f'{{"prompt_len": 1, "tokens": [1, {_LONG_INT}]}}'])
+    return None, _cli("bench", "replay", "--trace", str(path), "--repeat", "1", names=("t.jsonl:3",)), ()
+
+
+@case("command line", "trace stats: an integer of 5000 digits in a Mooncake trace")
+def _(tmp):
+    path = _trace_file(tmp, [_MOONCAKE, f'{{"timestamp": {_LONG_INT}, "input_length": 1, "output_length": 1, '
+                                        '"hash_ids": [1]}'])
+    return None, _cli("trace", "stats", str(path), names=("t.jsonl:2",)), ()
+
+
+@case("command line", "replay: an integer of 5000 digits in a script")
+def _(tmp):
+    path = tmp / "s.json"
+    path.write_text('{"cache": "device",\n "config": {},\n "ops": [{"op": "evict", "n": ' + _LONG_INT + "}]}")
+    return None, _cli("replay", str(path), names=("s.json:3",)), ()
+
+
+@case("command line", "replay: a pickle named .json")
+def _(tmp):
+    path = tmp / "script.json"
+    path.write_bytes(pickle.dumps({"cache": "device", "config": {}, "ops": []}))
+    return None, _cli("replay", str(path), names=("script.json",)), ()
+
+
+@case("command line", "bench replay: a pickle named .jsonl")
+def _(tmp):
+    path = tmp / "trace.jsonl"
+    path.write_bytes(pickle.dumps([{"prompt_len": 1, "tokens": [1, 2]}]))
+    return None, _cli("bench", "replay", "--trace", str(path), "--repeat", "1", names=("trace.jsonl",)), ()
+
+
+@case("command line", "replay: a script whose legacy list holds lists")
+def _(tmp):
+    path = tmp / "s.json"
+    path.write_text(json.dumps({"cache": "device", "config": {"legacy": [["B1"]]}, "ops": []}))
+    return None, _cli("replay", str(path), names=("legacy",)), ()
+
+
+@case("command line", "replay: a script op whose name is a list")
+def _(tmp):
+    path = tmp / "s.json"
+    path.write_text(json.dumps({"cache": "device", "config": {}, "ops": [{"op": ["evict"], "n": 1}]}))
+    return None, _cli("replay", str(path), names=("op 0",)), ()
+
+
+@case("command line", "fuzz: Ctrl-C")
+def _(tmp):
+    return None, _cli_interrupted(tmp, "fuzz", "--ops", "100000000"), ()
+
+
+@case("command line", "fuzz --jobs 2: Ctrl-C reaches the workers too")
+def _(tmp):
+    return None, _cli_interrupted(tmp, "fuzz", "--ops", "100000000", "--jobs", "2"), ()
+
+
+# -- output rule: himamba differential --out ---------------------------------------------------------------
+_DIFF = ("differential", "--seqs", "1", "--ops", "5", "--no-progress", "--no-shrink")
+
+
+@case("output folders", "differential --out FILE: FILE is a link")
+def _(tmp):
+    victim, untouched = _victim(tmp)
+    (tmp / "div.json").symlink_to(victim)
+    return None, _cli(*_DIFF, "--out", str(tmp / "div.json")), (), untouched
+
+
+@case("output folders", "differential --out FILE: FILE exists")
+def _(tmp):
+    out = tmp / "div.json"
+    out.write_text("mine")
+
+    def after():
+        assert out.read_text() == "mine"
+    return None, _cli(*_DIFF, "--out", str(out)), (), after
+
+
+@case("output folders", "differential --out FILE: FILE is a folder")
+def _(tmp):
+    (tmp / "div.json").mkdir()
+    (tmp / "div.json" / "x").write_text("mine")
+
+    def after():
+        assert (tmp / "div.json" / "x").read_text() == "mine"
+    return None, _cli(*_DIFF, "--out", str(tmp / "div.json")), (), after
+
+
+# -- small holes: foreign acks, extra keys, the tree's slots ------------------------------------------------
+def _in_flight_write(c) -> None:
+    put(c, [20, 21])
+    put(c, [20, 21])  # the second hit writes it through: an ack in flight
+    assert c.cache_controller.in_flight()
+
+
+@case("small holes", "cache_controller.complete(999)")
+def _(tmp):
+    c = tiered_cache(manual_acks=True)
+    _in_flight_write(c)
+    return c, lambda: c.cache_controller.complete(999), ()
+
+
+@case("small holes", "cache_controller.complete(an ack of another cache)")
+def _(tmp):
+    c, other = tiered_cache(manual_acks=True), tiered_cache(manual_acks=True)
+    _in_flight_write(other)
+    ack = other.cache_controller.in_flight()[0]
+
+    def after():
+        assert not ack.manual_done, "the other cache's write was completed"
+    return c, lambda: c.cache_controller.complete(ack), (), after
+
+
+@case("small holes", "storage.complete(42)",
+      open="the storage side: StorageTier.complete must refuse what is not one of its ops (cache/storage.py)")
+def _(tmp):
+    c = tiered_cache(storage=True)
+    return c, lambda: c.storage.complete(42), ()
+
+
+@case("small holes", "serve with extra_key=nan (unmatchable)")
+def _(tmp):
+    c = device_cache()
+    return c, lambda: hm.serve(c, hm.RadixKey([40, 41], extra_key=float("nan"))), ()
+
+
+@case("small holes", "serve with extra_key=True after extra_key=1 (shared entries)")
+def _(tmp):
+    c = device_cache()
+    hm.serve(c, hm.RadixKey([40, 41], extra_key=1))
+    return c, lambda: hm.serve(c, hm.RadixKey([40, 41, 42], extra_key=True)), ()
+
+
+for _extra in ([1], {"lora": 1}, {1}, bytearray(b"x")):
+    @case("small holes", f"match_prefix with extra_key={_extra!r}")
+    def _(tmp, extra=_extra):
+        c = device_cache()
+        return c, lambda: c.match_prefix(hm.RadixKey([1, 2], extra_key=extra)), ()
+
+
+@case("small holes", "cache_finished_req with extra_key=['lora']")
+def _(tmp):
+    c = device_cache()
+    req = request(c, [50, 51])
+    req.extra_key = ["lora"]
+    return c, lambda: c.cache_finished_req(req), (req,)
+
+
+for _ps in (1, 4):
+    @case("small holes", f"kv_pool.free of a tree node's slots (page size {_ps})")
+    def _(tmp, ps=_ps):
+        c = device_cache(ps)
+        return c, lambda: c.kv_pool.free(_owned_kv(c, [t for t in (9, 9, 9) for _ in range(ps)])), ()
+
+
+@case("small holes", "mamba_pool.free of a tree node's state slot")
+def _(tmp):
+    c = device_cache()
+    return c, lambda: c.mamba_pool.free(node_at(c, [9, 9, 9]).mamba_value), ()
+
+
+@case("small holes", "kv_pool.free of a caller's slots and one of the tree's")
+def _(tmp):
+    c = device_cache()
+    mine = c.kv_pool.alloc(2)
+    return c, lambda: c.kv_pool.free(torch.cat((mine, _owned_kv(c, [9, 9, 9])[:1]))), ()

@@ -3,7 +3,8 @@
 A clear error is a ValueError subclass of the project (InvalidInputError, LockError, PoolError)
 whose message is a sentence; "nothing changed" is the cache's whole fingerprint (and the given
 requests) before and after, invariants and integrity clean, or, for files and folders, the case's
-own check that nothing was written.
+own check that nothing was written. A case marked ``open`` is expected to fail (strictly: once it
+passes, the mark must go).
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from fingerprint import assert_rejected
 import himamba as hm
 
 
-@pytest.mark.parametrize("case", CASES, ids=[f"{c.klass}: {c.name}" for c in CASES])
+@pytest.mark.parametrize("case", [
+    pytest.param(c, marks=pytest.mark.xfail(strict=True, reason=c.open)) if c.open else c for c in CASES
+], ids=[f"{c.klass}: {c.name}" for c in CASES])
 def test_bad_input_is_refused_and_changes_nothing(case, tmp_path, capsys):
     cache, call, requests, *rest = case.build(tmp_path)
     after = rest[0] if rest else None
@@ -34,8 +37,9 @@ def test_bad_input_is_refused_and_changes_nothing(case, tmp_path, capsys):
 
 def test_every_class_has_cases():
     classes = {c.klass for c in CASES}
-    assert classes == {"ownership", "atomicity", "data loss", "silent", "unclear", "hangs", "output folders"}
-    assert len(CASES) >= 100
+    assert classes == {"ownership", "atomicity", "data loss", "silent", "unclear", "hangs", "output folders",
+                       "command line", "small holes"}
+    assert len(CASES) >= 130
 
 
 def test_serve_keeps_the_extra_key():

@@ -161,3 +161,29 @@ def test_a_reader_that_stops_reading_ends_the_command_quietly() -> None:
     finally:
         os.close(write_end)
     assert (done.returncode, done.stderr) == (141, "")
+
+
+def test_bench_replay_record_times_a_listener_and_keeps_the_figures(capsys, tmp_path: Path) -> None:
+    trace = tmp_path / "t.jsonl"
+    trace.write_text("\n".join(json.dumps({"prompt_len": 3, "tokens": [1, 2, 3, i, i + 1]}) for i in range(5, 25)))
+    code, out, err = run(capsys, "bench", "replay", "--trace", str(trace), "--repeat", "1", "--record")
+    assert code == 0, err
+    figures = json.loads(out.strip().splitlines()[-1])
+    assert figures["record_events"] > 20 and figures["record_same_figures"] is True
+
+
+def test_differential_out_replaces_a_file_only_with_force_and_leaves_no_temporary(capsys, tmp_path: Path) -> None:
+    from himamba.differential import upstream_available
+
+    if not upstream_available():
+        pytest.skip("SGLang 0.5.11 is not installed (make differential)")
+    out = tmp_path / "div.json"
+    out.write_text("mine")
+    argv = ["differential", "--seqs", "2", "--ops", "12", "--cache", "tiered", "--no-progress", "--no-shrink",
+            "--out", str(out)]
+    code, _, err = run(capsys, *argv)
+    assert code == 2 and "exists; pass --force" in err and out.read_text() == "mine"
+    code, stdout, _ = run(capsys, *argv, "--force")
+    assert code in (0, 1) and f"wrote {out}" in stdout
+    assert isinstance(json.loads(out.read_text()), list)
+    assert [p.name for p in tmp_path.iterdir()] == ["div.json"]
