@@ -168,11 +168,13 @@ def _demo(args: argparse.Namespace) -> int:
     on, off = runs[True], runs[False]
     cmp = compare(on.recorder, off.recorder, labels=("B1 switch on (old code)", "B1 fixed (default)"),
                   names={**on.names, **off.names})
-    ending = (f"<p>With the switch on the run ends with <code>{html.escape(repr(on.error))}</code>; "
+    crash = f" at aligned step {cmp.failures[0][0] + 1}, where this page opens (◀ prev steps back)" if cmp.failures else ""
+    ending = (f"<p>With the switch on the run fails{crash}: <code>{html.escape(repr(on.error))}</code>; "
               f"with the fix it ends cleanly. Nodes are named as in the reference: P = [1, 2] "
               f"(backed up, no state, pinned by its storage backup), C = [3, 4], its only child.</p>")
     with tempfile.TemporaryDirectory() as scratch:  # the page is written where no link can be planted
-        draft = cmp.to_html(Path(scratch) / "index.html", title="Bug B1: the tombstone cascade and a host-pinned node")
+        draft = cmp.to_html(Path(scratch) / "index.html", title="Bug B1: the tombstone cascade and a host-pinned node",
+                            open_at_failure=True)
         text = draft.read_text(encoding="utf-8")
     text = text.replace("<div class=\"hm-controls\">", ending + "<div class=\"hm-controls\">", 1)
     page = write_text_no_follow(out / "index.html", text)

@@ -143,11 +143,15 @@ class Comparison:
             text += f" {label} fails at aligned step {i + 1} (#step={i + 1}): {step.text}."
         return f"<p>{escape(text)}</p>"
 
-    def to_html(self, path: str | Path, title: str | None = None, theme: str = "auto") -> Path:
+    def to_html(self, path: str | Path, title: str | None = None, theme: str = "auto",
+                open_at_failure: bool = False) -> Path:
         """Write one self-contained page with both recordings side by side (``theme``: auto,
-        light or dark); follows no symbolic link; returns the path."""
+        light or dark; ``open_at_failure``: the page opens on the first failure step, where
+        there is one); follows no symbolic link; returns the path."""
         title = title or f"{self.labels[0]} vs {self.labels[1]}"
-        return write_page(path, title, self.rows(), self.labels, self.intro(), theme)
+        failures = self.failures
+        open_at = failures[0][0] + 1 if open_at_failure and failures else None
+        return write_page(path, title, self.rows(), self.labels, self.intro(), theme, open_at)
 
     def _ipython_display_(self) -> None:
         from IPython.display import HTML, display

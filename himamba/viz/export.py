@@ -96,7 +96,10 @@ _JS = """
     if(e.key==='ArrowRight'){stop();show(at+1);e.preventDefault();}
     else if(e.key==='ArrowLeft'){stop();show(at-1);e.preventDefault();}
     else if(e.key==='Home'){show(0);} else if(e.key==='End'){show(shown.length-1);}});
-  pick(); if(!fromHash()){show(0);}
+  function openAt(){var n=document.body.dataset.open; if(!n){return false;}
+    var r=rows.filter(function(x){return x.dataset.step===n;})[0]; if(!r){return false;}
+    if(shown.indexOf(r)<0){all.checked=true; pick();} show(shown.indexOf(r)); return true;}
+  pick(); if(!fromHash()&&!openAt()){show(0);}
 })();
 """
 
@@ -123,10 +126,11 @@ def _inline(svg: str) -> str:
 
 
 def page(title: str, rows: Sequence[Row], columns: Sequence[str] = (), intro: str = "",
-         theme: str = "auto") -> str:
+         theme: str = "auto", open_at: int | None = None) -> str:
     """The HTML page (a string). ``columns`` names the columns (a header row); ``intro`` is
     HTML placed under the title (the caller escapes what it did not write); ``theme``:
-    ``"auto"`` (the reader's setting), ``"light"`` or ``"dark"`` (a menu on the page changes it)."""
+    ``"auto"`` (the reader's setting), ``"light"`` or ``"dark"`` (a menu on the page changes it);
+    ``open_at``: the anchor of the row the page opens on (a ``#step=N`` link still wins)."""
     if theme not in THEMES:
         raise InvalidInputError(f"theme must be one of {', '.join(THEMES)}, got {theme!r}")
     head = ""
@@ -151,16 +155,17 @@ def page(title: str, rows: Sequence[Row], columns: Sequence[str] = (), intro: st
                 f'<label>theme <select id="hm-theme">{options}</select></label> '
                 '<small>keys: ← → · link a step: page.html#step=N</small>' + legend_html() + head + "</div>")
     return (f"<!doctype html><html data-theme='{theme}'><head><meta charset='utf-8'>"
-            f"<title>{escape(title)}</title><style>{_CSS}</style></head><body>"
+            f"<title>{escape(title)}</title><style>{_CSS}</style></head>"
+            f"<body{'' if open_at is None else f' data-open={chr(34)}{int(open_at)}{chr(34)}'}>"
             f"<h1>{escape(title)}</h1>{intro}{controls}{''.join(body)}<script>{_JS}</script></body></html>")
 
 
 def write_page(path: str | Path, title: str, rows: Sequence[Row], columns: Sequence[str] = (),
-               intro: str = "", theme: str = "auto") -> Path:
+               intro: str = "", theme: str = "auto", open_at: int | None = None) -> Path:
     """Write :func:`page` to ``path`` (parent folders created). Follows no symbolic link and
     replaces no file that is not a regular file: the page is written beside ``path`` and
     renamed into place. Returns the path."""
-    text = page(title, rows, columns, intro, theme)
+    text = page(title, rows, columns, intro, theme, open_at)
     path = Path(path)
     if not path.parent.is_symlink():
         path.parent.mkdir(parents=True, exist_ok=True)
