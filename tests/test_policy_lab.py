@@ -75,7 +75,7 @@ def test_on_a_dask_cluster_by_address_the_table_is_the_same(items) -> None:
 def test_the_plot_has_a_panel_per_figure_and_a_line_per_pair(items) -> None:
     frame = policy_sweep.policy_sweep(items, admissions=["page_aligned", "branch_point"], sizes=SIZES[:2], progress=False)
     fig = plot_policies(frame)
-    assert [ax.get_ylabel() for ax in fig.axes] == ["hit rate", "flops saved"]
+    assert [ax.get_ylabel() for ax in fig.axes] == ["hit rate", "prefill FLOPs saved"]
     assert [line.get_label() for line in fig.axes[0].lines] == ["page_aligned + lru", "branch_point + lru"]
     assert list(fig.axes[0].lines[1].get_ydata()) == frame.loc[frame["admission"] == "branch_point", "hit_rate"].tolist()
 

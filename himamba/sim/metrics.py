@@ -259,8 +259,9 @@ def plot_policies(frame: pd.DataFrame, ys: tuple[str, ...] = ("hit_rate", "flops
         for ax, y in zip(axes, ys, strict=True):
             ax.plot(x, group[y], marker="o", color=f"C{admissions.index(admission) % 10}",
                     ls=styles[evictions.index(eviction) % len(styles)], label=f"{admission} + {eviction}")
+    names = {"hit_rate": "hit rate", "hit_rate_tokens": "hit rate (tokens)", "flops_saved": "prefill FLOPs saved"}
     for ax, y in zip(axes, ys, strict=True):
-        ax.set_ylabel(y.replace("_", " "))
+        ax.set_ylabel(names.get(y, y.replace("_", " ")))
         ax.set_ylim(bottom=0)
     axes[-1].set_xticks(range(len(labels)), labels)
     axes[-1].set_xlabel("cache size")

@@ -48,6 +48,12 @@ class PolicyItems(tuple):
 
     block_tokens: int = BLOCK_TOKENS
 
+    def __getitem__(self, index):
+        """An item, or (a slice) the items of a trace prefix, still checked and in the same mode."""
+        if isinstance(index, slice):
+            return _items(tuple.__getitem__(self, index), self.block_tokens)
+        return tuple.__getitem__(self, index)
+
 
 def _items(rows: Iterable[PolicyItem], block_tokens: int) -> PolicyItems:
     out = PolicyItems(rows)

@@ -208,3 +208,30 @@ def available_evictions(names: Sequence[str] = EVICTIONS) -> list[str]:
             continue
         out.append(name)
     return out
+
+
+def shared_token_trace(n_requests: int = 2000, seed: int = 0) -> list[tuple[int, list[int]]] | None:
+    """The shared multi-turn token trace (``(prompt_len, tokens)`` pairs) written by
+    ``shared/bench/multiturn_trace.py`` beside the checkout (found as
+    :func:`himamba.sim.mooncake.find_trace` finds traces), run in a child process; ``None`` when
+    the script is not there."""
+    import subprocess
+    import sys
+    import tempfile
+
+    from himamba.sim.trace_io import load_token_trace
+
+    check_int(n_requests, "n_requests", 1)
+    check_int(seed, "seed", 0)
+    here = Path(__file__).resolve().parents[2]
+    roots = [here.parent, *Path.cwd().resolve().parents, Path.cwd()]
+    script = next((p / "shared" / "bench" / "multiturn_trace.py" for p in roots
+                   if (p / "shared" / "bench" / "multiturn_trace.py").is_file()), None)
+    if script is None:
+        return None
+    with tempfile.TemporaryDirectory() as scratch:
+        out = Path(scratch) / "trace.jsonl"
+        with out.open("w", encoding="utf-8") as fh:
+            subprocess.run([sys.executable, str(script), "--requests", str(n_requests), "--seed", str(seed)],
+                           stdout=fh, check=True, timeout=300)
+        return load_token_trace(out)
