@@ -23,8 +23,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from himamba.cache.facade import RadixCacheBase
 from himamba.cache.results import InsertResult, Request
-from himamba.cache.tree_base import TreeBase
 from himamba.core.key import RadixKey
 from himamba.core.node import TreeNode
 from himamba.errors import InvalidInputError, OracleError
@@ -65,7 +65,7 @@ def serve(cache, tokens: list[int] | RadixKey, *, reuse_prefix: bool = True) -> 
     Without ``reuse_prefix`` the request computes every token again (new KV slots for the
     matched prefix too), so insert frees the duplicates.
     """
-    if not isinstance(cache, TreeBase):
+    if not isinstance(cache, RadixCacheBase):
         raise InvalidInputError(f"serve needs a cache (MambaRadixCache or HiMambaRadixCache), got {type(cache).__name__}")
     key = tokens if isinstance(tokens, RadixKey) else RadixKey(tokens)  # checks the token ids
     tokens = key.token_ids
