@@ -59,9 +59,9 @@ class DeviceTier:
     def free_node(self, node: TreeNode) -> None:
         """Return every device slot ``node`` owns to its pool (for ``reset``: nothing else moves)."""
         if node.value is not None:
-            self.kv_pool.free(node.value)
+            self.kv_pool.free_owned(node.value)
         if node.mamba_value is not None:
-            self.mamba_pool.free(node.mamba_value)
+            self.mamba_pool.free_owned(node.mamba_value)
 
     # -- the evictable-leaf set (reference §1.5) ---------------------------------------------------
     def is_leaf(self, node: TreeNode) -> bool:
