@@ -47,7 +47,8 @@ TARGET_PROFILES: dict[str, dict] = {
            "shape": {"p_prompt": 0.8, "p_bare": 0.35, "n_prompts": 2},
            "episode": 100},
 }
-DEFAULT_EPISODE = 500  # operations per episode when neither the caller nor a profile says
+DEFAULT_EPISODE = 500
+UNIFIED_SHARE = 0.25  # tiered fuzz scripts with cascade_rule="unified" (drawn by seed, beside the pools)  # operations per episode when neither the caller nor a profile says
 
 # The device-tier stress mix (tests/test_stress_device.py): plain inserts and matches, locks held
 # for a while, evictions, and requests held across operations (prefilled chunk by chunk,
@@ -88,7 +89,8 @@ def make_script(seed: int, n: int, *, page_size: int = 1, write_policy: str | No
                 storage: bool = True, profile: bool = True, scale: int = 1, copy_engine: str = "auto",
                 weights: dict[str, int] | None = None, p_fresh: float = 0.0) -> dict:
     """A random script. With ``profile``, a single legacy switch brings its
-    :data:`TARGET_PROFILES` settings (an explicit ``write_policy`` still wins). A ``copy_engine``
+    :data:`TARGET_PROFILES` settings (an explicit ``write_policy`` still wins); without one, a
+    tiered script takes ``cascade_rule="unified"`` one time in four (by seed). A ``copy_engine``
     other than ``"auto"`` goes into the config (``"deferred"``: CUDA's copy timing on the CPU).
     ``weights`` and ``p_fresh`` go to :func:`generate_ops` (``weights`` over a profile's)."""
     legacy = sorted(legacy)
@@ -100,6 +102,8 @@ def make_script(seed: int, n: int, *, page_size: int = 1, write_policy: str | No
         config[key] = value * page_size if key.endswith("_tokens") else value
     if copy_engine != "auto":
         config["copy_engine"] = copy_engine
+    if profile and not prof and cache == "tiered" and random.Random(f"cascade-{seed}").random() < UNIFIED_SHARE:
+        config["cascade_rule"] = "unified"
     return {
         "cache": cache, "manual_acks": manual_acks, "seed": seed, "config": config,
         "ops": generate_ops(seed, n, page_size, weights={**prof.get("weights", {}), **(weights or {})} or None,
