@@ -101,6 +101,7 @@ def assemble(cache, host: HostTier | None = None, controller: TransferController
         locked_leaf_words=TIERED_LOCKED_LEAF if tiered else DEVICE_LOCKED_LEAF,
         old_host_rule=legacy("B5"),
     )
+    owner.release_lock_on_failed_eviction = not legacy("B22")
     owner.request_flow = RequestFlow(cache, forward_chunked=not legacy("B2"), raise_like_upstream=legacy("B19"))
     if not tiered:
         return

@@ -260,7 +260,7 @@ class RadixCacheBase(Displayable):
         the slot or ``None``. If the eviction raises, the lock is released (legacy B22 keeps it,
         as upstream's ``_alloc_with_evict`` does)."""
         return allocate_or_make_room(lambda: pool.alloc(1), evict, 1, self.device_tier, lock_node,
-                                     release_on_error=not self.config.has_legacy("B22"))
+                                     release_on_error=self.release_lock_on_failed_eviction)
 
     # -- requests (reference §3.4) ------------------------------------------------------------------
     @operation("cache_finished_req")

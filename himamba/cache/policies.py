@@ -18,7 +18,7 @@ from himamba.core.node import TreeNode
 from himamba.observe.events import EventKind
 
 
-class RadixCacheBase(Protocol):
+class CacheParts(Protocol):
     """What a write policy uses of a cache: its ``eviction`` part, its ``backup`` part (tiered),
     its ``events`` and the public ``write_backup`` / ``writing_check``."""
 
@@ -81,12 +81,12 @@ class NoHostTier:
 
     name = "none"
 
-    def on_hit(self, cache: RadixCacheBase, node: TreeNode, chunked: bool) -> None:
+    def on_hit(self, cache: CacheParts, node: TreeNode, chunked: bool) -> None:
         """Count an insert-time hit unless the insert is a chunk of a chunked prefill."""
         if not chunked:
             node.hit_count += 1
 
-    def evict_leaf(self, cache: RadixCacheBase, node: TreeNode) -> tuple[int, TreeNode | None]:
+    def evict_leaf(self, cache: CacheParts, node: TreeNode) -> tuple[int, TreeNode | None]:
         """Take one evictable device leaf off the device. Returns (device tokens freed, the deepest
         surviving ancestor, ``None`` when the leaf stays)."""
         return cache.eviction.delete_leaf(node)
@@ -100,14 +100,14 @@ class WriteThrough(NoHostTier):
         self.name = name
         self.threshold = threshold
 
-    def on_hit(self, cache: RadixCacheBase, node: TreeNode, chunked: bool) -> None:
+    def on_hit(self, cache: CacheParts, node: TreeNode, chunked: bool) -> None:
         if chunked:
             return
         node.hit_count += 1
         if node.host_value is None and node.hit_count >= self.threshold:
             cache.write_backup(node)
 
-    def evict_leaf(self, cache: RadixCacheBase, node: TreeNode) -> tuple[int, TreeNode | None]:
+    def evict_leaf(self, cache: CacheParts, node: TreeNode) -> tuple[int, TreeNode | None]:
         if node.host_value is not None:
             return cache.eviction.demote(node)
         return cache.eviction.delete_leaf(node)
@@ -124,10 +124,10 @@ class WriteBack(NoHostTier):
     def __init__(self, demote_failed: bool = False) -> None:
         self.demote_failed = demote_failed
 
-    def on_hit(self, cache: RadixCacheBase, node: TreeNode, chunked: bool) -> None:
+    def on_hit(self, cache: CacheParts, node: TreeNode, chunked: bool) -> None:
         return
 
-    def evict_leaf(self, cache: RadixCacheBase, node: TreeNode) -> tuple[int, TreeNode | None]:
+    def evict_leaf(self, cache: CacheParts, node: TreeNode) -> tuple[int, TreeNode | None]:
         eviction = cache.eviction
         if node.host_value is not None:
             return eviction.demote(node)
