@@ -448,3 +448,36 @@ def test_b13_quota_with_a_restored_state(legacy):
     else:
         assert node is p and device.numel() == 0 and tiers(leaf) == ("H", "h")
         assert cache.ongoing_load_back == {} and p.full_lock_ref == 0
+
+
+def test_every_switch_is_read_where_the_cache_is_built_and_says_where_it_acts():
+    """Legacy switches are read in cache/build.py only (the invariant checker reads B5 to know
+    which rule to check); each entry's ``where`` names functions that exist."""
+    import pathlib
+    import re
+
+    import himamba.cache as pkg
+    from himamba.cache import (
+        backup,
+        device_tier,
+        eviction,
+        facade,
+        host_tier,
+        load_back,
+        lookup,
+        policies,
+        request_flow,
+        storage,
+    )
+
+    folder = pathlib.Path(pkg.__file__).parent
+    readers = sorted(p.name for p in folder.glob("*.py") if "has_legacy(" in p.read_text())
+    assert readers == ["build.py", "config.py", "host_invariants.py"]
+    classes = {}
+    for module in (backup, device_tier, eviction, facade, host_tier, load_back, lookup, policies, request_flow, storage):
+        classes.update({name: obj for name, obj in vars(module).items() if isinstance(obj, type)})
+    for bug in hm.LEGACY_BUGS.values():
+        named = re.findall(r"\b([A-Z][A-Za-z]+)\.([a-z_]+)\b", bug.where)
+        assert named, f"{bug.id}: 'where' names no Class.function"
+        for cls, fn in named:
+            assert hasattr(classes[cls], fn), f"{bug.id}: {cls}.{fn} does not exist"

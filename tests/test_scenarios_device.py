@@ -629,3 +629,17 @@ def test_scenario_34_leaf_leaving_the_evictable_set_before_its_pop_is_skipped():
     assert_healthy(cache)
     assert cache.num_nodes() == 0 and counters(cache) == (0, 0, 0, 0)
     assert free_kv(cache) == KV_CAP and free_states(cache) == STATE_CAP
+
+
+def test_match_retimes_the_kth_ancestor_k_steps_earlier():
+    """match_prefix retimes the usable node to the clock's time t and its k-th ancestor to
+    t - k * 1e-5 (so ancestors stay older than their descendants), not all to t."""
+    cache = make_cache()
+    put(cache, [1, 2])
+    put(cache, [1, 2, 3, 4])
+    put(cache, [1, 2, 3, 4, 5, 6])
+    t = cache._clock
+    cache.match_prefix([1, 2, 3, 4, 5, 6, 7])
+    times = [node_at(cache, p).last_access_time for p in ([1, 2, 3, 4, 5, 6], [1, 2, 3, 4], [1, 2])]
+    assert times == [t, t - 1e-5, t - 2e-5]
+    assert_healthy(cache)

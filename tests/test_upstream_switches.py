@@ -250,5 +250,5 @@ def test_b22_failed_eviction_during_a_state_allocation(legacy):
         raise hm.CacheAssertionError("evict device leaf: full_lock_ref mismatch")
 
     with pytest.raises(hm.CacheAssertionError):
-        cache._alloc_state(cache.mamba_pool, failing, lock_node=a)
+        cache.alloc_state(cache.mamba_pool, failing, lock_node=a)
     assert a.full_lock_ref == (1 if legacy else 0)

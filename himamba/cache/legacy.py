@@ -1,7 +1,9 @@
 """Legacy switches: each known bug of the reference (section 5) as a behaviour you can turn back on.
 
 ``CacheConfig(legacy={"B1"})`` (or the alias, ``{"cascade_ignores_host_pins"}``) restores the old
-code path exactly, so a notebook can show the symptom next to the fix. By default every switch is
+code path exactly, so a notebook can show the symptom next to the fix. Switches are read only where
+the cache is built (:mod:`himamba.cache.build`): each picks a policy object or sets one named variant
+flag of a part, and each entry's ``where`` names that variant and the function it changes. By default every switch is
 off: the cache behaves as current upstream *and* also fixes the bugs upstream left open
 (B3, B6, B7, B8, B10, B13) and adds the guards B14-B22.
 
@@ -77,6 +79,7 @@ class LegacyBug:
     symptom: str
     fixed_upstream: str
     why_default: str = ""  # for a guard beyond upstream: why himamba's default differs
+    where: str = ""  # the variant it selects in cache/build.py, and the one function it changes
 
 
 LEGACY_BUGS: dict[str, LegacyBug] = {
@@ -84,69 +87,88 @@ LEGACY_BUGS: dict[str, LegacyBug] = {
     for bug in (
         LegacyBug("B1", "cascade_ignores_host_pins",
                   "the cascade deletes a host-pinned node; evict_host then fails with "
-                  "'parent does not have child key'", "yes (#23696)"),
+                  "'parent does not have child key'", "yes (#23696)",
+                  where="policy: TieredCascadeRule(honour_pins=False) -> TieredCascadeRule.stop_reason"),
         LegacyBug("B2", "chunked_not_forwarded",
                   "cache_unfinished_req drops `chunked`: every chunk counts a hit and is backed up",
-                  "yes (#23696)"),
+                  "yes (#23696)",
+                  where="RequestFlow(forward_chunked=False) -> RequestFlow.cache_unfinished_req"),
         LegacyBug("B3", "host_insert_skips_full_lru",
-                  "_insert_helper_host retimes device nodes without a full-LRU move", "no (open)"),
+                  "_insert_helper_host retimes device nodes without a full-LRU move", "no (open)",
+                  where="StorageOps(skip_full_lru=True) -> StorageOps.insert_host"),
         LegacyBug("B4", "backup_ignores_contiguity",
                   "write_backup backs up a child of an un-backed-up parent; 'non-leaf' on eviction",
-                  "yes (#22062)"),
+                  "yes (#22062)",
+                  where="Backup(contiguous=False) -> Backup.write"),
         LegacyBug("B5", "old_host_leaf_rule",
                   "old host-leaf test and pin handling in evict_host / evict_mamba_host",
-                  "yes (PR unconfirmed)"),
+                  "yes (PR unconfirmed)",
+                  where="HostTier(old_leaf_rule=True) -> HostTier.is_leaf / pin / admits; Eviction(old_host_rule=True) -> Eviction.delete_host_leaf / evict_mamba_host; StorageOps(old_pin_rule=True) -> prefetch_from_storage"),
         LegacyBug("B6", "host_insert_under_unbacked_parent",
                   "prefetched host nodes hang under a device node that is not backed up",
-                  "no (inferred)"),
+                  "no (inferred)",
+                  where="StorageOps(hang_under_unbacked=True) -> StorageOps.insert_host"),
         LegacyBug("B7", "write_back_ignores_failed_backup",
-                  "write-back demotes a leaf whose backup failed: 'not backuped'", "no (inferred)"),
+                  "write-back demotes a leaf whose backup failed: 'not backuped'", "no (inferred)",
+                  where="policy: WriteBack(demote_failed=True) -> WriteBack.evict_leaf"),
         LegacyBug("B8", "evict_mamba_takes_locked_leaf",
                   "evict_mamba evicts a childless full-locked leaf: 'full_lock_ref mismatch'",
-                  "no (#21406 closed)"),
+                  "no (#21406 closed)",
+                  where="Eviction(take_locked_leaf=True) -> Eviction.evict_mamba"),
         LegacyBug("B10", "lock_release_drops_state_lock",
                   "releasing a lock taken on a tombstone unlocks a state attached since",
-                  "no (inferred)"),
+                  "no (inferred)",
+                  where="DeviceTier(guard_lock_release=False) -> DeviceTier.unlock"),
         LegacyBug("B13", "quota_ignored_with_restore",
                   "load-back skips threshold and mem_quota whenever a state is restored",
-                  "no (maybe intended)"),
+                  "no (maybe intended)",
+                  where="policy: LoadBackRule(quota_ignored_with_restore=True) -> LoadBackRule.skip"),
         LegacyBug("B14", "load_back_unpinned",
                   "load-back does not pin the host copies it reads while device room is made: the "
                   "evictions it causes may free them", "no (open in 0.5.11)",
-                  "the evictions a load-back causes can free the very host copy being loaded (TypeError upstream)"),
+                  "the evictions a load-back causes can free the very host copy being loaded (TypeError upstream)",
+                  where="LoadBack(pin_sources=False) -> LoadBack.make_room (and the failures it leads to in issue / adopt)"),
         LegacyBug("B15", "write_back_drain_keeps_locks",
                   "a blocking write-back drain consumes write-through acks without unlocking "
                   "their nodes: the locks leak", "no (open in 0.5.11)",
-                  "a leaked lock makes its node unevictable for ever"),
+                  "a leaked lock makes its node unevictable for ever",
+                  where="Backup(drain_unlocks=False) -> Backup.writing_check"),
         LegacyBug("B16", "evict_pushes_parent",
                   "after a cascade, eviction queues x.parent (possibly just deleted) instead of the "
                   "deepest surviving ancestor", "no (open in 0.5.11)",
-                  "queueing a deleted node stops eviction early: it frees less than asked though leaves remain"),
+                  "queueing a deleted node stops eviction early: it frees less than asked though leaves remain",
+                  where="Eviction(queue_parent=True, tiered cache) -> Eviction.evict_leaves"),
         LegacyBug("B17", "loaded_nodes_at_mru",
                   "loaded-back nodes enter the full and mamba lists at the MRU end, out of time order",
                   "no (open in 0.5.11)",
-                  "list order must equal time order (the sanity check upstream runs fails otherwise)"),
+                  "list order must equal time order (the sanity check upstream runs fails otherwise)",
+                  where="LoadBack(at_mru=True) -> LoadBack.adopt"),
         LegacyBug("B18", "backup_host_room_unlocked",
                   "write_backup's evict_host retry runs without locking the node being written: "
                   "the cascade may delete it", "no (open in 0.5.11)",
-                  "the cascade of a host child's eviction can delete the node being written"),
+                  "the cascade of a host child's eviction can delete the node being written",
+                  where="Backup(lock_while_making_room=False) -> Backup.write; DeviceTier(tolerant_unlist=True) -> drop_kv / drop_state"),
         LegacyBug("B19", "upstream_failure_paths",
                   "a state slot that cannot be had raises where upstream raises (RuntimeError / "
                   "assertion), a load-back takes the request's slot before the KV and leaves the "
                   "ancestor locked on failure", "no (open in 0.5.11)",
-                  "a shortage of state slots is an input condition to report cleanly, not a crash"),
+                  "a shortage of state slots is an input condition to report cleanly, not a crash",
+                  where="Lookup / RequestFlow(raise_like_upstream=True) -> copy_state_to_request / _alloc_mamba_slot; LoadBack(request_slot_first=True) -> LoadBack.load_back"),
         LegacyBug("B20", "load_ack_pops_strictly",
                   "loading_check pops each acked node id strictly: a state loaded twice raises KeyError",
                   "no (open in 0.5.11)",
-                  "a second load of a node already queued is legal; its ack must not crash"),
+                  "a second load of a node already queued is legal; its ack must not crash",
+                  where="Backup(strict_load_acks=True) -> Backup.loading_check"),
         LegacyBug("B21", "device_tree_strict_asserts",
                   "device tree: evict takes a childless tombstone ('leaf node mamba value is not None'), "
                   "dec_lock_ref asserts mamba_lock_ref > 0", "no (open in 0.5.11)",
-                  "a childless tombstone is garbage to delete, and a lock taken on a tombstone is released cleanly"),
+                  "a childless tombstone is garbage to delete, and a lock taken on a tombstone is released cleanly",
+                  where="DeviceTier(strict_release=True) -> DeviceTier.unlock; Eviction(strict_leaf=True) -> Eviction.delete_leaf (device cache)"),
         LegacyBug("B22", "cow_lock_leak",
                   "a failure while copy-on-write evicts for the request's slot leaves the matched node "
                   "locked", "no (open in 0.5.11)",
-                  "a failed eviction must not leave a lock behind"),
+                  "a failed eviction must not leave a lock behind",
+                  where="cache.release_lock_on_failed_eviction=False -> RadixCacheBase.alloc_state"),
     )
 }
 

@@ -2,22 +2,16 @@
 
 Every node owns the device KV of its edge; a node may also own one device mamba state, the
 state after its last token. A cached prefix is usable only up to the deepest node holding a
-state. See the mixins for each concern:
-
-* :mod:`himamba.cache.tree_base` — pools, counters, leaf set, locks;
-* :mod:`himamba.cache.lookup` — match_prefix, split, insert;
-* :mod:`himamba.cache.device_eviction` — evict, evict_mamba, the tombstone cascade;
-* :mod:`himamba.cache.request_flow` — cache_finished_req, cache_unfinished_req.
+state. The class is the facade of :mod:`himamba.cache.facade` over a tree and a device tier;
+:mod:`himamba.cache.build` says which parts and policies it is made of.
 """
 
 from __future__ import annotations
 
-from himamba.cache.device_eviction import DeviceEvictionMixin
-from himamba.cache.lookup import LookupMixin
-from himamba.cache.request_flow import RequestFlowMixin
+from himamba.cache.facade import RadixCacheBase
 
 
-class MambaRadixCache(RequestFlowMixin, LookupMixin, DeviceEvictionMixin):
+class MambaRadixCache(RadixCacheBase):
     """Device-tier radix cache over real KV and state pools (``kv_pool``, ``mamba_pool``).
 
     >>> import himamba as hm

@@ -13,11 +13,9 @@ import numpy as np
 import torch
 
 from himamba.cache.results import Request
-from himamba.cache.tree_base import TreeBase
 from himamba.core.key import RadixKey
 from himamba.errors import CacheAssertionError, InvalidInputError
 from himamba.memory import slot_ids
-from himamba.observe.events import operation
 from himamba.validate import (
     check_bool,
     check_int,
@@ -26,10 +24,20 @@ from himamba.validate import (
 )
 
 
-class RequestFlowMixin(TreeBase):
-    """Request-level entry points built on match_prefix, insert and the locks."""
+class RequestFlow:
+    """Request-level entry points of one cache, built on its public ``match_prefix``, ``insert``
+    and locks (``cache`` is the facade, so that recordings nest those calls). Variants fixed at
+    construction: ``forward_chunked`` (off with legacy B2), ``raise_like_upstream`` (legacy B19)."""
 
-    @operation("cache_finished_req")
+    def __init__(self, cache, *, forward_chunked: bool = True, raise_like_upstream: bool = False) -> None:
+        self.cache = cache
+        self.config = cache.config
+        self.page_size = cache.page_size
+        self.kv_pool = cache.kv_pool
+        self.mamba_pool = cache.mamba_pool
+        self.forward_chunked = forward_chunked
+        self.raise_like_upstream = raise_like_upstream
+
     def cache_finished_req(self, req: Request, is_insert: bool = True) -> None:
         """Hand a finished request to the tree.
 
@@ -57,21 +65,20 @@ class RequestFlowMixin(TreeBase):
                 cache_len = 0
         key = RadixKey(tokens[:cache_len], req.extra_key)
         if cache_len:
-            self._check_insert_args(key, kv[:cache_len], state, min(protected, cache_len))
+            self.cache.inserter.check_args(key, kv[:cache_len], state, min(protected, cache_len))
         self._check_request_slots(req, kv[max(cache_len, protected) :])
         tree_took_state = False
         if cache_len:
-            result = self.insert(key, kv[:cache_len], state, prev_prefix_len=min(protected, cache_len))
+            result = self.cache.insert(key, kv[:cache_len], state, prev_prefix_len=min(protected, cache_len))
             tree_took_state = not result.mamba_exist
         self.kv_pool.free(kv[max(cache_len, protected) :])
         self._free_request_states(req, tree_took_state)
         if req.last_node is not None:
-            self.dec_lock_ref(req.last_node)
+            self.cache.dec_lock_ref(req.last_node)
         req.last_node = None
         req.kv_indices = kv[:0]
         req.cache_protected_len = 0
 
-    @operation("cache_unfinished_req")
     def cache_unfinished_req(self, req: Request, chunked: bool = False) -> None:
         """Insert the prefilled part of a running request and move its lock to the new last node.
 
@@ -106,18 +113,18 @@ class RequestFlowMixin(TreeBase):
         if not self.mamba_pool.allocator.all_allocated(source):
             raise InvalidInputError("the request's state slot is not allocated")
         key = RadixKey(tokens[:cache_len], req.extra_key)
-        self._check_insert_args(key, kv[:cache_len], None, min(protected, cache_len))
+        self.cache.inserter.check_args(key, kv[:cache_len], None, min(protected, cache_len))
         if self.config.extra_buffer:
             state = source
             req.mamba_track_idx = self._alloc_mamba_slot()
         else:
             state = self._alloc_mamba_slot()
             self.mamba_pool.copy_slot(state, source)
-        forward = chunked and not self.config.has_legacy("B2")
-        result = self.insert(key, kv[:cache_len], state, prev_prefix_len=min(protected, cache_len), chunked=forward)
+        forward = chunked and self.forward_chunked
+        result = self.cache.insert(key, kv[:cache_len], state, prev_prefix_len=min(protected, cache_len), chunked=forward)
         if result.mamba_exist:
             self.mamba_pool.free(state)
-        match = self.match_prefix(key)
+        match = self.cache.match_prefix(key)
         new_indices, new_last = match.device_indices, match.last_device_node
         n = len(new_indices)
         states = self.mamba_pool.allocator
@@ -127,8 +134,8 @@ class RequestFlowMixin(TreeBase):
             raise CacheAssertionError(f"cache_unfinished_req: matched {n} < protected {protected} / prefix {result.prefix_len}")
         slot_ids.assign(kv, protected, n, new_indices[protected:])
         if req.last_node is not None:
-            self.dec_lock_ref(req.last_node)
-        self.inc_lock_ref(new_last)
+            self.cache.dec_lock_ref(req.last_node)
+        self.cache.inc_lock_ref(new_last)
         req.prefix_indices = new_indices
         req.cache_protected_len = n
         req.last_node = new_last
@@ -161,7 +168,7 @@ class RequestFlowMixin(TreeBase):
         if problem is not None:
             raise InvalidInputError(problem)
         if req.last_node is not None:
-            self._check_releasable(req.last_node)
+            self.cache.check_releasable(req.last_node)
 
     def _committed(self, req: Request) -> tuple[list[int], torch.Tensor]:
         kv = req.kv_indices
@@ -183,8 +190,9 @@ class RequestFlowMixin(TreeBase):
 
     def _alloc_mamba_slot(self) -> torch.Tensor:
         """One device state slot, evicting one state if none is free."""
-        slot = self._alloc_state(self.mamba_pool, self.evict_mamba)
-        if slot is None and self.config.has_legacy("B19"):
+        cache = self.cache
+        slot = cache.alloc_state(self.mamba_pool, cache.evict_mamba)
+        if slot is None and self.raise_like_upstream:
             raise CacheAssertionError("Can not alloc mamba cache")
         if slot is None:
             raise InvalidInputError("no device state slot can be freed (every state is locked)")

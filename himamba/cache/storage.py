@@ -7,7 +7,7 @@ the page) and states keyed by the hash of the page they end. Two operations pin 
   KV (and host state) is copied to storage; the node is host-pinned until the storage ack.
 * ``prefetch_from_storage(req_id, anchor, tokens)`` — pages that continue ``anchor`` are fetched
   into fresh host slots; the anchor is pinned until ``check_prefetch_progress`` hangs the fetched
-  part under it as host-only nodes (``_insert_helper_host``).
+  part under it as host-only nodes (:meth:`StorageOps.insert_host`).
 
 Operations complete at once unless the cache runs with manual acks; then
 :meth:`StorageTier.complete` releases them one by one.
@@ -25,13 +25,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from himamba.cache.hi_base import HiTreeBase
+from himamba.cache.alloc import allocate_or_make_room
 from himamba.core.key import RadixKey, preview
 from himamba.core.node import TreeNode
 from himamba.errors import InvalidInputError
 from himamba.memory.content import kv_content, prefix_fingerprint, state_content
 from himamba.memory.model import ModelSpec
-from himamba.observe.events import EventKind, operation
+from himamba.observe.events import EventKind
 from himamba.validate import check_bool, check_token_ids
 
 
@@ -98,205 +98,191 @@ class StorageTier:
         return len(hashes)
 
 
-class StorageMixin(HiTreeBase):
-    """Storage backup, prefetch and the host-only insert."""
+class StorageOps:
+    """Storage backup, prefetch and the host-only insert of one tiered cache (``cache`` is the
+    facade: its ``evict_host`` and ``evict_mamba_host`` make host room).
+
+    Variants fixed at construction: ``skip_full_lru`` (legacy B3), ``hang_under_unbacked``
+    (legacy B6), ``old_pin_rule`` (legacy B5)."""
 
     prefetch_threshold = 1  # tokens; upstream's default is 256
 
-    def _init_tree(self) -> None:
-        super()._init_tree()
-        if not hasattr(self, "storage"):
-            self.storage = StorageTier(self.config.model, self.page_size, self._manual_acks) if self.config.enable_storage else None
+    def __init__(self, cache, storage: StorageTier, tree, device, host, in_flight, lookup, insert, *,
+                 skip_full_lru: bool = False, hang_under_unbacked: bool = False, old_pin_rule: bool = False) -> None:
+        self.cache, self.storage, self.tree, self.device, self.host = cache, storage, tree, device, host
+        self.in_flight, self.lookup, self.insert = in_flight, lookup, insert
+        self.events = cache.events
+        self.page_size = tree.page_size
+        self.skip_full_lru = skip_full_lru
+        self.hang_under_unbacked = hang_under_unbacked
+        self.old_pin_rule = old_pin_rule
 
-    def _path_hash(self, node: TreeNode) -> int:
-        tokens = self.path_tokens(node)
+    def path_hash(self, node: TreeNode) -> int:
+        tokens = self.tree.path_tokens(node)
         return prefix_fingerprint(tokens) if tokens else 0
 
     # -- backup to storage -----------------------------------------------------------------------
-    @operation("write_backup_storage")
     def write_backup_storage(self, node: TreeNode) -> int | None:
         """Copy ``node``'s host KV (and host state) to storage; pin the node until the storage
-        ack (``check_storage_progress``). Returns the operation id (``None`` without storage)."""
-        self._check_in_tree(node)
-        if self.storage is None or node.host_value is None:
+        ack (``check_storage_progress``). Returns the operation id (``None`` without a host copy)."""
+        if node.host_value is None:
             return None
         ps = self.page_size
-        start_tokens = self.path_tokens(node.parent) if node.parent is not None else []
+        host = self.host
+        start_tokens = self.tree.path_tokens(node.parent) if node.parent is not None else []
         hashes = page_hashes(node.key.token_ids, ps, prefix_fingerprint(start_tokens) if start_tokens else 0)
-        k = self.host_kv_pool.k_buffer[:, node.host_value].clone()
-        v = self.host_kv_pool.v_buffer[:, node.host_value].clone()
+        k = host.host_kv_pool.k_buffer[:, node.host_value].clone()
+        v = host.host_kv_pool.v_buffer[:, node.host_value].clone()
         state = None
         if node.mamba_host_value is not None:
-            state = (self.host_mamba_pool.conv[:, node.mamba_host_value[0]].clone(),
-                     self.host_mamba_pool.ssm[:, node.mamba_host_value[0]].clone())
+            state = (host.host_mamba_pool.conv[:, node.mamba_host_value[0]].clone(),
+                     host.host_mamba_pool.ssm[:, node.mamba_host_value[0]].clone())
         mamba_pinned = state is not None
         op = self.storage.new_op("backup", node=node, hashes=hashes, k=k, v=v, state=state)
-        self.ongoing_backup[op.op_id] = (node, mamba_pinned)
-        self._protect_host_node(node, protect_mamba=mamba_pinned)
+        self.in_flight.backup[op.op_id] = (node, mamba_pinned)
+        host.pin(node, mamba=mamba_pinned)
         if self.events.active:
             self.events.emit(EventKind.STORAGE, f"storage backup of #{node.id} issued (op {op.op_id}); #{node.id} pinned", (node.id,))
         return op.op_id
 
-    @operation("check_storage_progress")
     def check_storage_progress(self) -> int:
         """Finish completed storage backups: the pages land in storage and the pins are released.
         Returns backups finished."""
-        if self.storage is None:
-            return 0
         done = 0
-        for op in [o for o in self.storage.ops if o.kind == "backup" and o.done()]:
-            self.storage.ops.remove(op)
+        storage = self.storage
+        for op in [o for o in storage.ops if o.kind == "backup" and o.done()]:
+            storage.ops.remove(op)
             p = op.payload
             ps = self.page_size
             for i, h in enumerate(p["hashes"]):
-                self.storage.pages[h] = (p["k"][:, i * ps : (i + 1) * ps], p["v"][:, i * ps : (i + 1) * ps])
+                storage.pages[h] = (p["k"][:, i * ps : (i + 1) * ps], p["v"][:, i * ps : (i + 1) * ps])
             if p["state"] is not None and p["hashes"]:
-                self.storage.states[p["hashes"][-1]] = p["state"]
-            node, mamba_pinned = self.ongoing_backup.pop(op.op_id)
-            self._release_host_node(node, release_mamba=mamba_pinned)
+                storage.states[p["hashes"][-1]] = p["state"]
+            node, mamba_pinned = self.in_flight.backup.pop(op.op_id)
+            self.host.unpin(node, mamba=mamba_pinned)
             done += 1
             if self.events.active:
                 self.events.emit(EventKind.STORAGE, f"storage backup of #{node.id} done; pin released", (node.id,))
         return done
 
     # -- prefetch from storage -----------------------------------------------------------------
-    @operation("prefetch_from_storage")
-    def prefetch_from_storage(self, req_id: object, anchor: TreeNode, tokens: Sequence[int]) -> int:
-        """Fetch the stored pages that continue ``anchor`` by ``tokens`` into new host slots.
-
-        ``anchor`` is the root or a backed-up node (upstream anchors at ``last_host_node``).
-        Pins the anchor's host KV (and its host state once a state slot is allocated); allocates
-        host KV (one ``evict_host`` retry) and a host state slot when storage has the state (one
-        ``evict_mamba_host`` retry), undoing everything on failure. Returns the tokens being
-        fetched (0: nothing to fetch, below the threshold, or no room).
-        """
-        self._check_in_tree(anchor)
-        tokens = check_token_ids(tokens, "tokens")
-        try:
-            hash(req_id)
-        except TypeError:
-            raise InvalidInputError(f"req_id must be hashable (a request id), got {type(req_id).__name__}") from None
-        if anchor is not self.root_node and anchor.host_value is None:
-            raise InvalidInputError(
-                f"prefetch anchor #{anchor.id} is not backed up: anchor at the root or a match's last_host_node"
-            )
-        if self.storage is None:
-            return 0
-        if req_id in self.ongoing_prefetch:
+    def prefetch_from_storage(self, req_id: object, anchor: TreeNode, tokens: list[int]) -> int:
+        """Fetch the stored pages that continue ``anchor`` by ``tokens`` (checked by the facade)."""
+        cache, host, storage = self.cache, self.host, self.storage
+        if req_id in self.in_flight.prefetch:
             raise InvalidInputError(f"request {req_id!r} already has a prefetch in flight")
         ps = self.page_size
         tokens = list(tokens)[: len(tokens) - len(tokens) % ps]
-        hashes = page_hashes(tokens, ps, self._path_hash(anchor))
+        hashes = page_hashes(tokens, ps, self.path_hash(anchor))
         n_pages = 0
-        while n_pages < len(hashes) and hashes[n_pages] in self.storage.pages:
+        while n_pages < len(hashes) and hashes[n_pages] in storage.pages:
             n_pages += 1
         n = n_pages * ps
         if n == 0 or n < self.prefetch_threshold:
             return 0
-        self._protect_host_node(anchor, protect_mamba=False)
-        host = self.host_kv_pool.alloc(n)
-        if host is None:
-            self.evict_host(n)
-            host = self.host_kv_pool.alloc(n)
+        host.pin(anchor, mamba=False)
+        slots = allocate_or_make_room(lambda: host.host_kv_pool.alloc(n), cache.evict_host, n)
         slot = None
         state_key = hashes[n_pages - 1]
-        if host is not None and state_key in self.storage.states:
-            slot = self._alloc_state(self.host_mamba_pool, self.evict_mamba_host)
+        if slots is not None and state_key in storage.states:
+            slot = cache.alloc_state(host.host_mamba_pool, cache.evict_mamba_host)
             if slot is None:
-                self.host_kv_pool.free(host)
-                host = None
-        if host is None:
-            self._release_host_node(anchor, release_mamba=False)
+                host.host_kv_pool.free(slots)
+                slots = None
+        if slots is None:
+            host.unpin(anchor, mamba=False)
             return 0
         if slot is not None:
             anchor.protect_host_mamba()
-            self.mamba_host_lru_list.discard(anchor) if not self.config.has_legacy("B5") else None
-        op = self.storage.new_op("prefetch", hashes=hashes[:n_pages])
-        self.ongoing_prefetch[req_id] = (anchor, tokens[:n], host, op, slot)
+            if not self.old_pin_rule:
+                host.mamba_host_lru_list.discard(anchor)
+        op = storage.new_op("prefetch", hashes=hashes[:n_pages])
+        self.in_flight.prefetch[req_id] = (anchor, tokens[:n], slots, op, slot)
         if self.events.active:
             self.events.emit(EventKind.STORAGE, f"prefetch of {n} tokens under #{anchor.id} issued; #{anchor.id} pinned", (anchor.id,))
         return n
 
-    @operation("check_prefetch_progress")
     def check_prefetch_progress(self, req_id: object) -> int | None:
         """If ``req_id``'s prefetch has completed: hang the fetched tokens under the anchor as
         host-only nodes, free the slots of the part already cached, release the pins. Returns the
         tokens newly inserted, or ``None`` while the prefetch is still in flight."""
-        entry = self.ongoing_prefetch.get(req_id)
+        entry = self.in_flight.prefetch.get(req_id)
         if entry is None:
             raise InvalidInputError(f"no prefetch in flight for request {req_id!r}")
-        anchor, tokens, host, op, slot = entry
+        anchor, tokens, slots, op, slot = entry
         if not op.done():
             return None
-        del self.ongoing_prefetch[req_id]
-        self.storage.ops.remove(op)
+        del self.in_flight.prefetch[req_id]
+        storage, pools = self.storage, self.host
+        storage.ops.remove(op)
         ps = self.page_size
         for i, h in enumerate(op.payload["hashes"]):
-            k, v = self.storage.pages[h]
-            self.host_kv_pool.k_buffer[:, host[i * ps : (i + 1) * ps]] = k
-            self.host_kv_pool.v_buffer[:, host[i * ps : (i + 1) * ps]] = v
+            k, v = storage.pages[h]
+            pools.host_kv_pool.k_buffer[:, slots[i * ps : (i + 1) * ps]] = k
+            pools.host_kv_pool.v_buffer[:, slots[i * ps : (i + 1) * ps]] = v
         if slot is not None:
-            conv, ssm = self.storage.states[op.payload["hashes"][-1]]
-            self.host_mamba_pool.conv[:, slot[0]] = conv
-            self.host_mamba_pool.ssm[:, slot[0]] = ssm
-        used, attached = self._insert_helper_host(anchor, RadixKey(tokens, None), host, slot)
-        if used < len(host):
-            free = torch.ones(len(host), dtype=torch.bool)
-            free[len(host) - used :] = False
-            self.host_kv_pool.free(host[free])
+            conv, ssm = storage.states[op.payload["hashes"][-1]]
+            pools.host_mamba_pool.conv[:, slot[0]] = conv
+            pools.host_mamba_pool.ssm[:, slot[0]] = ssm
+        used, attached = self.insert_host(anchor, RadixKey(tokens, None), slots, slot)
+        if used < len(slots):
+            free = torch.ones(len(slots), dtype=torch.bool)
+            free[len(slots) - used :] = False
+            pools.host_kv_pool.free(slots[free])
         if slot is not None and not attached:
-            self.host_mamba_pool.free(slot)
-        self._release_host_node(anchor, release_mamba=slot is not None)
+            pools.host_mamba_pool.free(slot)
+        self.host.unpin(anchor, mamba=slot is not None)
         return used
 
-    def _insert_helper_host(self, anchor: TreeNode, key: RadixKey, host: torch.Tensor,
-                            slot: torch.Tensor | None) -> tuple[int, bool]:
+    def insert_host(self, anchor: TreeNode, key: RadixKey, slots: torch.Tensor,
+                    slot: torch.Tensor | None) -> tuple[int, bool]:
         """Hang fetched host KV under ``anchor``. Returns (trailing host slots adopted by a new
         node, whether the state slot was attached). Matching children are retimed (and, unless
         legacy B3, refreshed in the full LRU like an insert); a remainder under a parent that is
         neither root nor backed up is refused unless legacy B6."""
-        b3 = self.config.has_legacy("B3")
+        b3 = self.skip_full_lru
         ps = self.page_size
-        anchor.last_access_time = self.tick()
+        tree, root = self.tree, self.tree.root
+        anchor.last_access_time = tree.tick()
         if not b3:
-            self._refresh_insert_lru(anchor)
+            self.insert.refresh_lru(anchor)
         self._announce_retime(anchor, b3, mamba_moved=not b3)
         node = anchor
         while len(key) and (ck := key.child_key(ps)) in node.children:
             node = node.children[ck]
-            node.last_access_time = self.tick()
+            node.last_access_time = tree.tick()
             if b3:
                 if node.mamba_value is not None:
-                    self.mamba_lru_list.reset_node_mru(node)
+                    self.device.mamba_lru_list.reset_node_mru(node)
             else:
-                self._refresh_insert_lru(node)
+                self.insert.refresh_lru(node)
             self._announce_retime(node, b3, mamba_moved=True)
             p = node.key.match(key, ps)
             if p < len(node.key):
-                node = self._split_node(node, p)
-            key, host = key[p:], host[p:]
+                node = self.lookup.split(node, p)
+            key, slots = key[p:], slots[p:]
         if not len(key):
             return 0, False
-        if node is not self.root_node and node.host_value is None and not self.config.has_legacy("B6"):
+        if node is not root and node.host_value is None and not self.hang_under_unbacked:
             if self.events.active:
                 self.events.emit(EventKind.STORAGE, f"prefetched {len(key)} tokens refused: attach point #{node.id} is not backed up", (node.id,))
             return 0, False
-        new = self._new_node(key, node)
-        new.host_value = host.clone()
-        new.last_access_time = self.tick()
-        node.children[key.child_key(ps)] = new
+        new = tree.new_node(key, node)
+        new.host_value = slots.clone()
+        new.last_access_time = tree.tick()
+        tree.attach(node, new)
         if slot is not None:
             new.mamba_host_value = slot.clone().view(1)
-            self.mamba_host_lru_list.insert_mru(new)
-        self._refresh_leaf_status(new)
-        self._refresh_leaf_status(node)
+            self.host.mamba_host_lru_list.insert_mru(new)
+        self.lookup.refresh(new)
+        self.lookup.refresh(node)
         if self.events.active:
             self.events.emit(EventKind.NODE_CREATED, f"prefetched host node #{new.id}{preview(key.token_ids)} under #{node.id} (KV=H M={new.state_tier()})", (new.id, node.id))
         return len(key), slot is not None
 
     def _announce_retime(self, node: TreeNode, b3: bool, mamba_moved: bool) -> None:
         """Emit one LRU_REFRESH event for a node retimed by the host insert (no state change)."""
-        if not self.events.active or node is self.root_node or node.value is None:
+        if not self.events.active or node is self.tree.root or node.value is None:
             return
         if b3:
             mamba = "" if node.mamba_value is None else (

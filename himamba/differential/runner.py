@@ -8,12 +8,9 @@ a minimal script and, when the run is not already the upstream profile, explaine
 names each switch of the ``sglang-0.5.11`` profile whose addition alone makes the shrunk script
 agree.
 
-Requests run in the scheduler's order: match with copy-on-write of the matched state into the
-request's slot, lock, load back a host hit (moving the lock to the loaded node), allocate KV
-(evicting on shortage) and a state slot if copy-on-write gave none, insert, unlock. Chunked
-prefills go through ``cache_unfinished_req(chunked=True)`` per chunk and end with
-``cache_finished_req``. Acks complete at once on both sides (``ack`` operations do nothing);
-storage is off (``prefetch`` operations do nothing).
+Each operation runs on both sides as :mod:`himamba.sim.vocabulary` declares it (requests in the
+scheduler's order, :mod:`himamba.sim.side_runs`). Acks complete at once on both sides (``ack``
+operations do nothing); storage is off (``prefetch`` operations do nothing).
 
 Size: over 300 lines because applying an operation to both sides, comparing their outcomes and
 states, and shrinking a divergence are one loop read from top to bottom.
@@ -33,6 +30,8 @@ from himamba.differential.sides import HimambaSide, Side, UpstreamSide
 from himamba.errors import HiMambaError, InvalidInputError
 from himamba.sim.fuzz.generate import episode_seed, make_script
 from himamba.sim.fuzz.shrink import reduce_ops
+from himamba.sim.side_runs import SideHeld
+from himamba.sim.vocabulary import apply_on_side
 
 PROFILE = "sglang-0.5.11"
 
@@ -85,113 +84,13 @@ def _short(value: object, limit: int = 400) -> str:
 
 
 # -- one operation -------------------------------------------------------------------------------------
-@dataclass
-class _Held:
-    locks: list = field(default_factory=list)
-    pins: list = field(default_factory=list)
+_Held = SideHeld
 
 
-def _request(side: Side, tokens: list[int]):
-    req = side.new_request(tokens)
-    m = side.match(tokens, req)
-    node, prefix = m.device_node, m.indices
-    side.lock(node)
-    try:
-        if side.tiered and m.host_hit > 0:
-            loaded, last = side.load_back(m.host_node, None, req)
-            if len(loaded):
-                prefix = torch.cat((prefix, loaded))
-                side.lock(last)
-                side.unlock(node)
-                node = last
-        new = side.alloc_kv(len(tokens) - len(prefix))
-        slot = side.request_state(req)
-        if new is None:
-            if slot is not None:
-                side.free_state(slot)
-            return "no KV memory"
-        if slot is None:
-            slot = side.alloc_state()
-        if slot is None:
-            side.free_kv(new)
-            return "no state slot"
-        prefix_len, exist = side.insert(tokens, torch.cat((prefix, new)), slot, len(prefix))
-        if exist:
-            side.free_state(slot)
-        return prefix_len, exist
-    finally:
-        side.unlock(node)
-
-
-def _chunked(side: Side, tokens: list[int], chunk: int):
-    m = side.match(tokens)
-    node, prefix = m.device_node, m.indices
-    side.lock(node)
-    new = side.alloc_kv(len(tokens) - len(prefix))
-    if new is None:
-        side.unlock(node)
-        return "no KV memory"
-    slot = side.alloc_state()
-    if slot is None:
-        side.free_kv(new)
-        side.unlock(node)
-        return "no state slot"
-    side.chunked(tokens, max(1, chunk), node, prefix, new, slot)
-    return "done"
-
-
-def apply_op(side: Side, held: _Held, op: dict):
-    """Apply one script operation to ``side``; returns a comparable result."""
-    kind = op["op"]
-    if kind == "request":
-        return _request(side, op["tokens"])
-    if kind == "chunked":
-        return _chunked(side, op["tokens"], op["chunk"])
-    if kind == "match":
-        m = side.match(op["tokens"])
-        return len(m.indices), m.host_hit, side.path(m.device_node), side.path(m.host_node)
-    if kind == "lock":
-        exact = side.node_at(op["tokens"]) if op.get("exact") else None
-        node = exact if exact is not None and exact.value is not None else side.match(op["tokens"]).device_node
-        side.lock(node)
-        held.locks.append(node)
-        return side.path(node)
-    if kind == "unlock":
-        if held.locks:
-            side.unlock(held.locks.pop(op["k"] % len(held.locks)))
-        return None
-    if kind == "evict":
-        return side.evict(op["n"])
-    if kind == "evict_mamba":
-        return side.evict_mamba(op["n"])
-    if not side.tiered or kind in ("ack", "ack_all", "prefetch", "prefetch_done"):
-        return None
-    if kind == "evict_host":
-        side.evict_host(op["n"])
-        return None
-    if kind == "evict_mamba_host":
-        return side.evict_mamba_host(op["n"])
-    if kind == "events":
-        side.events()
-        return None
-    if kind == "load":
-        m = side.match(op["tokens"])
-        loaded, last = side.load_back(m.host_node, op.get("quota"))
-        return len(loaded), side.path(last)
-    if kind == "pin":
-        node = side.match(op["tokens"]).host_node
-        if node is side.root():
-            return None
-        mamba = bool(op.get("mamba", False)) and node.mamba_host_value is not None
-        side.pin(node, mamba)
-        held.pins.append((node, mamba))
-        return side.path(node), mamba
-    if kind == "unpin":
-        if held.pins:
-            node, mamba = held.pins.pop(op["k"] % len(held.pins))
-            side.unpin(node, mamba)
-        return None
-    raise InvalidInputError(f"unknown operation {kind!r}")
+def apply_op(side: Side, held: SideHeld, op: dict):
+    """Apply one script operation to ``side`` as :mod:`himamba.sim.vocabulary` declares it;
+    returns a comparable result."""
+    return apply_on_side(side, held, op)
 
 
 def _outcome(side: Side, held: _Held, op: dict):

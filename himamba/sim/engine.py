@@ -49,8 +49,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from himamba.cache.facade import RadixCacheBase
 from himamba.cache.results import MatchResult, Request
-from himamba.cache.tree_base import TreeBase
 from himamba.core.node import TreeNode
 from himamba.errors import HiMambaError, InvalidInputError
 from himamba.memory import slot_ids
@@ -103,7 +103,7 @@ class Engine:
         check_engine_args(chunk_size=chunk_size, decode_tokens=decode_tokens, max_running=max_running,
                           load_back_quota=load_back_quota, evict_headroom=evict_headroom, checkpoint=checkpoint,
                           step_ms=step_ms)
-        if not isinstance(cache, TreeBase):
+        if not isinstance(cache, RadixCacheBase):
             raise InvalidInputError(f"Engine needs a cache (MambaRadixCache or HiMambaRadixCache), got {type(cache).__name__}")
         self.checkpoint, self.step_ms, self.clock_ms = checkpoint, step_ms, 0.0
         self.cache = cache

@@ -7,6 +7,7 @@ import random
 from collections.abc import Iterable
 
 from himamba.errors import InvalidInputError
+from himamba.sim.vocabulary import DEFAULT_WEIGHTS, VOCABULARY, Drawing
 
 
 def default_config(page_size: int = 1, write_policy: str = "write_through", legacy: Iterable[str] = (),
@@ -46,7 +47,8 @@ TARGET_PROFILES: dict[str, dict] = {
            "shape": {"p_prompt": 0.8, "p_bare": 0.35, "n_prompts": 2},
            "episode": 100},
 }
-DEFAULT_EPISODE = 500  # operations per episode when neither the caller nor a profile says
+DEFAULT_EPISODE = 500
+UNIFIED_SHARE = 0.25  # tiered fuzz scripts with cascade_rule="unified" (drawn by seed, beside the pools)  # operations per episode when neither the caller nor a profile says
 
 # The device-tier stress mix (tests/test_stress_device.py): plain inserts and matches, locks held
 # for a while, evictions, and requests held across operations (prefilled chunk by chunk,
@@ -62,77 +64,23 @@ def generate_ops(seed: int, n: int, page_size: int = 1, vocab: int = 40,
                  weights: dict[str, int] | None = None, p_prompt: float = 0.4, p_bare: float = 0.25,
                  n_prompts: int = 4, p_fresh: float = 0.0) -> list[dict]:
     """``n`` random operations over sequences with shared prefixes (``n_prompts`` system
-    prompts, multi-turn growth, short random branches). ``weights`` overrides how often each kind
+    prompts, multi-turn growth, short random branches), each drawn as its declaration in
+    :data:`~himamba.sim.vocabulary.VOCABULARY` says. ``weights`` overrides how often each kind
     is drawn (the held requests, ``req_*``, are drawn only when given a weight); a request builds
     on a system prompt with probability ``p_prompt`` (else on an earlier sequence), repeats its
     base exactly with probability ``p_bare`` and, with probability ``p_fresh``, computes its
     matched prefix again (``fresh``)."""
-    rng = random.Random(seed)
-    ps = page_size
-
-    def block(k: int) -> list[int]:
-        return [rng.randrange(1, vocab) for _ in range(k * ps)]
-
-    prompts = [block(rng.randint(1, 3)) for _ in range(n_prompts)]
-    seqs: list[list[int]] = []
-    overrides = weights
-    weights = {"request": 10, "chunked": 2, "match": 4, "lock": 3, "unlock": 3, "evict": 3,
-               "evict_mamba": 2, "evict_host": 2, "evict_mamba_host": 2, "ack": 4, "events": 4,
-               "load": 3, "pin": 1, "unpin": 1, "prefetch": 1, "prefetch_done": 1,
-               "req_start": 0, "req_chunk": 0, "req_finish": 0}
-    weights.update(overrides or {})
+    drawing = Drawing(random.Random(seed), page_size, vocab, p_prompt, p_bare, p_fresh)
+    drawing.prompts = [drawing.block(drawing.rng.randint(1, 3)) for _ in range(n_prompts)]
+    weights = {**DEFAULT_WEIGHTS, **(weights or {})}
     kinds, w = zip(*weights.items(), strict=True)
     ops: list[dict] = []
     while len(ops) < n:
-        i = len(ops)
-        kind = rng.choices(kinds, w)[0]
-        if kind in ("request", "chunked", "req_start"):
-            base = rng.choice(seqs) if seqs and rng.random() < 1 - p_prompt else rng.choice(prompts)
-            if len(base) > 16 * ps:  # keep requests well inside the small pools
-                base = rng.choice(prompts)
-            extra = 0 if kind == "request" and rng.random() < p_bare else rng.randint(1 if kind == "request" else 2, 3)
-            tokens = base + block(extra)
-            if not tokens:
-                tokens = block(1)
-            seqs = (seqs + [tokens])[-24:]
-            op = {"op": kind, "tokens": tokens}
-            if kind == "chunked":
-                op["chunk"] = ps * rng.randint(1, 2)
-            elif kind == "req_start":
-                op["cow"] = rng.random() < 0.5
-            elif p_fresh and rng.random() < p_fresh:
-                op["fresh"] = True
-        elif kind in ("match", "lock", "load", "pin"):
-            if not seqs:
-                continue
-            # locks also go to shared prompts, which end at split nodes that hold no state
-            t = rng.choice(prompts) if kind == "lock" and rng.random() < 0.3 else rng.choice(seqs)
-            cut = len(t) if kind != "match" else rng.randint(1, len(t))
-            op = {"op": kind, "tokens": t[:cut]}
-            if kind == "load":
-                op["quota"] = rng.choice([None, 4, 64])
-            if kind == "pin":
-                op["mamba"] = rng.random() < 0.5
-            if kind == "lock":
-                op["exact"] = rng.random() < 0.5
-        elif kind in ("unlock", "unpin", "ack"):
-            op = {"op": kind, "k": rng.randrange(1 << 16)}
-        elif kind == "req_chunk":
-            op = {"op": kind, "k": rng.randrange(1 << 16), "pages": rng.randint(1, 4), "track": rng.random() < 0.85}
-        elif kind == "req_finish":
-            op = {"op": kind, "k": rng.randrange(1 << 16), "insert": rng.random() < 0.8, "cut": rng.randrange(1 << 16)}
-        elif kind in ("evict", "evict_host"):
-            op = {"op": kind, "n": rng.randint(1, 12 * ps)}
-        elif kind in ("evict_mamba", "evict_mamba_host"):
-            op = {"op": kind, "n": rng.randint(1, 3)}
-        elif kind == "prefetch":
-            if not seqs:
-                continue
-            t = rng.choice(seqs) + block(rng.randint(1, 2))
-            op = {"op": kind, "tokens": t, "split": ps * rng.randint(0, len(t) // ps - 1), "req": f"p{i}"}
-        else:
-            op = {"op": kind}
-        ops.append(op)
+        drawing.index = len(ops)
+        kind = drawing.rng.choices(kinds, w)[0]
+        op = VOCABULARY[kind].draw(drawing)
+        if op is not None:
+            ops.append(op)
     return ops
 
 
@@ -141,7 +89,8 @@ def make_script(seed: int, n: int, *, page_size: int = 1, write_policy: str | No
                 storage: bool = True, profile: bool = True, scale: int = 1, copy_engine: str = "auto",
                 weights: dict[str, int] | None = None, p_fresh: float = 0.0) -> dict:
     """A random script. With ``profile``, a single legacy switch brings its
-    :data:`TARGET_PROFILES` settings (an explicit ``write_policy`` still wins). A ``copy_engine``
+    :data:`TARGET_PROFILES` settings (an explicit ``write_policy`` still wins); without one, a
+    tiered script takes ``cascade_rule="unified"`` one time in four (by seed). A ``copy_engine``
     other than ``"auto"`` goes into the config (``"deferred"``: CUDA's copy timing on the CPU).
     ``weights`` and ``p_fresh`` go to :func:`generate_ops` (``weights`` over a profile's)."""
     legacy = sorted(legacy)
@@ -153,6 +102,8 @@ def make_script(seed: int, n: int, *, page_size: int = 1, write_policy: str | No
         config[key] = value * page_size if key.endswith("_tokens") else value
     if copy_engine != "auto":
         config["copy_engine"] = copy_engine
+    if profile and not prof and cache == "tiered" and random.Random(f"cascade-{seed}").random() < UNIFIED_SHARE:
+        config["cascade_rule"] = "unified"
     return {
         "cache": cache, "manual_acks": manual_acks, "seed": seed, "config": config,
         "ops": generate_ops(seed, n, page_size, weights={**prof.get("weights", {}), **(weights or {})} or None,

@@ -1,0 +1,136 @@
+"""Serving one request on a himamba cache, the way a scheduler would, and the fuzzer's other
+self-contained request shapes (a chunked prefill, a checked eviction).
+
+Every slot is filled with its deterministic content (:mod:`himamba.memory.content`), so
+``check_integrity`` can verify the bytes afterwards.
+"""
+
+from __future__ import annotations
+
+from himamba.cache.facade import RadixCacheBase
+from himamba.cache.results import InsertResult, Request
+from himamba.core.key import RadixKey
+from himamba.errors import InvalidInputError, OracleError
+from himamba.memory import slot_ids
+from himamba.memory.content import write_kv, write_state
+
+
+def serve(cache, tokens: list[int] | RadixKey, *, reuse_prefix: bool = True) -> InsertResult | None:
+    """Serve one request the way a scheduler would, with real KV and state content.
+
+    match_prefix -> lock -> (tiered: load back a host hit, moving the lock to it) -> allocate KV for the new tokens
+    and one state slot (evicting on shortage) -> fill them -> insert -> free the state slot if
+    the tree already had one -> unlock. Returns the insert's result, or ``None`` when memory
+    could not be found (nothing changes then but evictions). Acks are left to the caller.
+    Without ``reuse_prefix`` the request computes every token again (new KV slots for the
+    matched prefix too), so insert frees the duplicates.
+    """
+    if not isinstance(cache, RadixCacheBase):
+        raise InvalidInputError(f"serve needs a cache (MambaRadixCache or HiMambaRadixCache), got {type(cache).__name__}")
+    key = tokens if isinstance(tokens, RadixKey) else RadixKey(tokens)  # checks the token ids
+    tokens = key.token_ids
+    m = cache.match_prefix(key)
+    prefix, node = m.device_indices, m.last_device_node
+    # Lock the matched device prefix first: the load-back below may evict to make room, and
+    # best_match_node (upstream: last_host_node) can sit above the deepest matched device node.
+    cache.inc_lock_ref(node)
+    if getattr(cache, "tiered", False) and m.host_hit_length > 0:
+        loaded, last = cache.init_load_back(m.best_match_node)
+        if len(loaded):
+            prefix = slot_ids.cat((prefix, loaded))
+            cache.inc_lock_ref(last)
+            cache.dec_lock_ref(node)
+            node = last
+        cache.ready_to_load_host_cache()
+    n = len(prefix) if reuse_prefix else 0
+    try:
+        slots = alloc_request(cache, tokens, n, states=1)
+        if slots is None:
+            return None
+        new, slot = slots
+        write_state(cache.mamba_pool, slot, tokens)
+        result = cache.insert(key, slot_ids.cat((prefix, new)) if n else new, slot, prev_prefix_len=n)
+        if result.mamba_exist:
+            cache.mamba_pool.free(slot)
+        return result
+    finally:
+        cache.dec_lock_ref(node)
+
+
+def alloc_request(cache, tokens: list[int], n: int, states: int):
+    """KV slots for ``tokens[n:]`` (filled with their content) and one state slot, evicting on
+    shortage (room for ``states`` states); ``None``, with nothing held, when memory is short."""
+    need = len(tokens) - n
+    if cache.kv_pool.available_size() < need:
+        cache.evict(need - cache.kv_pool.available_size())
+    if cache.mamba_pool.available_size() < states:
+        cache.evict_mamba(states)
+    new = cache.kv_pool.alloc(need)
+    if new is None:
+        return None
+    slot = cache.mamba_pool.alloc(1)
+    if slot is None:
+        cache.kv_pool.free(new)
+        return None
+    write_kv(cache.kv_pool, new, tokens[n:], n)
+    return new, slot
+
+
+def chunked_prefill(cache, tokens: list[int], chunk: int) -> None:
+    """A chunked prefill: cache_unfinished_req per chunk, then cache_finished_req."""
+    ps = cache.page_size
+    chunk = max(ps, chunk - chunk % ps)
+    m = cache.match_prefix(tokens)
+    n = len(m.device_indices)
+    cache.inc_lock_ref(m.last_device_node)
+    slots = alloc_request(cache, tokens, n, states=2)
+    if slots is None:
+        cache.dec_lock_ref(m.last_device_node)
+        return
+    new, slot = slots
+    req = Request(list(tokens), slot_ids.cat((m.device_indices, new)), slot, last_node=m.last_device_node,
+                  cache_protected_len=n)
+    track = cache.config.extra_buffer
+    if track:
+        req.mamba_track_idx = cache.mamba_pool.alloc(1)
+        if req.mamba_track_idx is None:
+            cache.cache_finished_req(req, is_insert=False)
+            return
+    fill = n
+    while fill < len(tokens) - chunk:
+        fill += chunk
+        req.fill_len = fill
+        write_state(cache.mamba_pool, req.mamba_pool_idx, tokens[:fill])
+        if track:
+            write_state(cache.mamba_pool, req.mamba_track_idx, tokens[:fill])
+            req.mamba_last_track_seqlen = fill
+        writes = writes_issued(cache)
+        try:
+            cache.cache_unfinished_req(req, chunked=True)
+        except InvalidInputError:  # no state slot could be freed: finish early
+            break
+        if writes_issued(cache) != writes and cache.config.write_policy != "write_back":
+            raise OracleError("a chunk of a chunked prefill was written to host (chunked inserts must not count hits)")
+    req.fill_len = None
+    write_state(cache.mamba_pool, req.mamba_pool_idx, tokens)
+    if track:
+        write_state(cache.mamba_pool, req.mamba_track_idx, tokens)
+        req.mamba_last_track_seqlen = len(tokens)
+    cache.cache_finished_req(req)
+
+
+def checked_evict(cache, n: int) -> None:
+    """``evict(n)``, checking that what it returns is what left the tree and joined the pool.
+    On the tiered cache the count may be lower than what left (a write-back's host room can
+    cascade into device tombstones, uncounted as upstream), never higher."""
+    total, free = cache.total_size(), cache.kv_pool.available_size()
+    freed = cache.evict(n)
+    lost, gained = total - cache.total_size(), cache.kv_pool.available_size() - free
+    exact = not getattr(cache, "tiered", False)
+    if freed < 0 or lost != gained or (freed != lost if exact else freed > lost):
+        raise OracleError(f"evict({n}) returned {freed}; the tree lost {lost} device tokens, the pool gained {gained}")
+
+
+def writes_issued(cache) -> int:
+    controller = getattr(cache, "cache_controller", None)
+    return controller.writes_issued if controller is not None else 0

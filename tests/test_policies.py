@@ -1,0 +1,91 @@
+"""Policy objects (cache/policies.py, cache/eviction_policies.py, chosen in cache/build.py): each
+policy the config names is the one the cache uses, and each changes what its docstring says.
+
+A new policy gets its test here: build a cache with it, drive the smallest scenario where it
+decides differently from the default, and assert the tree shape, counters and ``check_invariants``
+after every operation (``assert_healthy``).
+"""
+
+from __future__ import annotations
+
+import pytest
+from helpers import assert_healthy, make_cache, node_at, put
+
+import himamba as hm
+from himamba.cache.eviction_policies import LRU
+from himamba.cache.policies import (
+    DeviceCascadeRule,
+    NoHostTier,
+    TieredCascadeRule,
+    UnifiedCascadeRule,
+    WriteBack,
+    WriteThrough,
+)
+
+
+def tiered(**config) -> hm.HiMambaRadixCache:
+    # the selective policy backs nothing up after one insert, so evicted leaves are deleted
+    return make_cache(cls=hm.HiMambaRadixCache, write_policy="write_through_selective", **config)
+
+
+def two_branches(cache) -> None:
+    """[1,2] (split off by the second insert, no state) over [3,4] and [5,6], both leaves."""
+    put(cache, [1, 2, 3, 4])
+    put(cache, [1, 2, 5, 6])
+    assert node_at(cache, [1, 2]).mamba_value is None
+    assert_healthy(cache)
+
+
+@pytest.mark.parametrize("rule", ["himamba", "unified"])
+def test_cascade_rule_decides_whether_a_childless_tombstone_stays(rule):
+    """Evicting both children leaves [1,2] childless and stateless: himamba's rule deletes it in
+    the cascade; SGLang's unified rule keeps it as a device leaf for ordinary eviction."""
+    cache = tiered(cascade_rule=rule)
+    two_branches(cache)
+    assert cache.evict(4) == (4 if rule == "unified" else 6)
+    assert_healthy(cache)
+    kept = node_at(cache, [1, 2]) if cache.num_nodes() else None
+    if rule == "unified":
+        assert cache.num_nodes() == 1 and kept in cache.evictable_full_device_leaves
+        assert cache.evict(2) == 2 and cache.num_nodes() == 0
+        assert_healthy(cache)
+    else:
+        assert kept is None
+
+
+def test_the_config_picks_the_policy_objects():
+    device = make_cache()
+    assert type(device.policy_objects["cascade"]) is DeviceCascadeRule
+    assert type(device.write_policy_object) is NoHostTier
+    assert isinstance(device.policy_objects["eviction"], LRU)
+    assert type(tiered().policy_objects["cascade"]) is TieredCascadeRule
+    assert type(tiered(cascade_rule="unified").policy_objects["cascade"]) is UnifiedCascadeRule
+    assert type(make_cache(cls=hm.HiMambaRadixCache, write_policy="write_back").write_policy_object) is WriteBack
+    selective = tiered().write_policy_object
+    assert type(selective) is WriteThrough and selective.threshold == 2
+    assert make_cache(cls=hm.HiMambaRadixCache).write_policy_object.threshold == 1
+
+
+def test_legacy_b1_turns_the_host_pin_stop_off():
+    assert tiered(legacy={"B1"}).policy_objects["cascade"].honour_pins is False
+    assert tiered().policy_objects["cascade"].honour_pins is True
+
+
+def test_the_device_cache_ignores_cascade_rule():
+    """cascade_rule applies to the tiered cache only (the device tree has no unified variant)."""
+    cache = make_cache(cascade_rule="unified")
+    two_branches(cache)
+    cache.evict(4)
+    assert cache.num_nodes() == 0
+    assert_healthy(cache)
+
+
+def test_the_fuzzer_draws_the_cascade_rule():
+    """A quarter of tiered fuzz scripts run under the unified rule; the differential's scripts
+    (profile=False, compared with SGLang 0.5.11, which has no such rule) never do."""
+    from himamba.sim.fuzz.generate import make_script
+
+    rules = [make_script(s, 1)["config"].get("cascade_rule", "himamba") for s in range(200)]
+    assert 30 < rules.count("unified") < 70
+    assert all("cascade_rule" not in make_script(s, 1, profile=False)["config"] for s in range(50))
+    assert all("cascade_rule" not in make_script(s, 1, cache="device")["config"] for s in range(50))
