@@ -8,7 +8,9 @@ the :class:`~himamba.viz.playground.Playground` widget, usable without widgets.
     s.script()                      # a script `himamba replay` runs (the fuzzer's format)
 
 Each action is one or two of the fuzzer's JSON operations (:mod:`himamba.sim.ops`), so a session
-replays the same way anywhere. Undo rebuilds the cache from its config and replays every action
+replays the same way anywhere. On a tiered cache whose acks are not taken by hand, every action
+ends with the scheduler's checks (``events``: acks processed, locks of finished writes and loads
+released), as a server's loop would run them between batches. Undo rebuilds the cache from its config and replays every action
 but the last (the cache is deterministic: its clock counts operations). An action whose
 operation raises is kept (replaying it fails the same way): its recording ends with the failure
 step, and ``error`` holds the exception. Bad input (text that is not token ids, an unknown
@@ -147,6 +149,8 @@ class PlaySession:
     def do(self, name: str, arg: Any = None) -> list[Step]:
         """Do one action; returns (and keeps in ``steps``) the steps it recorded."""
         ops = self._ops(name, arg)
+        if self.tiered and not self._script["manual_acks"] and ops[-1]["op"] != "events":
+            ops.append({"op": "events"})
         for i, op in enumerate(ops):
             check_op(i, op)
         action = Action(name, arg if not isinstance(arg, (list, tuple)) else " ".join(map(str, arg)), ops)

@@ -108,7 +108,7 @@ class Playground:
         after = take(s.cache)
         changed, deleted = changed_nodes(before, after)
         ghosts = [before.node(d) for d in deleted] if before is not None else []
-        self.tree_pane.value = to_svg(after, highlight=changed, ghosts=ghosts, lru_rank=True)
+        self.tree_pane.value = to_svg(after, highlight=changed, ghosts=ghosts, lru_rank=True, legend=False)
         lines = [(_FAILED_ITEM if st.failed else "<li>") + f"{escape(printable(st.kind))}: "
                  f"{escape(printable(st.text))}</li>" for st in steps]
         if before is not None and not steps:
