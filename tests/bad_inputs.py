@@ -832,6 +832,15 @@ def _(tmp):
                       "--repeat", "1", names=("t.jsonl:2", "--device-blocks")), ()
 
 
+@case("command line", "bench replay --tiered --state-slots 1: a hit needs a second state slot")
+def _(tmp):
+    path = _trace_file(tmp, [_MOONCAKE, '{"timestamp": 1, "input_length": 2000, "output_length": 5, '
+                                        '"hash_ids": [1, 2, 3, 4]}'])
+    return None, _cli("bench", "replay", "--trace", str(path), "--format", "mooncake", "--device-blocks", "4",
+                      "--state-slots", "1", "--tiered", "--host-blocks", "1", "--repeat", "1",
+                      names=("--state-slots",)), ()
+
+
 @case("command line", "bench replay: a deeply nested JSON line")
 def _(tmp):
     path = _trace_file(tmp, [_GOOD, _deep()])

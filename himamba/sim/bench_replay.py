@@ -86,6 +86,9 @@ def _check(args: argparse.Namespace) -> None:
             raise InvalidInputError(f"{flag} must be at least 1, got {value}")
     if not args.tiered and (args.host_blocks or args.host_tokens or args.host_state_slots):
         raise InvalidInputError("host pool sizes need --tiered")
+    if args.state_slots < 2:
+        raise InvalidInputError(f"--state-slots must be at least 2 (a request keeps its matched prefix's state while "
+                                f"it takes one of its own), got {args.state_slots}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,13 +123,13 @@ def main(argv: list[str] | None = None) -> int:
     runs, recorded, ratios, events = [], [], [], 0
     for _ in range(args.repeat):  # with --record, plain and recorded runs alternate (same load)
         c = cache()
-        runs.append(protocol.replay(c, items))
+        runs.append(_replay_or_refuse(c, items))
         if block and args.tiered:
             extra.update(model_bytes(c.cache_controller, model))
         del c
         if args.record:
             log = EventLog()
-            recorded.append(protocol.replay(cache(), items, listener=log))
+            recorded.append(_replay_or_refuse(cache(), items, listener=log))
             ratios.append(recorded[-1]["seconds"] / runs[-1]["seconds"])
             events = len(log.events)
             del log
@@ -156,6 +159,17 @@ def _check_fits(args: argparse.Namespace, items: list, device_kv: int) -> None:
             raise InvalidInputError(
                 f"{_record_where(args.trace, i)}: request {i} needs {insert_len} device KV {unit}, more than the "
                 f"whole pool ({flag} {device_kv}); pass a larger {flag} or leave the request out")
+
+
+def _replay_or_refuse(cache, items: list, listener=None) -> dict:
+    """:func:`protocol.replay`, its documented shortage (a request that cannot get memory even
+    after eviction) turned into an :class:`InvalidInputError` that says which pools to grow."""
+    try:
+        return protocol.replay(cache, items, listener=listener)
+    except RuntimeError as exc:
+        if "cannot allocate" not in str(exc):
+            raise
+        raise InvalidInputError(f"the pools are too small for this trace: {exc} (pass larger pool sizes)") from None
 
 
 def _record_where(path: str, index: int) -> str:
