@@ -117,7 +117,7 @@ def test_a_gpu_like_allocator_answers_as_the_cpu_one(page_size: int) -> None:
                 alloc.free(bad)
             out.append(str(err.value))
         alloc.free(a)
-        alloc.free(own)
+        alloc.free_owned(own)  # owned by a tree: only free_owned returns it
         out.append(alloc.available_size())
         answers.append(out)
     assert answers[0] == answers[1]
