@@ -994,6 +994,15 @@ def _(tmp):
     return c, lambda: hm.serve(c, hm.RadixKey([40, 41, 42], extra_key=True)), ()
 
 
+@case("small holes", "serve with extra_key=numpy.bool_(True) after extra_key=1 (shared entries)")
+def _(tmp):
+    import numpy as np
+
+    c = device_cache()
+    hm.serve(c, hm.RadixKey([40, 41], extra_key=1))
+    return c, lambda: hm.serve(c, hm.RadixKey([40, 41, 42], extra_key=np.bool_(True))), ()
+
+
 for _extra in ([1], {"lora": 1}, {1}, bytearray(b"x")):
     @case("small holes", f"match_prefix with extra_key={_extra!r}")
     def _(tmp, extra=_extra):

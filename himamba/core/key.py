@@ -132,7 +132,7 @@ def check_extra_key(extra_key: object, name: str = "extra_key") -> Hashable | No
 
 
 def _check_extra_part(value: object, name: str) -> None:
-    if isinstance(value, bool):
+    if isinstance(value, bool) or (type(value).__module__ == "numpy" and type(value).__name__ in ("bool_", "bool")):
         raise InvalidInputError(f"{name} {value!r} is a bool, which equals the int {int(value)} and would share its "
                                 "entries: pass an int or a str")
     if isinstance(value, (tuple, frozenset)):
