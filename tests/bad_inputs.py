@@ -612,7 +612,7 @@ def _cli(*argv: str, names: tuple[str, ...] = ()):
         try:
             with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
                 code = main(list(argv))
-        except BaseException as exc:  # noqa: BLE001 - anything escaping the command is the finding
+        except (Exception, KeyboardInterrupt) as exc:  # what escapes the command would end in a traceback
             raise Crash(f"himamba {' '.join(argv)} ended in a traceback: {type(exc).__name__}: {exc}") from exc
         lines = err.getvalue().strip().splitlines()
         if code == 2:
