@@ -59,17 +59,19 @@ def compact_html(snap: Snapshot, names: Mapping[Any, str] | None = None, changed
     nodes and the misplaced rows (see :func:`himamba.viz.tables.misplaced`), the rest counted."""
     labels, moved = name_map(names), set(changed)
     parts = []
+    empty = [name for name, ids in snap.lru.items() if not ids]
     for name, ids in snap.lru.items():
         n = len(ids)
         if not n:
-            parts.append(f'<table class="hm-lru"><caption>{escape(name)} LRU: empty</caption></table>')
             continue
         show = set(range(min(ends, n))) | set(range(max(n - ends, 0), n))
         body, hidden = _rows(snap, name, labels, show, moved)
         note = f", {hidden} not shown" if hidden else ""
         parts.append(f'<table class="hm-lru"><caption>{escape(name)} LRU: {n} node{"s" if n != 1 else ""}'
                      f" (1 = most recent{note})</caption>{_HEAD}{body}</table>")
-    return '<div class="hm-lru-view">' + ("".join(parts) or "<i>LRU lists empty</i>") + "</div>"
+    if empty:
+        parts.append(f"<div><i>empty: {escape(', '.join(f'{name} LRU' for name in empty))}</i></div>")
+    return '<div class="hm-lru-view">' + "".join(parts) + "</div>"
 
 
 def full_html(snap: Snapshot, names: Mapping[Any, str] | None = None, changed: Iterable[int] = ()) -> str:
