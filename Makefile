@@ -11,7 +11,7 @@ TORCH  ?= torch==2.13.0
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 ROOT_FLAG := $(shell [ "$$(id -u)" = 0 ] && echo --allow-root)
 
-.PHONY: lab test venv system-deps lint bench clean differential
+.PHONY: lab test venv system-deps lint bench clean differential sglang-0.5.23
 
 venv: $(STAMP)
 
@@ -42,6 +42,22 @@ $(UPSTREAM_STAMP): $(STAMP) $(SGLANG_PINS)
 	$(BIN)/python -m pip install -q --no-deps "sglang==0.5.11" -r $(SGLANG_PINS)
 	@touch $(UPSTREAM_STAMP)
 
+# SGLang 0.5.23 (the unified tree, Python and Rust tree cores) cannot share .venv with 0.5.11, so it
+# gets its own environment: the package without its dependencies, its pinned CPU set, and himamba
+# itself; the lens reaches it through a subprocess (himamba/lens/remote.py).
+SGLANG23_VENV  := .venv-sglang-0.5.23
+SGLANG23_PINS  := requirements/sglang-0.5.23-cpu.txt
+SGLANG23_STAMP := $(SGLANG23_VENV)/.installed
+
+sglang-0.5.23: $(SGLANG23_STAMP)
+
+$(SGLANG23_STAMP): $(SGLANG23_PINS) pyproject.toml
+	@test -x $(SGLANG23_VENV)/bin/python || $(PYTHON) -m venv $(SGLANG23_VENV)
+	$(SGLANG23_VENV)/bin/python -m pip install -q "$(TORCH)"
+	$(SGLANG23_VENV)/bin/python -m pip install -q --no-deps "sglang==0.5.23" -r $(SGLANG23_PINS)
+	$(SGLANG23_VENV)/bin/python -m pip install -q -e .
+	@touch $(SGLANG23_STAMP)
+
 lab: venv system-deps
 	$(BIN)/jupyter lab --notebook-dir=notebooks $(ROOT_FLAG)
 
@@ -50,7 +66,7 @@ lint: venv
 
 # The suite includes a differential smoke run against SGLang 0.5.11, so `test` installs it first
 # (about 1.5 minutes from the registry); the smoke test skips itself where SGLang is absent.
-test: venv system-deps lint differential
+test: venv system-deps lint differential sglang-0.5.23
 	$(BIN)/python -m pytest
 
 bench: venv

@@ -23,6 +23,8 @@ from himamba.errors import (
     PoolError,
     UpstreamFailure,
 )
+from himamba.lens.remote import UpstreamUnavailable
+from himamba.lens.replay import replay_on
 from himamba.memory.model import ModelSpec
 from himamba.observe.events import Event, EventKind
 from himamba.observe.recorder import Recorder, Step
@@ -62,6 +64,7 @@ __all__ = [
     "ModelSpec",
     "PoolError",
     "UpstreamFailure",
+    "UpstreamUnavailable",
     "RadixKey",
     "Recorder",
     "Request",
@@ -78,6 +81,7 @@ __all__ = [
     "diff",
     "diff_table",
     "lru_table",
+    "replay_on",
     "node_table",
     "render",
     "serve",

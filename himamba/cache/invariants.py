@@ -26,6 +26,7 @@ from himamba.cache.device_invariants import DeviceRules
 from himamba.cache.host_invariants import HostRules
 from himamba.core.node import TreeNode
 from himamba.memory import slot_ids
+from himamba.observe import subjects
 
 NodeRule = Callable[[TreeNode, TreeNode, int], None]
 
@@ -39,6 +40,9 @@ def check_invariants(cache, held_kv: int | None = None, held_states: int | None 
     (requests) and not owned by the tree. When given, pool accounting must balance exactly;
     otherwise the tree's slots must only not exceed what the pools handed out.
     """
+    foreign = subjects.handler(cache, "invariants")  # a live upstream cache: the lens's rules
+    if foreign is not None:
+        return foreign(cache, held_kv, held_states)
     out: list[Violation] = []
     tiered = getattr(cache, "tiered", False)
     device = DeviceRules(cache, out, only_tier=not tiered)

@@ -14,6 +14,7 @@ from typing import Any
 
 from himamba.core.key import preview
 from himamba.core.node import node_label, tier_text
+from himamba.observe import subjects
 from himamba.observe.display import Displayable
 
 LRU_NAMES = ("full", "mamba", "host_mamba")
@@ -152,7 +153,11 @@ class Snapshot(Displayable):
 
 
 def take(cache) -> Snapshot:
-    """Snapshot a live cache (device-only or tiered)."""
+    """Snapshot a live cache (device-only or tiered, or a foreign subject registered in
+    :mod:`himamba.observe.subjects`, such as a live SGLang cache)."""
+    foreign = subjects.handler(cache, "snapshot")
+    if foreign is not None:
+        return foreign(cache)
     root = cache.root_node
     dleaves = cache.evictable_full_device_leaves
     hleaves = getattr(cache, "evictable_full_host_leaves", ())

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from himamba.errors import InvalidInputError
+from himamba.observe import subjects
 from himamba.observe.recorder import Step
 from himamba.observe.snapshot import NodeView, Snapshot, take
 
@@ -30,7 +31,7 @@ def as_snapshot(obj: Any) -> Snapshot:
         return obj
     if isinstance(obj, Step):
         return obj.snapshot
-    if hasattr(obj, "root_node") and hasattr(obj, "full_lru_list"):
+    if (hasattr(obj, "root_node") and hasattr(obj, "full_lru_list")) or subjects.handler(obj, "snapshot"):
         return take(obj)
     raise TypeError(f"expected a cache, a Snapshot or a Step, got {type(obj).__name__}")
 

@@ -1,0 +1,210 @@
+"""The lens on SGLang 0.5.23's ``UnifiedRadixCache`` (components FULL and MAMBA), on either tree
+core: live object to :class:`~himamba.observe.snapshot.Snapshot`.
+
+How the components map onto the eight counters the views show: FULL ``value`` / ``host_value``
+are the KV tiers, MAMBA ``value`` / ``host_value`` the state tiers; FULL ``lock_ref`` is
+``full_lock_ref``, MAMBA ``lock_ref`` is ``mamba_lock_ref``, FULL ``host_lock_ref`` is
+``host_ref_counter`` and MAMBA ``host_lock_ref`` is ``host_mamba_ref_counter``. The LRU table
+gets MAMBA's device and host lists (``"mamba"``, ``"host_mamba"``) and FULL's device and host
+leaf sets, ordered by ``last_access_time`` (``"device leaves"``, ``"host leaves"``). The unified
+tree has no full LRU at all: ``"full"`` is absent from ``Snapshot.lru`` (not an empty list), and
+``settings["absent"]`` names it.
+
+* **Python core** (``UnifiedTreeCore``): every field is read from the live nodes
+  (``component_data``), the lists through their own links, the leaf sets as they are.
+* **Rust core** (``RustUnifiedTreeCore``): only the production binding's own read-only queries are
+  used: ``pretty_print`` (ids, depth, key length, FULL lock), ``collect_path_info`` (parent, key
+  span), ``get_component_device_value`` (the FULL and MAMBA device values),
+  ``component_has_host_value_only`` / ``node_backuped`` (host values). The binding has no query
+  for tokens, the MAMBA lock, access times or list orders (those are in the inspection build,
+  which the wheel does not ship): keys are given back through the KV slots a driver named
+  (:func:`remember_tokens`; else the slot ids themselves), and what cannot be read is listed in
+  ``settings["unreadable"]`` (its counters read 0, its lists are absent).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import weakref
+from typing import Any
+
+from himamba.observe.snapshot import NodeView, Snapshot
+
+GENERATION = "sglang-0.5.23"
+_FULL, _MAMBA = 0, 2  # ComponentType values (checked against the live enum in _components)
+_LINE = re.compile(r"^( *)\[(\d+)\] (\d+) full_lock=(-?\d+)")
+_TOKENS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def is_unified_cache(cls: type) -> bool:
+    """Whether ``cls`` is SGLang's ``UnifiedRadixCache`` (0.5.23)."""
+    return cls.__module__ == "sglang.srt.mem_cache.unified_radix_cache" and cls.__name__ == "UnifiedRadixCache"
+
+
+def remember_tokens(cache: Any, slots: list[int], tokens: list[int]) -> None:
+    """Tell the lens which token each KV slot of ``cache`` holds (the Rust core cannot say)."""
+    table = _TOKENS.setdefault(cache, {})
+    table.update(zip(slots, tokens, strict=True))
+
+
+def core_name(cache: Any) -> str:
+    """``"python"`` or ``"rust"``: the tree core the cache runs on."""
+    return "rust" if type(cache.tree_core).__name__.startswith("Rust") else "python"
+
+
+def _components(cache: Any) -> tuple[Any, Any]:
+    from sglang.srt.mem_cache.unified_cache.component_type import ComponentType
+
+    return ComponentType.FULL, ComponentType.MAMBA
+
+
+def _pool_used(pool: Any) -> tuple[int, int]:
+    cap = int(getattr(pool, "size", 0))
+    return cap - int(pool.available_size()), cap
+
+
+def _pools(cache: Any) -> dict[str, tuple[int, int]]:
+    pools = {"device KV": _pool_used(cache.token_to_kv_pool_allocator)}
+    req_pool = cache.req_to_token_pool
+    if hasattr(req_pool, "mamba_allocator"):
+        pools["device states"] = _pool_used(req_pool.mamba_allocator)
+    return pools
+
+
+def _counters(cache: Any, views: list[NodeView]) -> dict[str, int]:
+    full, mamba = _components(cache)
+    core = cache.tree_core
+    return {"full_evictable_size": core.component_evictable_size(full),
+            "full_protected_size": core.component_protected_size(full),
+            "mamba_evictable_size": core.component_evictable_size(mamba),
+            "mamba_protected_size": core.component_protected_size(mamba), "nodes": len(views) - 1}
+
+
+def snapshot_unified(cache: Any) -> Snapshot:
+    """A :class:`Snapshot` of a live ``UnifiedRadixCache`` (FULL + MAMBA) on either core."""
+    return _snapshot_rust(cache) if core_name(cache) == "rust" else _snapshot_python(cache)
+
+
+# -- the Python core ---------------------------------------------------------------------------------
+def _list_order(lst: Any) -> list[Any]:
+    """A ``UnifiedLRUList``'s members, MRU first, through its own links (its session sentinels,
+    when it has them, skipped)."""
+    pt, out = lst._pt, []
+    skip = {id(lst.mid), id(lst.cursor)}
+    node = lst.head.lru_next[pt]
+    while node is not None and node is not lst.tail:
+        if id(node) not in skip:
+            out.append(node)
+        node = node.lru_next[pt]
+    return out
+
+
+def _snapshot_python(cache: Any) -> Snapshot:
+    full, mamba = _components(cache)
+    core = cache.tree_core
+    root = core.root_node
+    dleaves, hleaves = core.evictable_device_leaves, core.evictable_host_leaves
+    views, stack = [], [(root, 0)]
+    while stack:
+        n, start = stack.pop()
+        children = tuple(n.children.values())
+        f, m = n.component_data[full], n.component_data[mamba]
+        views.append(NodeView(
+            n.id, None if n is root else n.parent.id, tuple(c.id for c in children), tuple(n.key.token_ids), start,
+            n is not root and f.value is not None, f.host_value is not None, m.value is not None,
+            m.host_value is not None, f.lock_ref, m.lock_ref, f.host_lock_ref, m.host_lock_ref, n.hit_count,
+            float(n.last_access_time), n in dleaves, n in hleaves))
+        end = start + len(n.key)
+        stack.extend((c, end) for c in reversed(children))
+
+    def by_time(nodes: Any) -> tuple[int, ...]:
+        return tuple(n.id for n in sorted(nodes, key=lambda n: (-n.last_access_time, n.id)))
+
+    lru = {"mamba": tuple(n.id for n in _list_order(core.lru_lists[mamba])),
+           "host_mamba": tuple(n.id for n in _list_order(core.host_lru_lists[mamba])),
+           "device leaves": by_time(dleaves), "host leaves": by_time(hleaves)}
+    settings = {"page_size": cache.page_size, "tiered": False, "cache": "UnifiedRadixCache", "core": "python",
+                "generation": GENERATION, "absent": ["full LRU (the unified tree keeps none)"]}
+    clock = max((v.last_access_time for v in views), default=0.0)
+    return Snapshot(tuple(views), lru, _counters(cache, views), _pools(cache), (), (), settings, clock)
+
+
+# -- the Rust core -----------------------------------------------------------------------------------
+def _printed_tree(core: Any) -> list[tuple[int, int, int, int]]:
+    """(depth, id, key length, FULL lock) per node, from the binding's own ``pretty_print``, which
+    writes to the process's standard output: read through a temporary file put on descriptor 1."""
+    import sys
+
+    sys.stdout.flush()
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        saved = os.dup(1)
+        try:
+            os.dup2(tmp.fileno(), 1)
+            core.pretty_print()
+        finally:
+            os.dup2(saved, 1)
+            os.close(saved)
+        tmp.seek(0)
+        text = tmp.read().decode("utf-8", "replace")
+    rows = []
+    for line in text.splitlines():
+        match = _LINE.match(line)
+        if match:
+            spaces, nid, klen, lock = match.groups()
+            rows.append((max(0, len(spaces) - 1) // 2, int(nid), int(klen), int(lock)))
+    return rows
+
+
+def _snapshot_rust(cache: Any) -> Snapshot:
+    full, mamba = _components(cache)
+    core = cache.tree_core
+    rows = _printed_tree(core)
+    ids = [nid for _, nid, _, _ in rows]
+    root_id = ids[0]
+    info = {p.node_id: p for path in core.collect_path_info(ids[1:]) for p in path}
+    children: dict[int, list[int]] = {nid: [] for nid in ids}
+    parents: dict[int, int | None] = {root_id: None}
+    for nid in ids[1:]:
+        parents[nid] = info[nid].parent_id
+        children.setdefault(info[nid].parent_id, []).append(nid)
+    tokens = _TOKENS.get(cache, {})
+    views = []
+    for _depth, nid, klen, lock in _preorder(rows, children, root_id):
+        is_root = nid == root_id
+        kv = None if is_root else core.get_component_device_value(nid, full)
+        state = None if is_root else core.get_component_device_value(nid, mamba)
+        slots = [] if kv is None else [int(s) for s in kv.tolist()]
+        key = tuple(tokens.get(s, s) for s in slots) if len(slots) == klen else tuple([-1] * klen)
+        kv_host = not is_root and core.is_backuped(nid)
+        state_host = not is_root and core.component_has_host_value_only(nid, mamba)
+        start = 0 if is_root else info[nid].path_start
+        views.append(NodeView(
+            nid, parents[nid], tuple(children.get(nid, ())), key, start, kv is not None, kv_host,
+            state is not None, state_host, lock, 0, 0, 0, 0, 0.0,
+            kv is not None and not children.get(nid) and lock == 0 and not is_root, False))
+    settings = {"page_size": cache.page_size, "tiered": False, "cache": "UnifiedRadixCache", "core": "rust",
+                "generation": GENERATION, "absent": ["full LRU (the unified tree keeps none)"],
+                "unreadable": ["MAMBA lock_ref", "host lock refs", "hit_count", "last_access_time",
+                               "MAMBA device and host LRU lists", "leaf sets (device leaves computed)"]
+                + ([] if tokens else ["tokens (keys shown as KV slot ids)"])}
+    return Snapshot(tuple(views), {}, _counters(cache, views), _pools(cache), (), (), settings, 0.0)
+
+
+def _preorder(rows: list[tuple[int, int, int, int]], children: dict[int, list[int]], root_id: int):
+    """The printed rows again, parents before children and children in the order the core gave
+    them (the order :class:`Snapshot` expects)."""
+    by_id = {r[1]: r for r in rows}
+    stack = [root_id]
+    while stack:
+        nid = stack.pop()
+        yield by_id[nid]
+        stack.extend(reversed(children.get(nid, [])))
+
+
+def full_device_list(cache: Any) -> list[int]:
+    """The ids in the Python core's FULL device list (which the unified tree keeps empty)."""
+    full, _ = _components(cache)
+    lists = cache.tree_core.lru_lists
+    return [n.id for n in _list_order(lists[full])] if full in lists else []
