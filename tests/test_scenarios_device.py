@@ -1,4 +1,4 @@
-"""Reference scenarios (section 6 of hi-mamba-cache.md) on the single-tier MambaRadixCache.
+"""Reference scenarios (docs/reference.md §6) on the single-tier MambaRadixCache.
 
 Each test replays one scenario of the reference with real slots and checks, after every
 operation, the tree shape, the size counters, both LRU orders (MRU→LRU node ids), the set of

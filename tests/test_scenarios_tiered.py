@@ -1,4 +1,4 @@
-"""Reference scenarios (section 6 of hi-mamba-cache.md) on the tiered HiMambaRadixCache.
+"""Reference scenarios (docs/reference.md §6) on the tiered HiMambaRadixCache.
 
 Each test replays one scenario with real slots on the CPU and checks, after every operation,
 the tree shape, node tiers (``KV`` in D/H/DH, ``M`` in -/d/h/dh), counters, locks and pins, the
