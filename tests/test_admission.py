@@ -115,3 +115,11 @@ def test_bounded_pools_evict_and_every_policy_keeps_the_cache_sound(policy: str)
     f = policy_replay.replay(cache, items, policy)
     assert f["evicted_kv"] > 0 and 0 < f["hit_rate"] < admission.ceilings(items, [policy])[f"ceiling_{policy}"]
     assert f["accounting_ok"] and f["violations"] == 0
+
+
+def test_a_request_keeps_at_most_a_quarter_of_the_state_pool_its_deepest_states() -> None:
+    cache = policy_replay.make_cache(64, 8)  # a quarter: 2 states
+    f = policy_replay.replay(cache, [(list(range(1, 11)), 10, 10, None)], "every_n:2")
+    kept = [n for n in range(1, 11) if cache.node_at(list(range(1, n + 1))) is not None
+            and cache.node_at(list(range(1, n + 1))).mamba_value is not None]
+    assert kept == [8, 10] and f["states_admitted"] == 2 and cache.full_evictable_size() == 10

@@ -102,7 +102,7 @@ def make_cache(device_kv: int, device_states: int, *, eviction: str = DEFAULT_EV
     ``eviction`` goes to ``CacheConfig(eviction=...)`` only when it is not ``"lru"``."""
     base = {"device": "cpu", "page_size": 1, "device_kv_tokens": device_kv, "device_mamba_slots": device_states, **config}
     if eviction != DEFAULT_EVICTION:
-        if "eviction" not in {f for f in CacheConfig.__dataclass_fields__}:
+        if "eviction" not in CacheConfig.__dataclass_fields__:
             raise InvalidInputError(f"eviction={eviction!r}: this himamba's CacheConfig knows only 'lru'")
         base["eviction"] = eviction
     if not host_kv:
