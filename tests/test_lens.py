@@ -153,10 +153,22 @@ def test_three_tree_recordings_step_and_compare(tmp_path) -> None:
 
 
 # -- SGLang 0.5.23, through its environment ---------------------------------------------------------
+@pytest.fixture(scope="module")
+def remote_answers() -> dict:
+    """One start of the 0.5.23 environment for every 0.5.23 test: replays and damage on both cores."""
+    requests = [{"what": "replay", "script": SCRIPT, "core": core, "skip": ["lock", "unlock"]} for core in CORES]
+    requests += [{"what": "damage", "core": core} for core in CORES]
+    answers = remote.call({"what": "batch", "requests": requests}, timeout=240)["answers"]
+    return {"replay": dict(zip(CORES, answers[:2], strict=True)), "damage": dict(zip(CORES, answers[2:], strict=True))}
+
+
+CORES = ("python", "rust")
+
+
 @needs_0523
-@pytest.mark.parametrize("core", ["python", "rust"])
-def test_0523_unified_tree_replays_remotely(core: str) -> None:
-    rep = replay_on(SCRIPT, "sglang-0.5.23", core=core)
+@pytest.mark.parametrize("core", CORES)
+def test_0523_unified_tree_replays_remotely(core: str, remote_answers: dict) -> None:
+    rep = Replay.from_dict(remote_answers["replay"][core]["replay"])
     assert rep.failure is None
     last = rep.recorder.steps[-1].snapshot
     assert last.settings["core"] == core and last.settings["cache"] == "UnifiedRadixCache"
@@ -165,15 +177,19 @@ def test_0523_unified_tree_replays_remotely(core: str) -> None:
     assert (1, 2) in {v.key for v in last.nodes}  # the split parent keeps its FULL KV: a device leaf
     assert any((5, 6) in {v.key for v in s.snapshot.nodes} for s in rep.recorder.steps)  # keys read back
     assert 'class="node"' in hm.to_svg(last)
+    kinds = {s.kind for s in rep.recorder.steps}
+    assert {"op_begin", "op_end", "leaf_evicted"} <= kinds
     if core == "python":
         assert "mamba" in last.lru and "device leaves" in last.lru
+        assert {"split", "cascade"} <= kinds
 
 
 @needs_0523
-@pytest.mark.parametrize("core", ["python", "rust"])
-def test_0523_invariants_healthy_and_damaged(core: str) -> None:
-    found = remote.call({"what": "damage", "core": core}, timeout=120)["found"]
+@pytest.mark.parametrize("core", CORES)
+def test_0523_invariants_healthy_and_damaged(core: str, remote_answers: dict) -> None:
+    found = remote_answers["damage"][core]["found"]
     assert found["healthy"] == []
     if core == "python":
         assert "U-LOCK" in found["lock"] and found["leaf"] == ["U-LEAF"]
         assert found["lru"] == ["U-LRU"] and found["parent"] == ["U-PARENT"] and found["healed"] == []
+

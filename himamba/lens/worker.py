@@ -1,7 +1,8 @@
 """The worker that runs in SGLang 0.5.23's environment: one JSON request on standard input, one
 JSON line on standard output (see :mod:`himamba.lens.remote`).
 
-Requests: ``{"what": "probe"}`` → ``{"ok": true, "version": ..., "cores": [...]}``;
+Requests (``{"what": "batch", "requests": [...]}`` answers several at once, ``"answers"``):
+``{"what": "probe"}`` → ``{"ok": true, "version": ..., "cores": [...]}``;
 ``{"what": "replay", "script": ..., "core": ..., "skip": [...]}`` → ``{"ok": true, "replay": ...}``.
 Errors answer ``{"ok": false, "kind": "unavailable" | "failure", "message": ...}``.
 """
@@ -43,6 +44,8 @@ def _answer(request: dict) -> dict:
         rep = replay_on(request["script"], "sglang-0.5.23", request.get("core", "python"),
                         tuple(request.get("skip", ("lock", "unlock"))))
         return {"ok": True, "replay": rep.to_dict()}
+    if request.get("what") == "batch":  # several requests, one start-up
+        return {"ok": True, "answers": [_answer(r) for r in request.get("requests", [])]}
     if request.get("what") == "damage":
         return {"ok": True, "found": _damaged(request.get("core", "python"))}
     return {"ok": False, "kind": "failure", "message": f"unknown request {request.get('what')!r}"}
