@@ -4,6 +4,7 @@
     himamba fuzz --legacy B1        random operations until an invariant breaks; prints the
                                     shrunk script; exit 1 on a failure, 0 on a clean run
     himamba replay SCRIPT.json      run a saved script again, printing its steps
+                                    (--on sglang-0.5.11|sglang-0.5.23: on SGLang's own cache)
     himamba trace stats --format mooncake FILE
                                     sizes and reuse ceilings of a trace, one JSON line
     himamba differential --seqs N   the same scripts on himamba and on SGLang 0.5.11, compared
@@ -88,6 +89,10 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--svg", type=Path, default=None, metavar="DIR",
                         help="write an SVG of every step into this folder (refused if not empty)")
     replay.add_argument("--force", action="store_true", help="write into a --svg folder that is not empty")
+    replay.add_argument("--on", default=None, choices=("himamba", "sglang-0.5.11", "sglang-0.5.23"),
+                        help="run on himamba's model or on SGLang's own cache (0.5.23 in its own environment)")
+    replay.add_argument("--core", default="python", choices=("python", "rust"), help="SGLang 0.5.23's tree core")
+    replay.add_argument("--html", type=Path, default=None, metavar="OUT", help="write the steps to one offline page")
 
     diff = sub.add_parser("differential", help="compare himamba with SGLang 0.5.11 operation by operation",
                           description="Apply the same seeded operation scripts to himamba and to SGLang 0.5.11's own "
@@ -283,6 +288,10 @@ def _replay(args: argparse.Namespace) -> int:
     from himamba.sim.fuzz import check_script, make_cache, run_ops_recorded
     from himamba.sim.trace_io import read_json_file
 
+    if args.on is not None or args.html is not None:  # the lens: one script, three trees
+        from himamba.lens.command import replay_command
+
+        return replay_command(args.script, args.on or "himamba", args.core, args.html, args.force)
     script = read_json_file(args.script, "script")
     check_script(script)
     if args.svg is not None:

@@ -193,3 +193,17 @@ def test_0523_invariants_healthy_and_damaged(core: str, remote_answers: dict) ->
         assert "U-LOCK" in found["lock"] and found["leaf"] == ["U-LEAF"]
         assert found["lru"] == ["U-LRU"] and found["parent"] == ["U-PARENT"] and found["healed"] == []
 
+
+
+@needs_0511
+def test_cli_replays_one_script_on_the_tree_named(tmp_path, capsys) -> None:
+    from himamba import cli
+
+    script = tmp_path / "script.json"
+    script.write_text(json.dumps(SCRIPT))
+    page = tmp_path / "steps.html"
+    assert cli.main(["replay", str(script), "--on", "sglang-0.5.11", "--html", str(page)]) == 0
+    out = capsys.readouterr().out
+    assert "on sglang-0.5.11: clean" in out and "split #" in out
+    assert "<svg" in page.read_text(encoding="utf-8")
+    assert cli.main(["replay", str(script), "--on", "sglang-0.5.11", "--html", str(page)]) != 0  # no overwrite
