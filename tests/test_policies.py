@@ -9,7 +9,7 @@ after every operation (``assert_healthy``).
 from __future__ import annotations
 
 import pytest
-from helpers import assert_healthy, make_cache, node_at, put
+from helpers import alloc_kv, alloc_state, assert_healthy, make_cache, node_at, put
 
 import himamba as hm
 from himamba.cache.eviction_policies import LRU
@@ -89,3 +89,62 @@ def test_the_fuzzer_draws_the_cascade_rule():
     assert 30 < rules.count("unified") < 70
     assert all("cascade_rule" not in make_script(s, 1, profile=False)["config"] for s in range(50))
     assert all("cascade_rule" not in make_script(s, 1, cache="device")["config"] for s in range(50))
+
+
+# -- eviction policies ---------------------------------------------------------------------------------
+def mamba_order(cache) -> list[list[int]]:
+    return [cache.path_tokens(n) for n in cache.mamba_lru_list.nodes()]
+
+
+@pytest.mark.parametrize("eviction", ["lru", "lru_consumed"])
+def test_lru_consumed_moves_only_the_state_a_match_consumed(eviction):
+    """#31643: a match refreshes the consumed state only; an insert and a split leave the mamba
+    list alone. Under lru the match moves the matched node's ancestors too."""
+    cache = make_cache(eviction=eviction)
+    put(cache, [1, 2])
+    put(cache, [1, 2, 3, 4])
+    put(cache, [7, 8])
+    assert mamba_order(cache) == [[7, 8], [1, 2, 3, 4], [1, 2]]
+    cache.match_prefix([1, 2, 3, 4])
+    assert_healthy(cache)
+    if eviction == "lru":
+        assert mamba_order(cache) == [[1, 2, 3, 4], [1, 2], [7, 8]]
+    else:
+        assert mamba_order(cache) == [[1, 2, 3, 4], [7, 8], [1, 2]]
+    state = alloc_state(cache, [7, 8])  # an insert of a cached key, without a match first
+    assert cache.insert([7, 8], alloc_kv(cache, [7, 8], 0), state).mamba_exist
+    cache.mamba_pool.free(state)
+    assert mamba_order(cache)[0] == ([7, 8] if eviction == "lru" else [1, 2, 3, 4])  # refreshed under lru only
+    assert_healthy(cache)
+
+
+def test_flop_aware_evicts_the_leaf_that_saves_least_per_byte():
+    """A deep 8-token leaf saves far more prefill FLOPs per byte than a 1-token one; with a large
+    alpha that outweighs recency, so the newer, cheaper leaf goes first (LRU takes the older)."""
+    for eviction, gone in (("lru", [1, 2, 3, 4, 5, 6, 7, 8]), ("flop_aware:100", [9])):
+        cache = make_cache(eviction=eviction)
+        put(cache, [1, 2, 3, 4, 5, 6, 7, 8])
+        put(cache, [9])
+        cache.evict(1)
+        assert cache.node_at(gone) is None, eviction
+        assert cache.num_nodes() == 1
+        assert_healthy(cache)
+
+
+def test_farthest_next_use_evicts_what_the_future_needs_latest():
+    import math
+
+    cache = make_cache(eviction="farthest_next_use")
+    put(cache, [1, 2])
+    put(cache, [3, 4])
+    future = {(1, 2): 5.0}
+    cache.policy_objects["eviction"].set_future(lambda path: future.get(tuple(path), math.inf))
+    cache.evict(1)  # [1,2] is older but needed at request 5; [3,4] is never needed again
+    assert cache.node_at([3, 4]) is None and cache.node_at([1, 2]) is not None
+    assert_healthy(cache)
+
+
+@pytest.mark.parametrize("bad", ["mru", "flop_aware:", "flop_aware:-1", "flop_aware:x", "lru:2", 3])
+def test_unknown_eviction_policies_are_refused(bad):
+    with pytest.raises(hm.InvalidInputError, match="eviction"):
+        hm.CacheConfig(eviction=bad)

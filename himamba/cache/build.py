@@ -17,7 +17,7 @@ from himamba.cache.cascade import Cascade
 from himamba.cache.config import CacheConfig
 from himamba.cache.device_tier import DeviceTier
 from himamba.cache.eviction import DEVICE_LOCKED_LEAF, TIERED_LOCKED_LEAF, Eviction
-from himamba.cache.eviction_policies import LRU
+from himamba.cache.eviction_policies import make_eviction_policy
 from himamba.cache.host_tier import HostTier
 from himamba.cache.in_flight import InFlight
 from himamba.cache.insert import Insert
@@ -68,7 +68,8 @@ def write_policy(config: CacheConfig, tiered: bool) -> NoHostTier:
 
 
 def eviction_policy(config: CacheConfig):
-    return LRU()
+    """The eviction policy ``config.eviction`` names (:mod:`himamba.cache.eviction_policies`)."""
+    return make_eviction_policy(config.eviction)
 
 
 def assemble(cache, host: HostTier | None = None, controller: TransferController | None = None) -> None:
@@ -91,7 +92,10 @@ def assemble(cache, host: HostTier | None = None, controller: TransferController
         "eviction": eviction_policy(config),
     }
     owner.write_policy_object = policies["write"]
-    owner.lookup = Lookup(cache, tree, device, hosts, raise_like_upstream=legacy("B19"))
+    policies["eviction"].bind(cache)
+    consumed_only = policies["eviction"].consumed_only
+    device.split_moves_state = not consumed_only
+    owner.lookup = Lookup(cache, tree, device, hosts, raise_like_upstream=legacy("B19"), consumed_only=consumed_only)
     owner.inserter = Insert(cache, tree, device, cache.lookup)
     cascade = Cascade(tree, device, hosts, policies["cascade"], cache.events, cache.lookup.refresh)
     owner.eviction = Eviction(

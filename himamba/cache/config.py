@@ -6,6 +6,7 @@ import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from himamba.cache.eviction_policies import parse_eviction
 from himamba.cache.legacy import normalize_legacy
 from himamba.errors import InvalidInputError
 from himamba.memory.model import ModelSpec
@@ -40,6 +41,7 @@ class CacheConfig:
     load_back_threshold: int = 10
     enable_storage: bool = False
     copy_engine: str = "auto"  # auto: "cuda" on a GPU, "sync" on the CPU; "deferred": CPU with CUDA's timing
+    eviction: str = "lru"  # lru | lru_consumed | flop_aware[:alpha] | farthest_next_use (cache/eviction_policies.py)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "legacy", normalize_legacy(self.legacy))
@@ -59,6 +61,7 @@ class CacheConfig:
         check_choice(self.write_policy, "write_policy", WRITE_POLICIES)
         check_choice(self.cascade_rule, "cascade_rule", CASCADE_RULES)
         check_choice(self.copy_engine, "copy_engine", COPY_ENGINES)
+        parse_eviction(self.eviction)
         if not isinstance(self.model, ModelSpec):
             raise InvalidInputError(f"model must be a ModelSpec, got {type(self.model).__name__}")
         check_int(self.mamba_cache_chunk_size, "mamba_cache_chunk_size", 1)

@@ -102,7 +102,10 @@ class DeviceRules:
         """The whole-cache device rules, after every node was visited."""
         cache, out = self.cache, self.out
         check_lru(cache.full_lru_list, tree, _on_device, len(self.kv), out, root=self.root)
-        check_lru(cache.mamba_lru_list, tree, _has_device_state, len(self.states), out)
+        # under lru_consumed a match moves only the state it consumed: the mamba list is in
+        # consumption order, not in last-access order (I9 holds for the full list alone)
+        state_time_order = not getattr(cache.policy_objects["eviction"], "consumed_only", False)
+        check_lru(cache.mamba_lru_list, tree, _has_device_state, len(self.states), out, time_order=state_time_order)
         check_leaf_set(cache.evictable_full_device_leaves, self.leaves, "device", out)
         for label, have, want in (
             ("full_evictable_size_", cache.full_evictable_size_, self.full_evictable),

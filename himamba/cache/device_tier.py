@@ -43,6 +43,7 @@ class DeviceTier:
         self.guard_lock_release = guard_lock_release
         self.strict_release = strict_release
         self.tolerant_unlist = tolerant_unlist
+        self.split_moves_state = True  # off under eviction lru_consumed (splits leave the mamba list alone)
         self.root: TreeNode | None = None
         self.leaves: set[TreeNode] = set()
         self.full_evictable = self.full_protected = self.mamba_evictable = self.mamba_protected = 0
@@ -87,19 +88,20 @@ class DeviceTier:
         """After ``tree.split_edge``: the upper node takes the first ``n`` KV slots of ``child``
         and a copy of its ``full_lock_ref`` (so every outstanding release stays balanced); both
         move to the MRU end of the full list, upper first; ``child`` keeps its place in the
-        mamba list order but is re-listed at the MRU end (as upstream)."""
+        mamba list but is re-listed at its MRU end (as upstream; not under ``lru_consumed``)."""
         upper.full_lock_ref = child.full_lock_ref
         on_device = child.value is not None
         if on_device:
             upper.value = child.value[:n]
             child.value = child.value[n:]
             self.full_lru_list.remove_node(child)
-        if child.mamba_value is not None:
+        moves_state = child.mamba_value is not None and self.split_moves_state
+        if moves_state:
             self.mamba_lru_list.remove_node(child)
         if on_device:
             self.full_lru_list.insert_mru(upper)
             self.full_lru_list.insert_mru(child)
-        if child.mamba_value is not None:
+        if moves_state:
             self.mamba_lru_list.insert_mru(child)
 
     # -- KV -------------------------------------------------------------------------------------------

@@ -68,8 +68,8 @@ class Eviction:
         """The loop shared by ``evict`` and ``evict_host``: pop the first leaf of ``leaves`` in the
         policy's order (skipping stale entries), ``evict_one`` it, and queue the deepest surviving
         ancestor if it became a leaf; stop once the counts reach ``budget``."""
-        key = self.policy.leaf_key
-        heap = [(key(n), n) for n in leaves]
+        policy = self.policy
+        heap = policy.order(leaves)
         heapq.heapify(heap)
         events = self.events
         counted = 0
@@ -84,7 +84,7 @@ class Eviction:
             if self.queue_parent:
                 survivor = x.parent
             if survivor in leaves:
-                heapq.heappush(heap, (key(survivor), survivor))
+                heapq.heappush(heap, (policy.requeue_key(survivor, leaves), survivor))
         return counted
 
     # -- device leaves ---------------------------------------------------------------------------------

@@ -1,22 +1,45 @@
 """Eviction policies: which leaf leaves first and which states go, chosen by
-``CacheConfig(eviction=...)``.
+``CacheConfig(eviction=...)`` (``--eviction`` on the command line).
 
-A policy answers three questions for :mod:`himamba.cache.eviction`:
+A policy answers, for :mod:`himamba.cache.eviction` (device and host evictions alike):
 
-* ``leaf_key(node)`` — the sort key of an evictable leaf (device or host); smallest goes first;
-* ``drain_states(lru, budget, take)`` — walk state candidates, calling ``take`` on each until
-  ``budget`` states are freed (``take`` returns how many it freed);
-* ``describe(node)`` — the words that say why ``node`` came first (for the step texts).
+* ``order(leaves)`` — the evictable leaves' sort keys, smallest goes first; ``requeue_key(node,
+  leaves)`` the key of a leaf queued during the loop (a parent that became a leaf);
+* ``drain_states(lru, budget, take)`` — offer state holders to ``take`` until ``budget`` states
+  are freed (``take`` returns how many it freed; a holder with children only loses its state);
+* ``describe(node)`` — why ``node`` came where it did, for the step texts;
 
-:class:`LRU` is SGLang 0.5.11's rule and the default.
+and, for the lookup and insert, ``consumed_only``: whether only the state a match consumed is
+refreshed in the mamba list (the lists' time order then holds for the full list alone).
+
+=====================  =====================================================================
+name                   rule
+=====================  =====================================================================
+``lru``                SGLang 0.5.11, the default: leaves by last access; states from the LRU
+                       end of their list; a match refreshes the matched node and its ancestors
+``lru_consumed``       SGLang #31643/#31648 (July 2026): a match refreshes only the state it
+                       consumed; inserts and splits no longer move states in the mamba list
+``flop_aware[:alpha]`` Marconi (Pan et al., MLSys 2025): utility = recency + alpha x FLOP
+                       efficiency (prefill FLOPs a node saves over its parent per byte it holds),
+                       both min-max normalised over the candidates; lowest goes. ``alpha``
+                       defaults to 1.0 and may be set later (the policy replay tunes it)
+``farthest_next_use``  offline reference: evicts what the trace needs latest (never: first),
+                       given the future (:meth:`FarthestNextUse.set_future`); a reference bound,
+                       not a proven optimum with two pools of unequal sizes
+=====================  =====================================================================
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Iterable
 
 from himamba.core.lru import LRUList
 from himamba.core.node import TreeNode
+from himamba.errors import InvalidInputError
+from himamba.memory.model import ModelSpec
+
+EVICTION_POLICIES = ("lru", "lru_consumed", "flop_aware", "farthest_next_use")
 
 
 class LRU:
@@ -24,12 +47,188 @@ class LRU:
     of their list, passing locked ones."""
 
     name = "lru"
+    consumed_only = False
 
-    def leaf_key(self, node: TreeNode) -> tuple[float, int]:
+    def bind(self, cache) -> None:
+        """Called once the cache is built (policies that read the tree keep a reference)."""
+
+    def leaf_key(self, node: TreeNode) -> tuple:
         return (node.last_access_time, node.id)
+
+    def order(self, leaves: Iterable[TreeNode]) -> list[tuple]:
+        """``(key, node)`` for each leaf: the heap the leaf loop starts from."""
+        key = self.leaf_key
+        return [(key(n), n) for n in leaves]
+
+    def requeue_key(self, node: TreeNode, leaves: set[TreeNode]) -> tuple:
+        return self.leaf_key(node)
 
     def drain_states(self, lru: LRUList, budget: int, take: Callable[[TreeNode], int]) -> int:
         return lru.drain(budget, take)
 
     def describe(self, node: TreeNode) -> str:
         return f"t={node.last_access_time:g}"
+
+
+class LRUConsumed(LRU):
+    """LRU whose match refreshes only the consumed state (SGLang #31643/#31648)."""
+
+    name = "lru_consumed"
+    consumed_only = True
+
+
+class _ScoredStates(LRU):
+    """A policy that ranks state holders itself: the unlocked ones in score order, then any left
+    in LRU order (so a shortage is met whenever LRU would meet it)."""
+
+    def state_score(self, candidates: list[TreeNode]) -> Callable[[TreeNode], tuple]:
+        raise NotImplementedError
+
+    def drain_states(self, lru: LRUList, budget: int, take: Callable[[TreeNode], int]) -> int:
+        candidates = [n for n in lru.nodes() if n.mamba_lock_ref == 0]
+        if not candidates:
+            return 0
+        key = self.state_score(candidates)
+        taken = 0
+        for node in sorted(candidates, key=key):
+            if taken >= budget:
+                return taken
+            if lru.in_list(node) and node.mamba_lock_ref == 0:
+                taken += take(node)
+        return taken + (lru.drain(budget - taken, take) if taken < budget else 0)
+
+
+class FlopAware(_ScoredStates):
+    """Marconi's utility. ``model`` prices FLOPs and bytes (default: the cache's model when it
+    names its widths, else Marconi's Attention-Mamba2-7B); ``unit_tokens`` is how many tokens one
+    key element stands for (a block-mode replay sets its block size)."""
+
+    name = "flop_aware"
+
+    def __init__(self, alpha: float = 1.0, model: ModelSpec | None = None) -> None:
+        self.alpha = alpha
+        self.model = model
+        self.unit_tokens = 1
+        self.cache = None
+
+    def bind(self, cache) -> None:
+        self.cache = cache
+        if self.model is None:
+            own = cache.config.model
+            self.model = own if own.has_flops else ModelSpec.attention_mamba2_7b()
+
+    def _efficiency(self, node: TreeNode) -> float:
+        """Prefill FLOPs ``node`` saves over its parent, per byte it holds."""
+        end = 0
+        x = node
+        while x.parent is not None:
+            end += len(x.key.token_ids)
+            x = x.parent
+        u, m = self.unit_tokens, self.model
+        start = end - len(node.key.token_ids)
+        saved = m.prefill_flops(end * u) - m.prefill_flops(start * u)
+        held = len(node.key.token_ids) * u * m.kv_bytes_per_token
+        if node.mamba_value is not None or node.mamba_host_value is not None:
+            held += m.state_bytes_per_slot
+        return saved / held if held else 0.0
+
+    def _utilities(self, nodes: list[TreeNode]) -> dict[TreeNode, float]:
+        now = self.cache.tree.clock if self.cache is not None else 0.0
+        recency = {n: 1.0 / max(now - n.last_access_time, 1e-9) for n in nodes}
+        efficiency = {n: self._efficiency(n) for n in nodes}
+
+        def scaled(values: dict[TreeNode, float]) -> dict[TreeNode, float]:
+            lo, hi = min(values.values()), max(values.values())
+            return {n: (v - lo) / (hi - lo) if hi > lo else 0.0 for n, v in values.items()}
+
+        r, e = scaled(recency), scaled(efficiency)
+        return {n: r[n] + self.alpha * e[n] for n in nodes}
+
+    def order(self, leaves: Iterable[TreeNode]) -> list[tuple]:
+        leaves = list(leaves)
+        if not leaves:
+            return []
+        utility = self._utilities(leaves)
+        return [((utility[n], n.last_access_time, n.id), n) for n in leaves]
+
+    def requeue_key(self, node: TreeNode, leaves: set[TreeNode]) -> tuple:
+        """Scored against the current evictable leaves (normalisation is over the candidates)."""
+        return (self._utilities([*leaves, node] if node not in leaves else list(leaves))[node],
+                node.last_access_time, node.id)
+
+    def state_score(self, candidates: list[TreeNode]) -> Callable[[TreeNode], tuple]:
+        # Marconi's candidates have at most one child; the rest come after them
+        utility = self._utilities(candidates)
+        return lambda n: (len(n.children) > 1, utility[n], n.last_access_time, n.id)
+
+    def describe(self, node: TreeNode) -> str:
+        return f"t={node.last_access_time:g}, alpha={self.alpha:g}"
+
+
+class FarthestNextUse(_ScoredStates):
+    """Offline: the leaf the future needs latest goes first. ``future(path_tokens) -> request
+    index`` (``math.inf``: never) is set by the replay that knows the trace; without one every
+    node ties and LRU decides."""
+
+    name = "farthest_next_use"
+
+    def __init__(self) -> None:
+        self.future: Callable[[list[int]], float] | None = None
+        self.cache = None
+
+    def bind(self, cache) -> None:
+        self.cache = cache
+
+    def set_future(self, future: Callable[[list[int]], float] | None) -> None:
+        """``future(path_tokens)``: the index of the next request that needs the node ending
+        after ``path_tokens`` (``math.inf``: none)."""
+        self.future = future
+
+    def next_use(self, node: TreeNode) -> float:
+        if self.future is None or self.cache is None:
+            return math.inf
+        return self.future(self.cache.tree.path_tokens(node))
+
+    def leaf_key(self, node: TreeNode) -> tuple:
+        return (-self.next_use(node), node.last_access_time, node.id)
+
+    def state_score(self, candidates: list[TreeNode]) -> Callable[[TreeNode], tuple]:
+        return lambda n: (-self.next_use(n), n.last_access_time, n.id)
+
+    def describe(self, node: TreeNode) -> str:
+        use = self.next_use(node)
+        return "never needed again" if use == math.inf else f"next needed by request {use:g}"
+
+
+def parse_eviction(name: object) -> tuple[str, float | None]:
+    """``(policy, alpha)`` from ``"lru"``, ``"flop_aware:0.5"`` ...; InvalidInputError otherwise."""
+    if not isinstance(name, str):
+        raise InvalidInputError(f"eviction must be a policy name, got {name!r}")
+    base, _, arg = name.partition(":")
+    if base not in EVICTION_POLICIES:
+        raise InvalidInputError(f"eviction must be one of {', '.join(EVICTION_POLICIES)} (flop_aware:ALPHA), got {name!r}")
+    if not arg:
+        if _:
+            raise InvalidInputError(f"eviction {name!r}: give alpha after the colon, e.g. flop_aware:0.5")
+        return base, None
+    if base != "flop_aware":
+        raise InvalidInputError(f"eviction {name!r}: only flop_aware takes a parameter (alpha)")
+    try:
+        alpha = float(arg)
+    except ValueError:
+        raise InvalidInputError(f"eviction {name!r}: alpha must be a number, got {arg!r}") from None
+    if not math.isfinite(alpha) or alpha < 0:
+        raise InvalidInputError(f"eviction {name!r}: alpha must be a finite number >= 0")
+    return base, alpha
+
+
+def make_eviction_policy(name: str):
+    """The policy object for a checked name."""
+    base, alpha = parse_eviction(name)
+    if base == "lru":
+        return LRU()
+    if base == "lru_consumed":
+        return LRUConsumed()
+    if base == "flop_aware":
+        return FlopAware(1.0 if alpha is None else alpha)
+    return FarthestNextUse()

@@ -29,6 +29,7 @@ class Insert:
 
     def __init__(self, cache, tree: RadixTree, device: DeviceTier, lookup: Lookup) -> None:
         self.cache, self.tree, self.device, self.lookup = cache, tree, device, lookup
+        self.move_states = not lookup.consumed_only  # eviction lru_consumed: inserts leave the mamba list alone
         self.events = cache.events
         self.page_size = tree.page_size
 
@@ -138,19 +139,21 @@ class Insert:
             self.attach_state(node, mamba_value, state_ids)
             return InsertResult(total, False)
         device.full_lru_list.reset_node_mru(node)
-        device.mamba_lru_list.reset_node_mru(node)
+        if self.move_states:
+            device.mamba_lru_list.reset_node_mru(node)
         node.last_access_time = tree.tick()
         return InsertResult(total, True)
 
     def refresh_lru(self, node: TreeNode) -> None:
         """An insert's LRU refresh of a node on its path: to the MRU end of the full list if
         its KV is on device, of the mamba list if it holds a device state (the root is never
-        listed). Used by ``insert`` and by the storage tier's host insert."""
+        listed; under ``lru_consumed`` the mamba list is left alone). Used by ``insert`` and by
+        the storage tier's host insert."""
         if node is self.tree.root:
             return
         if node.value is not None:
             self.device.full_lru_list.reset_node_mru(node)
-        if node.mamba_value is not None:
+        if node.mamba_value is not None and self.move_states:
             self.device.mamba_lru_list.reset_node_mru(node)
 
     def take_duplicates(self, node: TreeNode, ids: np.ndarray, pos: int, p: int, prev_prefix_len: int,

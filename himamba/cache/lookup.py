@@ -35,12 +35,13 @@ class Lookup:
     ``raise_like_upstream`` is legacy B19."""
 
     def __init__(self, cache, tree: RadixTree, device: DeviceTier, hosts: tuple, *,
-                 raise_like_upstream: bool = False) -> None:
+                 raise_like_upstream: bool = False, consumed_only: bool = False) -> None:
         self.cache, self.tree, self.device, self.hosts = cache, tree, device, hosts
         self.events = cache.events
         self.page_size = tree.page_size
         self.chunk = cache.config.mamba_cache_chunk_size
         self.raise_like_upstream = raise_like_upstream
+        self.consumed_only = consumed_only
         self.match_result = self.tiered_result if hosts else self.device_result
 
     def refresh(self, node: TreeNode) -> None:
@@ -130,12 +131,17 @@ class Lookup:
 
     def touch_match(self, best: TreeNode, on_device: TreeNode) -> None:
         """LRU refresh and retiming of a match's usable node and its ancestors (the full LRU from
-        ``on_device``, the deepest of them with device KV): the k-th ancestor gets ``t - k*1e-5``."""
+        ``on_device``, the deepest of them with device KV): the k-th ancestor gets ``t - k*1e-5``.
+        With ``consumed_only`` (eviction ``lru_consumed``) only ``best``'s state moves in the
+        mamba list, the state the match consumed."""
         root = self.tree.root
         if best is root:
             return
         self.device.full_lru_list.reset_node_and_parents_mru(on_device, root)
-        self.device.mamba_lru_list.reset_node_and_parents_mru(best, root)
+        if not self.consumed_only:
+            self.device.mamba_lru_list.reset_node_and_parents_mru(best, root)
+        elif best.mamba_value is not None:
+            self.device.mamba_lru_list.reset_node_mru(best)
         t = self.tree.tick()
         x, k = best, 0
         while x is not root:

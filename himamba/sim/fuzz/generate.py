@@ -48,7 +48,10 @@ TARGET_PROFILES: dict[str, dict] = {
            "episode": 100},
 }
 DEFAULT_EPISODE = 500
-UNIFIED_SHARE = 0.25  # tiered fuzz scripts with cascade_rule="unified" (drawn by seed, beside the pools)  # operations per episode when neither the caller nor a profile says
+UNIFIED_SHARE = 0.25  # tiered fuzz scripts with cascade_rule="unified" (drawn by seed, beside the pools)
+# eviction policies the fuzzer draws (by seed; lru half the time); the offline one runs without a
+# future there, so LRU breaks its ties
+FUZZ_EVICTIONS = ("lru", "lru", "lru", "lru_consumed", "flop_aware:0.5", "farthest_next_use")  # operations per episode when neither the caller nor a profile says
 
 # The device-tier stress mix (tests/test_stress_device.py): plain inserts and matches, locks held
 # for a while, evictions, and requests held across operations (prefilled chunk by chunk,
@@ -90,7 +93,8 @@ def make_script(seed: int, n: int, *, page_size: int = 1, write_policy: str | No
                 weights: dict[str, int] | None = None, p_fresh: float = 0.0) -> dict:
     """A random script. With ``profile``, a single legacy switch brings its
     :data:`TARGET_PROFILES` settings (an explicit ``write_policy`` still wins); without one, a
-    tiered script takes ``cascade_rule="unified"`` one time in four (by seed). A ``copy_engine``
+    tiered script takes ``cascade_rule="unified"`` one time in four, and any script an eviction
+    policy from :data:`FUZZ_EVICTIONS` (both by seed). A ``copy_engine``
     other than ``"auto"`` goes into the config (``"deferred"``: CUDA's copy timing on the CPU).
     ``weights`` and ``p_fresh`` go to :func:`generate_ops` (``weights`` over a profile's)."""
     legacy = sorted(legacy)
@@ -104,6 +108,10 @@ def make_script(seed: int, n: int, *, page_size: int = 1, write_policy: str | No
         config["copy_engine"] = copy_engine
     if profile and not prof and cache == "tiered" and random.Random(f"cascade-{seed}").random() < UNIFIED_SHARE:
         config["cascade_rule"] = "unified"
+    if profile and not prof:
+        eviction = random.Random(f"eviction-{seed}").choice(FUZZ_EVICTIONS)
+        if eviction != "lru":
+            config["eviction"] = eviction
     return {
         "cache": cache, "manual_acks": manual_acks, "seed": seed, "config": config,
         "ops": generate_ops(seed, n, page_size, weights={**prof.get("weights", {}), **(weights or {})} or None,
