@@ -36,7 +36,8 @@ K = EventKind
 #: Public operations per generation (bracketed by OP_BEGIN / OP_END).
 OPS_0511 = ("match_prefix", "insert", "evict", "evict_mamba", "evict_host", "evict_mamba_host", "inc_lock_ref",
             "dec_lock_ref", "cache_finished_req", "cache_unfinished_req", "init_load_back", "load_back",
-            "write_backup", "writing_check", "loading_check", "_protect_host_node", "_release_host_node")
+            "write_backup", "writing_check", "loading_check", "_protect_host_node", "_release_host_node",
+            "_insert_helper_host")
 OPS_UNIFIED = ("match_prefix", "insert", "evict", "inc_lock_ref", "dec_lock_ref", "inc_host_lock_ref",
                "dec_host_lock_ref", "cache_finished_req", "cache_unfinished_req", "evict_host")
 

@@ -26,7 +26,8 @@ from himamba.errors import UpstreamFailure
 VERSION = "0.5.23"
 ENV_DIR = ".venv-sglang-0.5.23"
 
-__all__ = ["UpstreamFailure", "UpstreamUnavailable", "call", "probe", "replay_remote", "unified_here"]
+__all__ = ["UpstreamFailure", "UpstreamUnavailable", "call", "probe", "replay_remote", "replay_remote_many",
+           "unified_here"]
 
 
 def unified_here() -> bool:
@@ -81,6 +82,18 @@ def replay_remote(script: dict, core: str = "python", skip: tuple[str, ...] = ("
     :meth:`himamba.lens.replay.Replay.to_dict`."""
     answer = call({"what": "replay", "script": script, "core": core, "skip": list(skip)}, timeout)
     return answer["replay"]
+
+
+def replay_remote_many(scripts: list[dict], core: str = "python", skip: tuple[str, ...] = ("lock", "unlock"),
+                       timeout: float = 240.0) -> list[dict[str, Any]]:
+    """:func:`replay_remote` of several scripts with one start of the environment."""
+    requests = [{"what": "replay", "script": s, "core": core, "skip": list(skip)} for s in scripts]
+    answers = call({"what": "batch", "requests": requests}, timeout)["answers"]
+    for a in answers:
+        if not a.get("ok"):
+            kind = UpstreamUnavailable if a.get("kind") == "unavailable" else UpstreamFailure
+            raise kind(f"SGLang {VERSION}: {a.get('message')}")
+    return [a["replay"] for a in answers]
 
 
 def probe(timeout: float = 60.0) -> dict[str, Any]:

@@ -2,13 +2,15 @@
 unified tree, each recorded by :class:`~himamba.observe.recorder.Recorder` into the same steps.
 
 :func:`replay_on` runs a script (the JSON of ``himamba replay``: ``cache``, ``config``, ``ops``) on
-``"himamba"`` (the fuzzer's driver, invariants checked after each operation), ``"sglang-0.5.11"``
-(the differential runner's driver over upstream's own class) or ``"sglang-0.5.23"`` (the same
+``"himamba"`` and ``"sglang-0.5.11"`` (the differential runner's driver, over himamba's cache and
+over upstream's own class) or ``"sglang-0.5.23"`` (the same
 driver over :class:`~himamba.lens.unified_side.UnifiedSide`; in an environment without SGLang
 0.5.23 it goes through :func:`himamba.lens.remote.replay_remote`). The unified tree is built
 without a host tier: host-only operations (``evict_host``, ``evict_mamba_host``, ``events``,
 ``ack``, ``load``, ``prefetch``) do nothing there, and ``pin`` / ``unpin`` take and release the
-tree's own host lock on the node the tokens end at (what an in-flight host operation holds).
+tree's own host lock on the node the tokens end at (what an in-flight host operation holds). A
+``pin`` with ``"exact": true`` pins that node on the tiered caches too (``protect_host`` /
+``_protect_host_node``), state or not: the seed's scenario pins a stateless parent.
 
 An operation that raises ends the run: its error is the replay's ``failure`` (the recorder keeps
 the steps up to it), as ``himamba replay`` reports.
@@ -71,12 +73,9 @@ def replay_on(script: dict, tree: str = "himamba", core: str = "python", skip: t
     if tree not in TREES:
         raise InvalidInputError(f"unknown tree {tree!r}; expected one of {TREES}")
     if tree == "himamba":
-        from himamba.sim.fuzz import make_cache, run_ops_recorded
+        from himamba.differential.sides import HimambaSide
 
-        cache = make_cache(script)
-        rec = Recorder(cache, skip=skip)
-        failure = run_ops_recorded(cache, script["ops"], rec)
-        return Replay(tree, rec, [], None if failure is None else f"{failure.kind}: {failure.message}")
+        return drive(HimambaSide(_config(script), script["cache"] == "tiered"), script, tree, skip)
     if tree == "sglang-0.5.23":
         from himamba.lens.remote import replay_remote, unified_here
 
@@ -88,6 +87,23 @@ def replay_on(script: dict, tree: str = "himamba", core: str = "python", skip: t
     from himamba.differential.sides import UpstreamSide
 
     return drive(UpstreamSide(_config(script), script["cache"] == "tiered"), script, tree, skip)
+
+
+def replay_all(scripts: dict[str, dict], tree: str, core: str = "python", skip: tuple[str, ...] = QUIET,
+               timeout: float = 240.0) -> dict[str, Replay]:
+    """:func:`replay_on` of each named script on ``tree``; on 0.5.23 reached through its
+    environment, all of them with one start of it."""
+    if tree == "sglang-0.5.23":
+        from himamba.lens.remote import replay_remote_many, unified_here
+
+        if not unified_here():
+            from himamba.sim.fuzz import check_script
+
+            for script in scripts.values():
+                check_script(script)
+            dicts = replay_remote_many(list(scripts.values()), core, skip, timeout)
+            return {name: Replay.from_dict(d) for name, d in zip(scripts, dicts, strict=True)}
+    return {name: replay_on(script, tree, core, skip, timeout) for name, script in scripts.items()}
 
 
 def drive(side: Any, script: dict, tree: str, skip: tuple[str, ...] = QUIET) -> Replay:
@@ -112,15 +128,24 @@ def drive(side: Any, script: dict, tree: str, skip: tuple[str, ...] = QUIET) -> 
 
 
 def _is_unified_pin(side: Any, op: dict) -> bool:
-    return op["op"] in ("pin", "unpin") and hasattr(side, "pin") and not side.tiered
+    """Pins the lens drives itself: every pin on the unified tree, and ``exact`` pins (of the node
+    the tokens end at, with or without a state) on the tiered caches."""
+    if op["op"] not in ("pin", "unpin"):
+        return False
+    return not side.tiered or op.get("exact", False) or (op["op"] == "unpin" and side.__dict__.get("_exact_pins"))
 
 
-def _pin_op(side: Any, op: dict, pins: list[int]) -> Any:
+def _pin_op(side: Any, op: dict, pins: list[Any]) -> Any:
+    unified = not side.tiered
     if op["op"] == "pin":
-        node = side.node_at(op["tokens"]) or side.match(op["tokens"]).device_node
-        side.pin(node)
+        node = side.node_at(op["tokens"])
+        if node is None or node == side.root():
+            return None
+        side.pin(node) if unified else side.pin(node, False)
         pins.append(node)
+        side.__dict__["_exact_pins"] = True
         return side.path(node)
     if pins:
-        side.unpin(pins.pop(op["k"] % len(pins)))
+        node = pins.pop(op["k"] % len(pins))
+        side.unpin(node) if unified else side.unpin(node, False)
     return None
