@@ -165,9 +165,10 @@ def _run_remote(task: _EpisodeTask, item: tuple[int, int]) -> FuzzReport:
 
 @contextlib.contextmanager
 def _workers_ignoring_interrupts(n: int):
-    """A spawn pool of ``n`` workers that ignore SIGINT from their first instruction: a Ctrl-C
-    reaches the whole process group, and only this process handles it. (Ignored at start-up,
-    SIGINT stays ignored in a new Python, so a worker still importing prints no traceback.)"""
+    """A spawn pool of ``n`` workers that ignore SIGINT: a Ctrl-C reaches the whole process
+    group, and only this process handles it. The workers are started while SIGINT is ignored
+    here (a new Python keeps an ignored SIGINT ignored, so a worker still importing prints no
+    traceback); a Ctrl-C in the few milliseconds that takes is ignored too."""
     import multiprocessing
 
     main = threading.current_thread() is threading.main_thread()
