@@ -187,3 +187,17 @@ def test_differential_out_replaces_a_file_only_with_force_and_leaves_no_temporar
     assert code in (0, 1) and f"wrote {out}" in stdout
     assert isinstance(json.loads(out.read_text()), list)
     assert [p.name for p in tmp_path.iterdir()] == ["div.json"]
+
+
+def test_fuzz_interrupted_reports_the_episodes_that_finished() -> None:
+    """A KeyboardInterrupt inside a run (here raised by the progress callback in the third
+    episode) ends it with ``interrupted`` set and the finished episodes counted, no exception."""
+    from himamba.sim.fuzz import fuzz
+
+    def progress(done: int) -> None:
+        if done == 2 * 40 + 5:
+            raise KeyboardInterrupt
+
+    report = fuzz(seed=1, ops=400, episode=40, progress=progress)
+    assert report.interrupted and report.failure is None
+    assert report.ops_run == 80 and report.extras["episodes"] == 2
