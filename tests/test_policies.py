@@ -148,3 +148,24 @@ def test_farthest_next_use_evicts_what_the_future_needs_latest():
 def test_unknown_eviction_policies_are_refused(bad):
     with pytest.raises(hm.InvalidInputError, match="eviction"):
         hm.CacheConfig(eviction=bad)
+
+
+def test_every_eviction_step_says_why():
+    """Eviction, demotion, write-back and load-back steps name the rule and, for a choice between
+    leaves or states, the runner-up."""
+    cache = make_cache(cls=hm.HiMambaRadixCache, write_policy="write_back")
+    put(cache, [1, 2, 3])
+    put(cache, [4, 5])
+    with hm.Recorder(cache) as rec:
+        cache.evict(3)
+        m = cache.match_prefix([1, 2, 3])
+        cache.init_load_back(m.best_match_node)
+    texts = rec.texts()
+    a, b = node_at(cache, [1, 2, 3]), node_at(cache, [4, 5])
+    assert any("demoted to host: 3 device tokens freed" in t and f"(oldest evictable leaf #{a.id}, t=" in t
+               and f"before #{b.id}, t=" in t for t in texts), texts
+    assert any("backed up to host" in t and "(write-back: the leaf is being evicted)" in t for t in texts), texts
+    assert any("load back" in t and "load-back rule:" in t for t in texts), texts
+    cache.writing_check()
+    cache.loading_check()
+    assert_healthy(cache)

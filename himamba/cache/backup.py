@@ -12,6 +12,7 @@ from himamba.cache.alloc import allocate_or_make_room
 from himamba.cache.device_tier import DeviceTier
 from himamba.cache.host_tier import HostTier
 from himamba.cache.in_flight import InFlight
+from himamba.cache.words import count
 from himamba.core.key import preview
 from himamba.core.node import TreeNode
 from himamba.errors import UpstreamFailure
@@ -78,7 +79,9 @@ class Backup:
             self.in_flight.locked_writes.add(node.id)
         if events.active:
             what = "KV and state" if state is not None else "KV only (no device state)"
-            events.emit(EventKind.WRITE_ISSUED, f"#{node.id}{preview(node.key.token_ids)} backed up to host: {what}, {len(host)} tokens", (node.id,))
+            why = ("write-back: the leaf is being evicted" if write_back else
+                   f"{self.cache.write_policy}: {node.hit_count} hit(s) reached the threshold {self.cache.write_through_threshold}")
+            events.emit(EventKind.WRITE_ISSUED, f"#{node.id}{preview(node.key.token_ids)} backed up to host: {what}, {count(len(host), 'token')} ({why})", (node.id,))
         return len(host)
 
     def writing_check(self, write_back: bool = False) -> int:

@@ -14,6 +14,7 @@ from himamba.cache.device_tier import DeviceTier
 from himamba.cache.host_tier import HostTier
 from himamba.cache.policies import DeviceCascadeRule
 from himamba.cache.tree import RadixTree
+from himamba.cache.words import count
 from himamba.core.key import preview
 from himamba.core.node import TreeNode
 from himamba.errors import CacheAssertionError
@@ -42,7 +43,7 @@ class Cascade:
             parent = node.parent
             if parent.children:
                 if events.active and parent is not root:
-                    events.emit(EventKind.CASCADE, f"stop: parent #{parent.id} still has {len(parent.children)} child(ren)", (parent.id,), stop=True)
+                    events.emit(EventKind.CASCADE, f"stop: parent #{parent.id} still has {count(len(parent.children), 'child', 'children')}", (parent.id,), stop=True)
                 break
             reason = rule.stop_reason(parent, root)
             if reason is not None:
@@ -68,5 +69,5 @@ class Cascade:
         self.tree.detach(node)
         kept = "".join(host.release_deleted(node) for host in self.hosts)
         if self.events.active:
-            self.events.emit(EventKind.NODE_DELETED, f"tombstone #{node.id}{preview(node.key.token_ids)} deleted ({freed} device tokens){kept}", (node.id,))
+            self.events.emit(EventKind.NODE_DELETED, f"tombstone #{node.id}{preview(node.key.token_ids)} deleted ({count(freed, 'device token')}){kept}", (node.id,))
         return freed

@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from himamba.cache.words import count
 from himamba.core.node import TreeNode, full_lru_list, mamba_lru_list
 from himamba.errors import CacheAssertionError, LockError
 from himamba.memory import slot_ids
@@ -209,7 +210,7 @@ class DeviceTier:
                 x.evicted_lock_ref += 1
             x = x.parent
         if self.events.active:
-            self.events.emit(EventKind.LOCK, f"lock #{node.id} and its ancestors (protected {-delta} tokens)", (node.id,))
+            self.events.emit(EventKind.LOCK, f"lock #{node.id} and its ancestors (protected {count(-delta, 'token')})", (node.id,))
         return delta
 
     def check_releasable(self, node: TreeNode) -> None:
@@ -255,5 +256,5 @@ class DeviceTier:
                     self.refresh_leaf(x)
             x = x.parent
         if self.events.active:
-            self.events.emit(EventKind.UNLOCK, f"unlock #{node.id} and its ancestors (released {delta} tokens)", (node.id,))
+            self.events.emit(EventKind.UNLOCK, f"unlock #{node.id} and its ancestors (released {count(delta, 'token')})", (node.id,))
         return delta

@@ -25,6 +25,7 @@ from himamba.cache.cascade import Cascade
 from himamba.cache.device_tier import DeviceTier
 from himamba.cache.host_tier import HostTier
 from himamba.cache.tree import RadixTree
+from himamba.cache.words import count
 from himamba.core.key import preview
 from himamba.core.node import TreeNode
 from himamba.errors import CacheAssertionError
@@ -55,6 +56,7 @@ class Eviction:
         self.strict_leaf = strict_leaf
         self.locked_leaf_words = locked_leaf_words
         self.old_host_rule = old_host_rule
+        self.why = ""  # while anyone listens: why the leaf being evicted came first (for its step text)
 
     def refresh(self, node: TreeNode) -> None:
         """Recompute every leaf-set membership of ``node`` after its structure changed."""
@@ -73,19 +75,40 @@ class Eviction:
         heapq.heapify(heap)
         events = self.events
         counted = 0
+        outer_why = self.why  # a nested loop (a write-back's host room) keeps the outer leaf's reason
         while counted < budget and heap:
             _, x = heapq.heappop(heap)
             if x not in leaves:
                 if events.active:
                     events.emit(EventKind.CASCADE, f"skip stale heap entry #{x.id} (no longer an evictable leaf)", (x.id,))
                 continue
+            if events.active:
+                self.why = self._why_leaf(x, heap, leaves)
             n, survivor = evict_one(x)
             counted += n
             if self.queue_parent:
                 survivor = x.parent
             if survivor in leaves:
                 heapq.heappush(heap, (policy.requeue_key(survivor, leaves), survivor))
+        self.why = outer_why
         return counted
+
+    def _why_leaf(self, x: TreeNode, heap: list, leaves: set[TreeNode]) -> str:
+        """The policy's rule, ``x``'s standing and the runner-up: "oldest evictable leaf #2, t=3,
+        before #5, t=7" (only built while someone listens)."""
+        policy = self.policy
+        runner = next((n for _, n in sorted(heap) if n in leaves and n is not x), None)
+        after = f", before #{runner.id}, {policy.describe(runner)}" if runner is not None else ", the only candidate"
+        return f"{policy.rule} #{x.id}, {policy.describe(x)}{after}"
+
+    def _why_state(self, x: TreeNode, lru) -> str:
+        policy = self.policy
+        runner = lru.prev_no_lock(x) if policy.name in ("lru", "lru_consumed") else None
+        after = f", before #{runner.id}, {policy.describe(runner)}" if runner is not None else ""
+        return f"{policy.state_rule} #{x.id}, {policy.describe(x)}{after}"
+
+    def _because(self) -> str:
+        return f" ({self.why})" if self.why else ""
 
     # -- device leaves ---------------------------------------------------------------------------------
     def evict(self, num_tokens: int) -> int:
@@ -117,7 +140,7 @@ class Eviction:
             host.forget(node)
         self.tree.detach(node)
         if self.events.active:
-            self.events.emit(EventKind.LEAF_EVICTED, f"leaf #{node.id}{preview(node.key.token_ids)} deleted: freed {n} KV tokens", (node.id,))
+            self.events.emit(EventKind.LEAF_EVICTED, f"leaf #{node.id}{preview(node.key.token_ids)} deleted: freed {count(n, 'KV token')}{self._because()}", (node.id,))
         cascaded, survivor = self.cascade.run(node)
         return n + cascaded, survivor
 
@@ -134,7 +157,7 @@ class Eviction:
         self.refresh(node)
         self.refresh(node.parent)
         if self.events.active:
-            self.events.emit(EventKind.DEMOTED, f"#{node.id}{preview(node.key.token_ids)} demoted to host: {n} device tokens freed (now KV=H M={node.state_tier()})", (node.id,))
+            self.events.emit(EventKind.DEMOTED, f"#{node.id}{preview(node.key.token_ids)} demoted to host: {count(n, 'device token')} freed (now KV=H M={node.state_tier()}){self._because()}", (node.id,))
         return n, node.parent
 
     # -- evict_mamba (device states) ----------------------------------------------------------------
@@ -142,9 +165,14 @@ class Eviction:
         """Free up to ``num_states`` device states in the policy's order (see the facade)."""
         root = self.tree.root
 
+        lru = self.device.mamba_lru_list
+        outer_why = self.why
+
         def take(x: TreeNode) -> int:
             if x is root or x.mamba_lock_ref != 0 or x.mamba_value is None:
                 raise CacheAssertionError(f"evict_mamba: bad candidate #{x.id}")
+            if self.events.active:
+                self.why = self._why_state(x, lru)
             if x.children:
                 self.tombstone(x)
                 return 1
@@ -155,13 +183,16 @@ class Eviction:
             self.evict_device_leaf(x)
             return 1
 
-        return self.policy.drain_states(self.device.mamba_lru_list, num_states, take)
+        try:
+            return self.policy.drain_states(lru, num_states, take)
+        finally:
+            self.why = outer_why
 
     def tombstone(self, node: TreeNode) -> None:
         """Drop the device state of a node that has children; its KV stays."""
         self.device.drop_state(node)
         if self.events.active:
-            self.events.emit(EventKind.TOMBSTONE, f"#{node.id} loses its device state (now a tombstone; KV kept)", (node.id,))
+            self.events.emit(EventKind.TOMBSTONE, f"#{node.id} loses its device state (now a tombstone; KV kept){self._because()}", (node.id,))
 
     # -- host ---------------------------------------------------------------------------------------------
     def evict_host(self, host: HostTier, num_tokens: int) -> int:
@@ -183,15 +214,18 @@ class Eviction:
         self.tree.detach(node)
         self.refresh(node.parent)
         if self.events.active:
-            self.events.emit(EventKind.HOST_LEAF_EVICTED, f"host leaf #{node.id}{preview(node.key.token_ids)} deleted: freed {n} host tokens", (node.id,))
+            self.events.emit(EventKind.HOST_LEAF_EVICTED, f"host leaf #{node.id}{preview(node.key.token_ids)} deleted: freed {count(n, 'host token')}{self._because()}", (node.id,))
         cascaded, survivor = self.cascade.run(node)
         return n + cascaded, survivor
 
     def evict_mamba_host(self, host: HostTier, num_states: int) -> int:
         """Free up to ``num_states`` host states in the policy's order: a host-only leaf goes
         whole, any other node only loses its host state."""
+        outer_why = self.why
 
         def take(x: TreeNode) -> int:
+            if self.events.active:
+                self.why = self._why_state(x, host.mamba_host_lru_list)
             if x in host.leaves:
                 self.delete_host_leaf(host, x)
                 return 1
@@ -201,7 +235,10 @@ class Eviction:
                 raise CacheAssertionError(f"evict_mamba_host: node #{x.id} has a pinned host state")
             host.drop_state(x)
             if self.events.active:
-                self.events.emit(EventKind.HOST_STATE_DROPPED, f"#{x.id} loses its host state (KV={x.kv_tier()})", (x.id,))
+                self.events.emit(EventKind.HOST_STATE_DROPPED, f"#{x.id} loses its host state (KV={x.kv_tier()}){self._because()}", (x.id,))
             return 1
 
-        return self.policy.drain_states(host.mamba_host_lru_list, num_states, take)
+        try:
+            return self.policy.drain_states(host.mamba_host_lru_list, num_states, take)
+        finally:
+            self.why = outer_why

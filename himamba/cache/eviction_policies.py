@@ -48,6 +48,8 @@ class LRU:
 
     name = "lru"
     consumed_only = False
+    rule = "oldest evictable leaf"  # how a step text names the policy's choice
+    state_rule = "least recently used unlocked state"
 
     def bind(self, cache) -> None:
         """Called once the cache is built (policies that read the tree keep a reference)."""
@@ -75,6 +77,7 @@ class LRUConsumed(LRU):
 
     name = "lru_consumed"
     consumed_only = True
+    state_rule = "least recently consumed unlocked state"
 
 
 class _ScoredStates(LRU):
@@ -104,6 +107,8 @@ class FlopAware(_ScoredStates):
     key element stands for (a block-mode replay sets its block size)."""
 
     name = "flop_aware"
+    rule = "lowest utility (recency + alpha x FLOPs saved per byte)"
+    state_rule = "lowest-utility unlocked state"
 
     def __init__(self, alpha: float = 1.0, model: ModelSpec | None = None) -> None:
         self.alpha = alpha
@@ -171,6 +176,8 @@ class FarthestNextUse(_ScoredStates):
     node ties and LRU decides."""
 
     name = "farthest_next_use"
+    rule = "evictable leaf needed latest"
+    state_rule = "unlocked state needed latest"
 
     def __init__(self) -> None:
         self.future: Callable[[list[int]], float] | None = None

@@ -16,6 +16,7 @@ from himamba.cache.device_tier import DeviceTier
 from himamba.cache.lookup import Lookup
 from himamba.cache.results import InsertResult
 from himamba.cache.tree import RadixTree
+from himamba.cache.words import count
 from himamba.core.key import RadixKey, preview
 from himamba.core.node import TreeNode
 from himamba.errors import CacheAssertionError, InvalidInputError
@@ -165,7 +166,7 @@ class Insert:
             dup = ids[pos + max(0, prev_prefix_len - total) : pos + p]
             self.device.kv_pool.free_owned(dup)  # checked with the whole value
             if self.events.active:
-                self.events.emit(EventKind.DUPLICATE_FREED, f"#{node.id} already cached: freed {len(dup)} duplicate request slot(s)", (node.id,))
+                self.events.emit(EventKind.DUPLICATE_FREED, f"#{node.id} already cached: freed {count(len(dup), 'duplicate request slot')}", (node.id,))
         return p
 
     def unevict(self, node: TreeNode, value: torch.Tensor, ids: np.ndarray) -> None:
@@ -177,7 +178,7 @@ class Insert:
         self.lookup.refresh(node)
         self.lookup.refresh(node.parent)
         if self.events.active:
-            self.events.emit(EventKind.UNEVICTED, f"host node #{node.id}{preview(node.key.token_ids)} takes the request's {len(value)} device slots (KV=DH)", (node.id,))
+            self.events.emit(EventKind.UNEVICTED, f"host node #{node.id}{preview(node.key.token_ids)} takes the request's {count(len(value), 'device slot')} (KV=DH)", (node.id,))
 
     def add_leaf(self, parent: TreeNode, key: RadixKey, value: torch.Tensor, ids: np.ndarray, start: int,
                  mamba_value: torch.Tensor, state_ids: np.ndarray) -> TreeNode:
@@ -193,7 +194,7 @@ class Insert:
         if self.events.active:
             self.events.emit(
                 EventKind.NODE_CREATED,
-                f"new leaf #{node.id}{preview(key.token_ids)} under #{parent.id} with {len(key)} tokens and a state",
+                f"new leaf #{node.id}{preview(key.token_ids)} under #{parent.id} with {count(len(key), 'token')} and a state",
                 (node.id, parent.id),
             )
         return node

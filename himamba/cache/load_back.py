@@ -20,6 +20,7 @@ from himamba.cache.host_tier import HostTier
 from himamba.cache.in_flight import InFlight
 from himamba.cache.policies import LoadBackRule
 from himamba.cache.results import Request
+from himamba.cache.words import count
 from himamba.core.node import TreeNode
 from himamba.errors import CacheAssertionError, UpstreamFailure
 from himamba.memory.transfer import StateTransfer, TransferController
@@ -172,4 +173,5 @@ class LoadBack:
         tier.lock(node)
         self.in_flight.load_back[node.id] = node
         if self.events.active:
-            self.events.emit(EventKind.LOAD_ISSUED, f"load back #{node.id}: {plan.n} tokens over {len(plan.chain)} node(s)" + (" + its state" if plan.restore else ""), (node.id,))
+            self.events.emit(EventKind.LOAD_ISSUED, f"load back #{node.id}: {count(plan.n, 'token')} over {count(len(plan.chain), 'node')}"
+                             + (" + its state" if plan.restore else "") + f" ({self.rule.explain(plan.n, plan.restore)})", (node.id,))

@@ -20,6 +20,7 @@ import torch
 from himamba.cache.device_tier import DeviceTier
 from himamba.cache.results import MatchResult, Request
 from himamba.cache.tree import RadixTree
+from himamba.cache.words import count
 from himamba.core.key import RadixKey, as_key, preview
 from himamba.core.node import TreeNode
 from himamba.errors import InvalidInputError, UpstreamFailure
@@ -149,7 +150,7 @@ class Lookup:
             x = x.parent
             k += 1
         if self.events.active:
-            self.events.emit(EventKind.LRU_REFRESH, f"match refreshes #{best.id} and its {k - 1} ancestor(s)", (best.id,))
+            self.events.emit(EventKind.LRU_REFRESH, f"match refreshes #{best.id} and its {count(k - 1, 'ancestor')}", (best.id,))
 
     def deepest_on_device(self, node: TreeNode) -> TreeNode:
         """``node`` or its nearest ancestor whose KV is on device (the root at worst)."""

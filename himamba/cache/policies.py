@@ -152,6 +152,12 @@ class LoadBackRule:
         self.threshold = threshold
         self.quota_ignored_with_restore = quota_ignored_with_restore
 
+    def explain(self, n: int, restore: bool) -> str:
+        """Why a load of ``n`` host tokens goes ahead, for its step text."""
+        if restore and n < self.threshold:
+            return f"load-back rule: restores a state, so the threshold of {self.threshold} tokens is lifted"
+        return f"load-back rule: {n} host tokens >= threshold {self.threshold}, within the quota"
+
     def skip(self, n: int, restore: bool, over_quota: bool) -> bool:
         if self.quota_ignored_with_restore:
             return n > 0 and (n < self.threshold or over_quota) and not restore

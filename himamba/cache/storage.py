@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import torch
 
 from himamba.cache.alloc import allocate_or_make_room
+from himamba.cache.words import count
 from himamba.core.key import RadixKey, preview
 from himamba.core.node import TreeNode
 from himamba.errors import InvalidInputError
@@ -199,7 +200,7 @@ class StorageOps:
         op = storage.new_op("prefetch", hashes=hashes[:n_pages])
         self.in_flight.prefetch[req_id] = (anchor, tokens[:n], slots, op, slot)
         if self.events.active:
-            self.events.emit(EventKind.STORAGE, f"prefetch of {n} tokens under #{anchor.id} issued; #{anchor.id} pinned", (anchor.id,))
+            self.events.emit(EventKind.STORAGE, f"prefetch of {count(n, 'token')} under #{anchor.id} issued; #{anchor.id} pinned", (anchor.id,))
         return n
 
     def check_prefetch_progress(self, req_id: object) -> int | None:
@@ -265,7 +266,7 @@ class StorageOps:
             return 0, False
         if node is not root and node.host_value is None and not self.hang_under_unbacked:
             if self.events.active:
-                self.events.emit(EventKind.STORAGE, f"prefetched {len(key)} tokens refused: attach point #{node.id} is not backed up", (node.id,))
+                self.events.emit(EventKind.STORAGE, f"prefetched {count(len(key), 'token')} refused: attach point #{node.id} is not backed up", (node.id,))
             return 0, False
         new = tree.new_node(key, node)
         new.host_value = slots.clone()
