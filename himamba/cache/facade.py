@@ -207,7 +207,7 @@ class RadixCacheBase(Displayable):
         device tombstones above them. Those device tokens leave the tree but are not in the
         count, as in SGLang 0.5.11 (its count adds the evicted leaves and their own cascades).
         """
-        check_count(num_tokens, 'evict(num_tokens)')
+        check_count(num_tokens, "evict(num_tokens)")
         return self.eviction.evict(num_tokens)
 
     @operation("evict_mamba")
@@ -220,7 +220,7 @@ class RadixCacheBase(Displayable):
         unless legacy B8 is on, which evicts them anyway and asserts as upstream does.
         Returns the states freed.
         """
-        check_count(num_states, 'evict_mamba(n)')
+        check_count(num_states, "evict_mamba(n)")
         return self.eviction.evict_mamba(num_states)
 
     # -- locks (reference §3.5) ------------------------------------------------------------------

@@ -261,7 +261,7 @@ class HiMambaRadixCache(RadixCacheBase):
         each leaf's host tokens and the cascade's *device* tokens but not the cascade's host
         tokens (B11). Returns the host KV tokens actually freed. Pinned nodes are never taken.
         """
-        check_count(num_tokens, 'evict_host(num_tokens)')
+        check_count(num_tokens, "evict_host(num_tokens)")
         return self.eviction.evict_host(self.host_tier, num_tokens)
 
     @operation("evict_mamba_host")
@@ -269,7 +269,7 @@ class HiMambaRadixCache(RadixCacheBase):
         """Free up to ``num_states`` host state slots, least recently used first. A host-only leaf
         goes whole (host KV too, then the cascade); any other node only loses its host state.
         Returns the host states freed."""
-        check_count(num_states, 'evict_mamba_host(n)')
+        check_count(num_states, "evict_mamba_host(n)")
         return self.eviction.evict_mamba_host(self.host_tier, num_states)
 
     # -- storage (reference §3.14) -------------------------------------------------------------------------
