@@ -16,7 +16,10 @@ tiered cache the bytes moved priced at ``--model``'s real sizes (``model_bytes_*
 512 tokens of its KV, a state at its slot size). ``--record`` also times each run with a
 Recorder-like listener (every event kept, no snapshots) and adds ``record_requests_per_s``,
 ``record_overhead`` (median of per-pair time ratios) and ``record_events``.
-Exit status 0 when the pools balance and no invariant is violated, 1 otherwise.
+Exit status 0 when the pools balance and no invariant is violated, 1 otherwise. Before any run,
+a request that needs more device KV than the whole pool is refused by its file and line, and
+``--state-slots`` must be at least 2 (a request keeps its matched prefix's state while it takes
+one); a shortage the replay still meets ends in one clear line, not a traceback.
 """
 
 from __future__ import annotations
@@ -163,7 +166,7 @@ def _check_fits(args: argparse.Namespace, items: list, device_kv: int) -> None:
 
 def _replay_or_refuse(cache, items: list, listener=None) -> dict:
     """:func:`protocol.replay`, its documented shortage (a request that cannot get memory even
-    after eviction) turned into an :class:`InvalidInputError` that says which pools to grow."""
+    after eviction) turned into an :class:`InvalidInputError` asking for larger pools."""
     try:
         return protocol.replay(cache, items, listener=listener)
     except RuntimeError as exc:

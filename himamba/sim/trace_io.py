@@ -9,8 +9,10 @@ Two line formats, told apart per line:
 
 :func:`load_jsonl` rejects the first malformed line with a :class:`TraceFormatError` (a
 ``ValueError``) whose message names the file and line and says what is wrong: not JSON (nested
-too deeply or holding a number too long to read included), not an object, a missing key, a token that is not a non-negative int (bools and floats included), a
-``prompt_len`` out of range. Blank lines are skipped; a file without requests is an error.
+too deeply, or holding a number too long to read), not UTF-8 text, not an object, a missing
+key, a token that is not a non-negative int (bools and floats included), a ``prompt_len`` out of
+range. Blank lines are skipped; a file without requests is an error. :func:`read_json_file`
+reads one JSON document (a script) with the same care.
 """
 
 from __future__ import annotations
