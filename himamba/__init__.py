@@ -12,6 +12,7 @@ from himamba.cache.integrity import check_integrity
 from himamba.cache.invariants import Violation, check_invariants
 from himamba.cache.legacy import LEGACY_BUGS, LEGACY_PROFILES
 from himamba.cache.mamba import MambaRadixCache
+from himamba.cache.restore import restore
 from himamba.cache.results import InsertResult, MatchResult, Request
 from himamba.core.key import RadixKey
 from himamba.core.node import TreeNode
@@ -84,6 +85,7 @@ __all__ = [
     "replay_on",
     "node_table",
     "render",
+    "restore",
     "serve",
     "take",
     "text",

@@ -185,7 +185,7 @@ def take(cache) -> Snapshot:
     }
     in_flight: list[tuple[str, tuple[int, ...]]] = []
     settings = {"page_size": cache.page_size, "tiered": bool(getattr(cache, "tiered", False)),
-                "cache": type(cache).__name__}
+                "cache": type(cache).__name__, "next_id": cache._next_id}
     if settings["tiered"]:
         lru["host_mamba"] = tuple(cache.mamba_host_lru_list.order())
         pools["host KV"] = (cache.host_kv_pool.used_size(), cache.host_kv_pool.capacity)
