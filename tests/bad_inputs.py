@@ -974,8 +974,7 @@ def _(tmp):
     return c, lambda: c.cache_controller.complete(ack), (), after
 
 
-@case("small holes", "storage.complete(42)",
-      open="the storage side: StorageTier.complete must refuse what is not one of its ops (cache/storage.py)")
+@case("small holes", "storage.complete(42)")
 def _(tmp):
     c = tiered_cache(storage=True)
     return c, lambda: c.storage.complete(42), ()

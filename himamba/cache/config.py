@@ -45,19 +45,19 @@ class CacheConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "legacy", normalize_legacy(self.legacy))
+        for name, low in (("page_size", 1), ("device_kv_tokens", None), ("host_kv_tokens", None),
+                          ("device_mamba_slots", None), ("host_mamba_slots", None)):
+            object.__setattr__(self, name, check_int(getattr(self, name), name, low))  # numpy ints become ints
+        for name in ("device_mamba_slots", "host_mamba_slots"):
+            if getattr(self, name) < 1:
+                raise InvalidInputError(f"{name} must be at least 1, got {getattr(self, name)!r}")
         ps = self.page_size
-        if type(ps) is not int or ps < 1:
-            raise InvalidInputError(f"page_size must be a positive int, got {ps!r}")
         for name in ("device_kv_tokens", "host_kv_tokens"):
             size = getattr(self, name)
-            if type(size) is not int or size < ps:
+            if size < ps:
                 raise InvalidInputError(f"{name}={size!r} is smaller than one page ({ps} tokens)")
             if size % ps:
                 raise InvalidInputError(f"{name}={size} is not a multiple of the page size {ps}")
-        for name in ("device_mamba_slots", "host_mamba_slots"):
-            size = getattr(self, name)
-            if type(size) is not int or size < 1:
-                raise InvalidInputError(f"{name} must be at least 1, got {size!r}")
         check_choice(self.write_policy, "write_policy", WRITE_POLICIES)
         check_choice(self.cascade_rule, "cascade_rule", CASCADE_RULES)
         check_choice(self.copy_engine, "copy_engine", COPY_ENGINES)

@@ -28,6 +28,7 @@ from himamba.cache.results import Request
 from himamba.core.lru import LRUList
 from himamba.core.node import TreeNode
 from himamba.errors import InvalidInputError, LockError
+from himamba.memory import slot_ids
 from himamba.memory.pools import KVPool, MambaPool
 from himamba.observe.events import operation
 from himamba.validate import (
@@ -214,7 +215,7 @@ class HiMambaRadixCache(RadixCacheBase):
         if node.value is None or (node.mamba_value is None and node.mamba_host_value is not None):
             loaded = self.loader.load_back(node, mem_quota, req)
             if loaded is not None:
-                return loaded, node
+                return slot_ids.clone(loaded), node  # the caller's copy: the tree keeps its own
             while node is not root and (node.value is None or node.mamba_value is None):
                 node = node.parent
         return self.empty_indices, node

@@ -77,9 +77,14 @@ class StorageTier:
         return op
 
     def complete(self, op: StorageOp | None = None) -> StorageOp | None:
-        """Manual mode: mark one operation (default: the oldest unfinished) complete."""
+        """Manual mode: mark one operation (default: the oldest unfinished) complete. ``op`` must
+        be one of this tier's operations in flight (``ops``); anything else raises
+        :class:`InvalidInputError`, nothing changed."""
         if op is None:
             op = next((o for o in self.ops if not o.manual_done), None)
+        elif not any(o is op for o in self.ops):
+            what = f"storage op {op.op_id}" if isinstance(op, StorageOp) else f"{type(op).__name__} {op!r}"
+            raise InvalidInputError(f"{what} is not in flight on this storage tier (complete takes one of storage.ops)")
         if op is not None:
             op.manual_done = True
         return op

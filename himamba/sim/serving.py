@@ -29,6 +29,8 @@ def serve(cache, tokens: list[int] | RadixKey, *, reuse_prefix: bool = True) -> 
         raise InvalidInputError(f"serve needs a cache (MambaRadixCache or HiMambaRadixCache), got {type(cache).__name__}")
     key = tokens if isinstance(tokens, RadixKey) else RadixKey(tokens)  # checks the token ids
     tokens = key.token_ids
+    if len(tokens) % cache.page_size:  # refused before anything is matched or evicted
+        raise InvalidInputError(f"a request of {len(tokens)} tokens is not a multiple of the page size {cache.page_size}")
     m = cache.match_prefix(key)
     prefix, node = m.device_indices, m.last_device_node
     # Lock the matched device prefix first: the load-back below may evict to make room, and
