@@ -462,6 +462,7 @@ def test_every_switch_is_read_where_the_cache_is_built_and_says_where_it_acts():
         device_tier,
         eviction,
         facade,
+        hi_mamba,
         host_tier,
         load_back,
         lookup,
@@ -474,10 +475,36 @@ def test_every_switch_is_read_where_the_cache_is_built_and_says_where_it_acts():
     readers = sorted(p.name for p in folder.glob("*.py") if "has_legacy(" in p.read_text())
     assert readers == ["build.py", "config.py", "host_invariants.py"]
     classes = {}
-    for module in (backup, device_tier, eviction, facade, host_tier, load_back, lookup, policies, request_flow, storage):
+    for module in (backup, device_tier, eviction, facade, hi_mamba, host_tier, load_back, lookup, policies, request_flow, storage):
         classes.update({name: obj for name, obj in vars(module).items() if isinstance(obj, type)})
     for bug in hm.LEGACY_BUGS.values():
         named = re.findall(r"\b([A-Z][A-Za-z]+)\.([a-z_]+)\b", bug.where)
         assert named, f"{bug.id}: 'where' names no Class.function"
         for cls, fn in named:
             assert hasattr(classes[cls], fn), f"{bug.id}: {cls}.{fn} does not exist"
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_b1_replays_through_the_public_api(legacy):
+    """A caller pins P (host-only, stateless, two host-only children); evict_host takes the
+    children. With B1 the cascade deletes the pinned P anyway; its pin is still released as
+    upstream releases it, P rejoins the host-leaf set, and the next evict_host fails with
+    upstream's assertion. Without B1 the cascade stops at the pin and nothing fails."""
+    cache = hm.HiMambaRadixCache(hm.CacheConfig(device="cpu", legacy={"B1"} if legacy else set()))
+    for tokens in ([1, 2, 3, 4], [1, 2, 5, 6]):
+        put(cache, tokens)
+    cache.writing_check()
+    cache.evict(cache.total_size())
+    p = node_at(cache, [1, 2])
+    assert p.value is None and p.host_value is not None and p.mamba_host_value is None
+    cache.protect_host(p)
+    cache.evict_host(4)  # both children, then the cascade reaches P
+    assert (cache.node_at([1, 2]) is None) == legacy
+    cache.release_host(p)
+    if legacy:
+        with pytest.raises(hm.CacheAssertionError, match="parent does not have child key"):
+            cache.evict_host(2)
+    else:
+        assert_healthy(cache)
+        assert cache.evict_host(2) == 2 and cache.num_nodes() == 0
+        assert_healthy(cache)

@@ -109,6 +109,7 @@ def assemble(cache, host: HostTier | None = None, controller: TransferController
     owner.request_flow = RequestFlow(cache, forward_chunked=not legacy("B2"), raise_like_upstream=legacy("B19"))
     if not tiered:
         return
+    owner.release_deleted_pins = legacy("B1")  # a pin on a node the B1 cascade deleted is released as upstream does
     in_flight = owner.in_flight = InFlight()
     owner.backup = Backup(cache, device, host, controller, in_flight, contiguous=not legacy("B4"),
                           lock_while_making_room=not legacy("B18"), drain_unlocks=not legacy("B15"),

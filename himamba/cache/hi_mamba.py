@@ -143,8 +143,15 @@ class HiMambaRadixCache(RadixCacheBase):
     @operation("release_host")
     def release_host(self, node: TreeNode, mamba: bool = False) -> None:
         """Release one pin taken by :meth:`protect_host` (same ``mamba`` flag). Raises
-        :class:`LockError`, changing nothing, when a counter would go below zero."""
-        self.tree.check_in_tree(node)
+        :class:`LockError`, changing nothing, when a counter would go below zero. With legacy B1
+        the cascade may have deleted a pinned node; its pin is released as upstream releases it
+        (the node may then rejoin the host-leaf set, and the next ``evict_host`` that takes it
+        fails with upstream's ``parent does not have child key``)."""
+        try:
+            self.tree.check_in_tree(node)
+        except InvalidInputError:
+            if not (self.release_deleted_pins and isinstance(node, TreeNode) and node.host_ref_counter > 0):
+                raise
         check_bool(mamba, "mamba")
         kv_held, mamba_held = self.in_flight.internal_pins(node)
         if node.host_ref_counter <= kv_held or (mamba and node.host_mamba_ref_counter <= mamba_held):

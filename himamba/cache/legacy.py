@@ -88,7 +88,7 @@ LEGACY_BUGS: dict[str, LegacyBug] = {
         LegacyBug("B1", "cascade_ignores_host_pins",
                   "the cascade deletes a host-pinned node; evict_host then fails with "
                   "'parent does not have child key'", "yes (#23696)",
-                  where="policy: TieredCascadeRule(honour_pins=False) -> TieredCascadeRule.stop_reason"),
+                  where="policy: TieredCascadeRule(honour_pins=False) -> TieredCascadeRule.stop_reason; cache.release_deleted_pins=True -> HiMambaRadixCache.release_host"),
         LegacyBug("B2", "chunked_not_forwarded",
                   "cache_unfinished_req drops `chunked`: every chunk counts a hit and is backed up",
                   "yes (#23696)",
