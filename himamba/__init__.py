@@ -18,6 +18,7 @@ from himamba.core.key import RadixKey
 from himamba.core.node import TreeNode
 from himamba.errors import (
     CacheAssertionError,
+    ConcurrentUseError,
     HiMambaError,
     InvalidInputError,
     LockError,
@@ -52,6 +53,7 @@ __all__ = [
     "LEGACY_PROFILES",
     "CacheAssertionError",
     "CacheConfig",
+    "ConcurrentUseError",
     "Engine",
     "Event",
     "EventKind",

@@ -29,6 +29,11 @@ class LockError(InvalidInputError):
     """A lock or pin would go below zero; nothing was changed."""
 
 
+class ConcurrentUseError(InvalidInputError):
+    """A cache operation was called while another runs: from a second thread, or from inside an
+    event listener. A cache serves one caller at a time; nothing was changed."""
+
+
 class CacheAssertionError(HiMambaError, AssertionError):
     """An upstream assertion failed: the tree reached a state the algorithm forbids."""
 

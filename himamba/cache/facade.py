@@ -19,6 +19,7 @@ states what it changes); the work itself is in the parts, a few lines each here.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -59,8 +60,10 @@ class RadixCacheBase(Displayable):
     ``MambaRadixCache(page_size=4)``."""
 
     tiered = False
+    _operation_thread: int | None = None  # the thread running an operation now (observe.events.operation)
 
     def __init__(self, config: CacheConfig | None = None, **overrides: Any) -> None:
+        self._operation_lock = threading.Lock()
         if config is None:
             config = CacheConfig(**overrides)
         elif overrides:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import threading
 import types
 import weakref
 from collections.abc import Callable
@@ -25,6 +26,7 @@ from typing import Any, TypeVar
 
 import torch
 
+from himamba.errors import ConcurrentUseError
 from himamba.memory import slot_ids
 
 
@@ -81,10 +83,12 @@ class EventBus:
     ``owner``: the object whose :func:`operation` methods are bracketed while anyone listens
     (held weakly: the bus keeps no cache alive)."""
 
-    __slots__ = ("_listeners", "active", "depth", "_owner", "_failed")
+    __slots__ = ("_listeners", "active", "depth", "_owner", "_failed", "in_listener", "_deferred")
 
     def __init__(self, owner: Any = None) -> None:
         self._failed: BaseException | None = None  # the exception an OP_FAILED event reported last
+        self.in_listener: int | None = None  # the thread running a listener: its operation calls are refused
+        self._deferred: BaseException | None = None  # a listener's exception, raised when the operation ends
         self._listeners: list[Listener] = []
         self.active = False
         self.depth = 0
@@ -110,10 +114,30 @@ class EventBus:
                 trace_operations(owner, active)
 
     def emit(self, kind: EventKind, text: str, nodes: tuple[int, ...] = (), **data: Any) -> None:
-        """Deliver one event. Callers check ``active`` first so that nothing is built in vain."""
+        """Deliver one event. Callers check ``active`` first so that nothing is built in vain.
+
+        Listeners run in the middle of a change, so an exception a listener raises (a
+        ``KeyboardInterrupt`` too) is held until the outermost operation has finished its change,
+        then raised; every listener still sees every event. A listener that calls an operation of
+        the cache gets :class:`~himamba.errors.ConcurrentUseError` (held the same way)."""
         event = Event(kind, text, nodes, self.depth, data)
         for listener in tuple(self._listeners):
-            listener(event)
+            self.in_listener = threading.get_ident()
+            try:
+                listener(event)
+            except BaseException as exc:  # noqa: BLE001 -- held, raised when the change is complete
+                if self._deferred is None:
+                    self._deferred = exc
+            finally:
+                self.in_listener = None
+        if self.depth == 0 and kind is not EventKind.OP_BEGIN:
+            self.raise_deferred()
+
+    def raise_deferred(self) -> None:
+        """Raise (once) what a listener raised during the operation that just ended."""
+        exc, self._deferred = self._deferred, None
+        if exc is not None:
+            raise exc
 
 
 class CacheListener:
@@ -159,12 +183,29 @@ _OPERATION = "_himamba_operation"  # the mark operation() leaves on a method: it
 def operation(name: str) -> Callable[[F], F]:
     """Mark a public cache method as the operation ``name``: while anyone listens to the
     object's :class:`EventBus` (built with the object as ``owner``), its calls are bracketed
-    by OP_BEGIN/OP_END events (:func:`trace_operations`). With no listener the method runs as
-    written, at no cost."""
+    by OP_BEGIN/OP_END events (:func:`trace_operations`). Always, one thread at a time may run
+    the object's operations (its ``_operation_lock``): a call from a second thread while one
+    runs raises :class:`~himamba.errors.ConcurrentUseError`, nothing changed; the same thread
+    may nest operations."""
 
     def mark(fn: F) -> F:
-        setattr(fn, _OPERATION, name)
-        return fn
+        @functools.wraps(fn)
+        def one_caller(self: Any, *args: Any, **kwargs: Any) -> Any:
+            lock = self._operation_lock
+            if lock.acquire(False):
+                self._operation_thread = threading.get_ident()
+                try:
+                    return fn(self, *args, **kwargs)
+                finally:
+                    self._operation_thread = None
+                    lock.release()
+            if self._operation_thread == threading.get_ident():  # an operation inside an operation
+                return fn(self, *args, **kwargs)
+            raise ConcurrentUseError(f"{name} was called while another thread runs an operation on this cache: a cache "
+                                     "serves one thread at a time (nothing was changed)")
+
+        setattr(one_caller, _OPERATION, name)
+        return one_caller  # type: ignore[return-value]
 
     return mark
 
@@ -201,7 +242,17 @@ def _bracketed(fn: Callable[..., Any], name: str) -> Callable[..., Any]:
     @functools.wraps(fn)
     def bracketed(self: Any, *args: Any, **kwargs: Any) -> Any:
         bus: EventBus = self.events
+        me = threading.get_ident()
+        running = getattr(self, "_operation_thread", None)
+        if running is not None and running != me:
+            raise ConcurrentUseError(f"{name} was called while another thread runs an operation on this cache: a cache "
+                                     "serves one thread at a time (nothing was changed)")
+        if bus.in_listener == me:
+            raise ConcurrentUseError(f"{name} was called from inside an event listener: listeners may read the cache "
+                                     "but not change it (nothing was changed)")
         bus.emit(EventKind.OP_BEGIN, f"{name}({_describe_args(args, kwargs)})", op=name)
+        if bus.depth == 0 and bus._deferred is not None:  # a listener refused OP_BEGIN: nothing started
+            bus.raise_deferred()
         bus.depth += 1
         try:
             result = fn(self, *args, **kwargs)
@@ -213,11 +264,12 @@ def _bracketed(fn: Callable[..., Any], name: str) -> Callable[..., Any]:
                          error=type(exc).__name__, message=str(exc))
             if bus.depth == 0:
                 bus._failed = None  # keep no exception (and its frames) alive after the outermost call
+                bus._deferred = None  # the operation's own failure wins over a listener's
             raise
         bus.depth -= 1
         if bus.depth == 0:
             bus._failed = None
-        bus.emit(EventKind.OP_END, f"{name} -> {_short(result)}", op=name)
+        bus.emit(EventKind.OP_END, f"{name} -> {_short(result)}", op=name)  # raises a listener's held exception
         return result
 
     return bracketed

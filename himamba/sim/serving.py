@@ -33,30 +33,52 @@ def serve(cache, tokens: list[int] | RadixKey, *, reuse_prefix: bool = True) -> 
         raise InvalidInputError(f"a request of {len(tokens)} tokens is not a multiple of the page size {cache.page_size}")
     m = cache.match_prefix(key)
     prefix, node = m.device_indices, m.last_device_node
-    # Lock the matched device prefix first: the load-back below may evict to make room, and
-    # best_match_node (upstream: last_host_node) can sit above the deepest matched device node.
-    cache.inc_lock_ref(node)
-    if getattr(cache, "tiered", False) and m.host_hit_length > 0:
-        loaded, last = cache.init_load_back(m.best_match_node)
-        if len(loaded):
-            prefix = slot_ids.cat((prefix, loaded))
-            cache.inc_lock_ref(last)
-            cache.dec_lock_ref(node)
-            node = last
-        cache.ready_to_load_host_cache()
-    n = len(prefix) if reuse_prefix else 0
+    # Locks are listed before they are taken, and everything is given back in ``finally``: an
+    # exception a listener raises leaves with the operation that completed (the lock taken, the
+    # insert done), and nothing this request held may stay behind.
+    held: list = []
+    new = slot = result = None
     try:
+        # Lock the matched device prefix first: the load-back below may evict to make room, and
+        # best_match_node (upstream: last_host_node) can sit above the deepest matched device node.
+        held.append(node)
+        cache.inc_lock_ref(node)
+        if getattr(cache, "tiered", False) and m.host_hit_length > 0:
+            loaded, last = cache.init_load_back(m.best_match_node)
+            if len(loaded):
+                prefix = slot_ids.cat((prefix, loaded))
+                held.append(last)
+                cache.inc_lock_ref(last)
+                held.remove(node)
+                cache.dec_lock_ref(node)
+            cache.ready_to_load_host_cache()
+        n = len(prefix) if reuse_prefix else 0
         slots = alloc_request(cache, tokens, n, states=1)
         if slots is None:
             return None
         new, slot = slots
         write_state(cache.mamba_pool, slot, tokens)
         result = cache.insert(key, slot_ids.cat((prefix, new)) if n else new, slot, prev_prefix_len=n)
-        if result.mamba_exist:
-            cache.mamba_pool.free(slot)
         return result
     finally:
-        cache.dec_lock_ref(node)
+        _give_back(cache, new, slot, result)
+        for x in reversed(held):
+            cache.dec_lock_ref(x)
+
+
+def _give_back(cache, new, slot, result) -> None:
+    """Free the request's slots the tree did not take: the state slot when the tree had one
+    (``mamba_exist``) or when the insert never finished, and KV slots still the request's."""
+    if slot is not None:
+        states = cache.mamba_pool.allocator
+        if (result is not None and result.mamba_exist) or (
+                result is None and states.all_allocated(slot) and not bool(states.owned_flags(slot).all())):
+            cache.mamba_pool.free(slot)
+    if new is not None and result is None:
+        kv = cache.kv_pool.allocator
+        mine = kv.is_allocated(new) & ~kv.owned_flags(new)
+        if bool(mine.any()):
+            cache.kv_pool.free(new[mine])
 
 
 def alloc_request(cache, tokens: list[int], n: int, states: int):
