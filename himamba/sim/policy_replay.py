@@ -16,7 +16,8 @@ Per request, in order (the protocol of :mod:`himamba.sim.protocol`, with admissi
 5. every ``sweep_every`` requests, evict down to 25% free KV and 25% free states.
 
 Eviction is the cache's: :func:`make_cache` hands ``eviction`` to ``CacheConfig`` when it is not
-``"lru"`` (the default, SGLang 0.5.11's order). Figures: hit rates over prompt elements and
+``"lru"`` (the default, SGLang 0.5.11's order); :mod:`himamba.sim.policy_setup` gives
+``flop_aware`` its model, block size and tuned α and ``farthest_next_use`` the trace's future. Figures: hit rates over prompt elements and
 tokens, the share of prefill FLOPs the hits saved (``model``'s :meth:`ModelSpec.prefill_flops`,
 token counts from the trace), and the bytes of KV and states the tree kept at ``model``'s sizes
 (a block mode KV slot is ``block_tokens`` tokens), at the end and averaged over the sweeps.
@@ -35,6 +36,7 @@ from himamba.core.key import RadixKey
 from himamba.errors import InvalidInputError
 from himamba.memory import slot_ids
 from himamba.memory.model import ModelSpec
+from himamba.sim import policy_setup
 from himamba.sim.admission import Admission, PolicyItem, branch_point, parse_admission
 from himamba.sim.mooncake import BLOCK_TOKENS, MooncakeRequest
 from himamba.validate import check_int, check_token_ids
@@ -126,15 +128,26 @@ def replay(cache, items: Sequence[PolicyItem], admission: str | Admission = "seq
 
 
 def _replay(cache, items: PolicyItems, policy: Admission, model: ModelSpec, headroom: int, sweep_every: int,
-            block: int) -> dict:
+            block: int, tune: bool = True) -> dict:
     kv_pool, state_pool = cache.kv_pool, cache.mamba_pool
     tiered = getattr(cache, "tiered", False)
     c = dict.fromkeys(("matched", "prompt", "matched_tokens", "prompt_tokens", "hit_sq", "prompt_sq", "evicted_kv",
                        "evicted_states", "host_hits", "inserts", "states_admitted", "kept_kv", "kept_states",
                        "samples"), 0)
     trusted, needs_branch, root = RadixKey._trusted, policy.needs_branch, cache.root_node
+    future, tune = policy_setup.prepare(cache, items, model, block)
+    window, tuned = None, None
     start, cpu_start = time.perf_counter(), time.process_time()
     for i, (tokens, plen, full, weight) in enumerate(items):
+        if future is not None:
+            future.now = i
+        if tune and i == window:  # Marconi's bootstrap window is over: keep the best alpha, once
+            def run(fresh, prefix):
+                return _replay(fresh, prefix, policy, model, headroom, sweep_every, block, tune=False)
+
+            tuned = policy_setup.tune_alpha(cache, items, window, run)
+            policy_setup.eviction_policy(cache).alpha = tuned[0]
+            tune = False
         branch = branch_point(root, tokens) if needs_branch else 0
         key = trusted(tokens, None)
         m = cache.match_prefix(key[:plen] if plen < len(tokens) else key)
@@ -172,11 +185,19 @@ def _replay(cache, items: PolicyItems, policy: Admission, model: ModelSpec, head
             want = state_pool.capacity // 4 - state_pool.available_size()
             if want > 0:
                 c["evicted_states"] += cache.evict_mamba(want)
+        if tune and window is None and (c["evicted_kv"] or c["evicted_states"]):
+            window = policy_setup.BOOTSTRAP_FACTOR * (i + 1)
     if tiered:
         cache.writing_check(write_back=True)
         cache.loading_check()
     c["cpu_seconds"] = time.process_time() - cpu_start
-    return figures(cache, len(items), time.perf_counter() - start, c, model, block)
+    out = figures(cache, len(items), time.perf_counter() - start, c, model, block)
+    evictor = policy_setup.eviction_policy(cache)
+    out["eviction"] = getattr(evictor, "name", "lru")
+    if out["eviction"] == "flop_aware":
+        out["alpha"] = evictor.alpha
+        out["alpha_window"] = window if tuned else None  # None: alpha given, or the window never ended
+    return out
 
 
 def _admit(cache, key: RadixKey, prefix, matched: int, ends: list[int], c: dict, headroom: int, i: int) -> None:

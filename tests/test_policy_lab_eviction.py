@@ -1,0 +1,68 @@
+"""The policy replay and the cache's eviction policies: the future handed to farthest_next_use,
+Marconi's alpha tuned on its bootstrap window, and every pair sound on both caches."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from himamba.sim import mooncake, policy_replay, policy_setup, policy_sweep
+
+EVICTIONS = policy_sweep.available_evictions()
+needs_seam = pytest.mark.skipif(len(EVICTIONS) < 4, reason="this cache has no eviction policies but lru")
+
+
+@pytest.fixture(scope="module")
+def items():
+    return policy_replay.block_items(mooncake.generate(300, seed=6))
+
+
+def test_next_use_names_the_first_later_request_through_a_path() -> None:
+    items = policy_replay.token_items([(3, [1, 2, 3, 9]), (2, [1, 5, 6]), (3, [1, 2, 3]), (1, [7])])
+    future = policy_setup.NextUse(items)
+    future.now = 0
+    assert (future([1]), future([1, 2]), future([1, 2, 3]), future([1, 2, 3, 9])) == (1, 2, 2, math.inf)
+    assert future([7]) == 3 and future([8]) == math.inf and future([]) == math.inf
+    future.now = 2
+    assert future([1]) == math.inf and future([7]) == 3
+
+
+@needs_seam
+@pytest.mark.parametrize("eviction", EVICTIONS)
+@pytest.mark.parametrize("tiered", [False, True], ids=["device", "tiered"])
+def test_every_eviction_policy_keeps_the_replay_sound(items, eviction: str, tiered: bool) -> None:
+    cache = policy_replay.make_cache(120, 16, eviction=eviction, host_kv=360 if tiered else 0, host_states=48)
+    f = policy_replay.replay(cache, items, "branch_point")
+    assert f["eviction"] == eviction and f["evicted_kv"] > 0 and f["hit_rate"] > 0
+    assert f["accounting_ok"] and f["violations"] == 0
+
+
+@needs_seam
+def test_farthest_next_use_is_handed_the_future_and_beats_lru_here(items) -> None:
+    cache = policy_replay.make_cache(120, 16, eviction="farthest_next_use")
+    f = policy_replay.replay(cache, items, "page_aligned")
+    future = policy_setup.eviction_policy(cache).future
+    assert isinstance(future, policy_setup.NextUse) and future.now == len(items) - 1
+    lru = policy_replay.replay(policy_replay.make_cache(120, 16), items, "page_aligned")
+    assert f["hit_rate"] > lru["hit_rate"]
+
+
+@needs_seam
+def test_flop_aware_tunes_alpha_once_on_marconis_bootstrap_window(items) -> None:
+    cache = policy_replay.make_cache(120, 16, eviction="flop_aware")
+    f = policy_replay.replay(cache, items, "page_aligned")
+    policy = policy_setup.eviction_policy(cache)
+    assert f["alpha"] == policy.alpha in policy_setup.ALPHA_GRID and policy.unit_tokens == 512
+    # the window is 5x the requests seen at the first eviction, and the alpha kept saved the most there
+    def evicted(n):
+        f = policy_replay.replay(policy_replay.make_cache(120, 16), items[:n], "page_aligned")
+        return f["evicted_kv"] + f["evicted_states"] > 0
+
+    first = next(n for n in range(1, len(items)) if evicted(n))
+    assert f["alpha_window"] == 5 * first
+    saved = {a: policy_replay.replay(policy_replay.make_cache(120, 16, eviction=f"flop_aware:{a}"),
+                                     items[:5 * first], "page_aligned")["flops_saved"] for a in policy_setup.ALPHA_GRID}
+    assert saved[f["alpha"]] == max(saved.values())
+    given = policy_replay.replay(policy_replay.make_cache(120, 16, eviction="flop_aware:0.3"), items, "page_aligned")
+    assert given["alpha"] == 0.3 and given["alpha_window"] is None
