@@ -9,7 +9,8 @@ how the sweep's cost grows with the trace. One JSON line per figure.
   (device only, + 256 GB host, + 1 TB host): hit rate and share of prefill FLOPs saved;
 * ``speed`` — per (admission, online eviction): the device tier alone with the H200's bounded
   pools (2,296 blocks, 336 states), requests per CPU second of this process (one torch thread),
-  the median of ``--repeat`` runs;
+  the median of ``--repeat`` runs; ``flop_aware`` twice: with its alpha tuning (21 replays of the
+  bootstrap window count in its time) and at the alpha it chose;
 * ``scaling`` — a small sweep over the trace repeated 1x, 2x and 4x (each copy with its own hash
   ids, appended): seconds per request should stay flat if the cost is linear.
 
@@ -70,12 +71,14 @@ def main(argv: list[str] | None = None) -> int:
         frame = policy_sweep.policy_sweep(items, admissions=ADMISSIONS[:3], evictions=evictions,
                                           sizes=policy_sweep.h200_sizes(), progress=False)
         for row in frame.to_dict("records"):
-            print(json.dumps({"figure": "table", "trace": name, **{k: row[k] for k in (
-                "admission", "eviction", "size", "hit_rate", "hit_rate_tokens", "flops_saved", "error")}}))
+            print(json.dumps({"figure": "table", "trace": name, **{k: row.get(k) for k in (
+                "admission", "eviction", "size", "hit_rate", "hit_rate_tokens", "flops_saved", "alpha", "error")}}))
     if args.what in ("all", "speed"):
         h200 = policy_sweep.h200_sizes((0,))[0]
-        for eviction in [e for e in evictions if e in ONLINE]:
-            for policy in ADMISSIONS:
+        for policy in ADMISSIONS:
+            queue = [e for e in evictions if e in ONLINE]
+            while queue:
+                eviction = queue.pop(0)
                 runs = []
                 for _ in range(args.repeat):
                     cache = policy_replay.make_cache(h200["device_kv"], h200["device_states"], eviction=eviction)
@@ -85,7 +88,10 @@ def main(argv: list[str] | None = None) -> int:
                                   "requests": len(items), "runs": len(runs),
                                   "requests_per_cpu_s": statistics.median(r["requests_per_cpu_s"] for r in runs),
                                   "requests_per_s": statistics.median(r["requests_per_s"] for r in runs),
-                                  "hit_rate": runs[-1]["hit_rate"], "accounting_ok": runs[-1]["accounting_ok"]}))
+                                  "hit_rate": runs[-1]["hit_rate"], "alpha": runs[-1].get("alpha"),
+                                  "alpha_window": runs[-1].get("alpha_window"), "accounting_ok": runs[-1]["accounting_ok"]}))
+                if eviction == "flop_aware":  # the tuning's replays count above; the policy alone at its alpha
+                    queue.insert(0, f"flop_aware:{runs[-1]['alpha']}")
     if args.what in ("all", "scaling"):
         sizes = policy_sweep.h200_sizes((0,))
         for times in (1, 2, 4):

@@ -8,7 +8,7 @@
 Each configuration is one :func:`himamba.sim.policy_replay.replay` of the whole trace on a fresh
 cache (device tier only when a size has no host pools), one row of the frame: the policy pair, the
 size's label and pools, then the replay's figures (hit rates, ``flops_saved``, bytes kept, speed,
-evictions, ``accounting_ok``, ``violations``) and ``error`` (``None`` when it ran: a configuration
+evictions, ``accounting_ok``, ``violations``; ``alpha`` and ``alpha_window`` for ``flop_aware``) and ``error`` (``None`` when it ran: a configuration
 that fails yields its error instead of stopping the sweep).
 
 Where it runs: in this process by default; on a Dask cluster with ``client`` (a
@@ -94,6 +94,7 @@ def run_policy(index: int, params: Mapping[str, Any], items: policy_replay.Polic
                                          host_kv=params["host_kv"], host_states=params["host_states"])
         figures = policy_replay.replay(cache, items, params["admission"], model=model)
         row.update({k: figures[k] for k in FIGURES})
+        row["alpha"], row["alpha_window"] = figures.get("alpha"), figures.get("alpha_window")  # flop_aware only
     except Exception as exc:  # one failing configuration must not sink the sweep
         row["error"] = f"{type(exc).__name__}: {exc}"
     return row
