@@ -17,12 +17,14 @@ from himamba.cache.results import InsertResult, MatchResult, Request
 from himamba.core.key import RadixKey
 from himamba.core.node import TreeNode
 from himamba.errors import (
+    AllocationFailure,
     CacheAssertionError,
     ConcurrentUseError,
     HiMambaError,
     InvalidInputError,
     LockError,
     PoolError,
+    TransferFailure,
     UpstreamFailure,
 )
 from himamba.lens.remote import UpstreamUnavailable
@@ -49,6 +51,8 @@ from himamba.viz import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "AllocationFailure",
+    "TransferFailure",
     "LEGACY_BUGS",
     "LEGACY_PROFILES",
     "CacheAssertionError",

@@ -68,6 +68,9 @@ def _parser() -> argparse.ArgumentParser:
     fuzz.add_argument("--copy-engine", choices=("auto", "sync", "deferred"), default="auto",
                       help="how transfers move bytes on the CPU: sync (at once) or deferred (CUDA's timing: "
                            "bytes land at completion, poison until then); default auto = sync on the CPU")
+    fuzz.add_argument("--faults", default=None, metavar="RATE",
+                      help="inject copy and allocation faults at this rate (or 'kind=rate,...': copy_issue, "
+                           "copy_land, alloc_raise, alloc_short; see himamba/memory/faults.py); tiered cache")
     fuzz.add_argument("--episode", type=int, default=None, metavar="N",
                       help="operations per episode: each starts a fresh cache with its own pool sizes "
                            f"(default {DEFAULT_EPISODE}, or what the single legacy switch needs)")
@@ -187,6 +190,11 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _injected(report) -> str:
+    counts = report.extras.get("faults", {})
+    return ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items())) or "none injected"
+
+
 def _progress_bar(enabled: bool, total: int, unit: str):
     """A progress bar on stderr (tqdm), or ``None`` when not ``enabled``."""
     if not enabled:
@@ -212,7 +220,8 @@ def _fuzz(args: argparse.Namespace) -> int:
     try:
         report = fuzz(seed=args.seed, ops=args.ops, page_size=args.page_size, write_policy=args.policy,
                       legacy=legacy, cache=args.cache, integrity_every=args.integrity_every, episode=args.episode,
-                      scale=args.scale, jobs=args.jobs, progress=progress, copy_engine=args.copy_engine)
+                      scale=args.scale, jobs=args.jobs, progress=progress, copy_engine=args.copy_engine,
+                      faults=args.faults)
     finally:
         if bar is not None:
             bar.close()
@@ -223,7 +232,8 @@ def _fuzz(args: argparse.Namespace) -> int:
     config = report.script["config"] if report.script is not None else {}  # None: no episode finished
     print(f"{x['episodes']} episode(s) of up to {x['episode_length']} operations; trees of {x['nodes']:.0f} nodes on "
           f"average; legacy={sorted(legacy) or 'none'}, policy={config.get('write_policy', args.policy or 'default')}, "
-          f"copy engine={config.get('copy_engine', args.copy_engine)}")
+          f"copy engine={config.get('copy_engine', args.copy_engine)}"
+          + (f", faults={args.faults} ({_injected(report)})" if args.faults else ""))
     stopped = 130 if report.interrupted else None  # Ctrl-C: the partial report, then status 130
     if report.failure is None:
         if stopped:

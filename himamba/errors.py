@@ -34,6 +34,14 @@ class ConcurrentUseError(InvalidInputError):
     event listener. A cache serves one caller at a time; nothing was changed."""
 
 
+class TransferFailure(HiMambaError, RuntimeError):
+    """A copy between the tiers failed (a copy engine's error; injected by ``CacheConfig(faults=...)``)."""
+
+
+class AllocationFailure(HiMambaError, RuntimeError):
+    """An allocation for a transfer failed (a device or host allocator's error)."""
+
+
 class CacheAssertionError(HiMambaError, AssertionError):
     """An upstream assertion failed: the tree reached a state the algorithm forbids."""
 

@@ -15,7 +15,7 @@ from himamba.cache.in_flight import InFlight
 from himamba.cache.words import count
 from himamba.core.key import preview
 from himamba.core.node import TreeNode
-from himamba.errors import UpstreamFailure
+from himamba.errors import AllocationFailure, TransferFailure, UpstreamFailure
 from himamba.memory.transfer import StateTransfer, TransferController
 from himamba.observe.events import EventKind
 
@@ -39,9 +39,14 @@ class Backup:
         self.strict_load_acks = strict_load_acks
 
     # -- device -> host -------------------------------------------------------------------------
-    def write(self, node: TreeNode, write_back: bool = False) -> int:
+    def write(self, node: TreeNode, write_back: bool = False, quiet: bool = True) -> int:
         """Issue the write of ``node``'s device KV (and device state) to host. Returns host tokens
-        written (0: skipped for contiguity, or host memory short even after one ``evict_host``)."""
+        written (0: skipped for contiguity, or host memory short even after one ``evict_host``).
+
+        A failed copy or allocation (:class:`TransferFailure`, :class:`AllocationFailure`) leaves
+        the node as it was (the controller gives back what it took, any lock taken meanwhile is
+        released) and is reported in a step; ``quiet`` then returns 0 (the node stays on device
+        only), else the error is raised."""
         cache, events = self.cache, self.events
         parent = node.parent
         if not write_back and self.contiguous and parent is not cache.root_node and parent.host_value is None:
@@ -62,7 +67,15 @@ class Backup:
         # node being written (a childless tombstone by then): lock it meanwhile (legacy B18 drops
         # the lock, as upstream).
         hold = node if self.lock_while_making_room else None
-        host = allocate_or_make_room(issue, cache.evict_host, len(node.value), self.device, hold)
+        try:
+            host = allocate_or_make_room(issue, cache.evict_host, len(node.value), self.device, hold)
+        except (TransferFailure, AllocationFailure) as exc:
+            if events.active:
+                events.emit(EventKind.WRITE_ISSUED, f"#{node.id} not backed up: {exc} (nothing changed)", (node.id,),
+                            skipped=True, failed=type(exc).__name__)
+            if quiet:
+                return 0
+            raise
         state = transfer[0]
         if host is None:
             if events.active:
@@ -101,11 +114,22 @@ class Backup:
             done += 1
         return done
 
+    def report_landing_failures(self) -> None:
+        """Steps for copies that failed while landing and were copied again (injected faults)."""
+        faults = getattr(self.controller, "faults", None)
+        if faults is None or not faults.landing_failures:
+            return
+        texts, faults.landing_failures[:] = list(faults.landing_failures), []
+        if self.events.active:
+            for text in texts:
+                self.events.emit(EventKind.WRITE_ACKED, text, (), failed="TransferFailure")
+
     def finish_write(self, ack, unlock: bool = True) -> None:
         """Complete one write ack: its nodes leave the write map; those whose write locked them are
         unlocked (unless ``unlock`` is false: legacy B15 leaks the lock); each is then offered
         to the storage tier."""
         ack.wait()
+        self.report_landing_failures()
         in_flight = self.in_flight
         for node_id in ack.node_ids:
             node = in_flight.write_through.pop(node_id, None)
@@ -131,6 +155,7 @@ class Backup:
         while queue and queue[0].done():
             ack = queue.popleft()
             ack.wait()
+            self.report_landing_failures()
             done += 1
             for node_id in ack.node_ids:
                 if node_id not in loads and self.strict_load_acks:

@@ -35,6 +35,7 @@ from himamba.cache.policies import (
 from himamba.cache.request_flow import RequestFlow
 from himamba.cache.storage import StorageOps, StorageTier
 from himamba.cache.tree import RadixTree
+from himamba.memory.faults import FaultyEngine, FaultyPool, parse_faults
 from himamba.memory.pools import KVPool, MambaPool
 from himamba.memory.transfer import TransferController, make_engine
 
@@ -134,12 +135,19 @@ def host_parts(cache, manual_acks: bool) -> tuple[HostTier, TransferController]:
         MambaPool(config.model, config.host_mamba_slots, "cpu", pin_memory=pin),
         cache.events, old_leaf_rule=config.has_legacy("B5"),
     )
+    engine = make_engine(config.copy_engine, device)
+    pools = (cache.kv_pool, cache.mamba_pool, host.host_kv_pool, host.host_mamba_pool)
+    faults = parse_faults(config.faults)
+    if faults is not None:  # the controller sees pools whose allocations may fail, through an engine that may
+        engine = FaultyEngine(engine, faults)
+        pools = tuple(FaultyPool(p, faults) for p in pools)
     controller = TransferController(
-        cache.kv_pool, cache.mamba_pool, host.host_kv_pool, host.host_mamba_pool,
+        *pools,
         manual_acks=manual_acks,
         # looked up at each call, so that they are bracketed while anyone listens
         evict_host_states=lambda n: cache.evict_mamba_host(n),
         evict_device_states=lambda n: cache.evict_mamba(n),
-        engine=make_engine(config.copy_engine, device),
+        engine=engine,
     )
+    controller.faults = faults
     return host, controller

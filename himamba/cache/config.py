@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from himamba.cache.eviction_policies import parse_eviction
 from himamba.cache.legacy import normalize_legacy
 from himamba.errors import InvalidInputError
+from himamba.memory.faults import parse_faults
 from himamba.memory.model import ModelSpec
 from himamba.validate import check_bool, check_choice, check_int
 
@@ -41,6 +42,7 @@ class CacheConfig:
     load_back_threshold: int = 10
     enable_storage: bool = False
     copy_engine: str = "auto"  # auto: "cuda" on a GPU, "sync" on the CPU; "deferred": CPU with CUDA's timing
+    faults: str | float | None = None  # injected copy and allocation faults: a rate or "kind=rate,..." (memory/faults.py)
     eviction: str = "lru"  # lru | lru_consumed | flop_aware[:alpha] | farthest_next_use (cache/eviction_policies.py)
 
     def __post_init__(self) -> None:
@@ -62,6 +64,7 @@ class CacheConfig:
         check_choice(self.cascade_rule, "cascade_rule", CASCADE_RULES)
         check_choice(self.copy_engine, "copy_engine", COPY_ENGINES)
         parse_eviction(self.eviction)
+        parse_faults(self.faults)
         if not isinstance(self.model, ModelSpec):
             raise InvalidInputError(f"model must be a ModelSpec, got {type(self.model).__name__}")
         check_int(self.mamba_cache_chunk_size, "mamba_cache_chunk_size", 1)

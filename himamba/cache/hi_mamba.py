@@ -170,6 +170,8 @@ class HiMambaRadixCache(RadixCacheBase):
         (contiguity, #22062; legacy B4 drops the check), and the node is locked until the ack.
         During the one ``evict_host`` retry the node is locked, so that the cascade of a host
         child's eviction cannot delete the node being written (upstream has no such guard).
+        A failed copy or allocation raises :class:`~himamba.errors.TransferFailure` /
+        :class:`~himamba.errors.AllocationFailure` with the node as it was.
         """
         self.tree.check_in_tree(node)
         check_bool(write_back, "write_back")
@@ -177,7 +179,7 @@ class HiMambaRadixCache(RadixCacheBase):
             raise InvalidInputError(f"write_backup: node #{node.id} has no device KV to back up")
         if node.host_value is not None:
             raise InvalidInputError(f"write_backup: node #{node.id} is already backed up")
-        return self.backup.write(node, write_back)
+        return self.backup.write(node, write_back, quiet=False)
 
     @operation("writing_check")
     def writing_check(self, write_back: bool = False) -> int:
@@ -214,13 +216,14 @@ class HiMambaRadixCache(RadixCacheBase):
         """Bring the matched prefix ending at ``node`` (usually ``best_match_node``) to device.
 
         If ``node`` is not on device, or has only a host state, try :meth:`load_back`; when that
-        loads, returns (its device indices, ``node``). Otherwise climbs to the nearest ancestor
+        loads, returns (its device indices, ``node``). A load whose allocation fails is skipped as
+        a shortage is (reported in a step, nothing changed). Otherwise climbs to the nearest ancestor
         with device KV and a device state (or the root) and returns (empty, that node).
         """
         self._check_load_args(node, mem_quota, req)
         root = self.root_node
         if node.value is None or (node.mamba_value is None and node.mamba_host_value is not None):
-            loaded = self.loader.load_back(node, mem_quota, req)
+            loaded = self.loader.load_back(node, mem_quota, req, quiet=True)
             if loaded is not None:
                 return slot_ids.clone(loaded), node  # the caller's copy: the tree keeps its own
             while node is not root and (node.value is None or node.mamba_value is None):
@@ -242,7 +245,7 @@ class HiMambaRadixCache(RadixCacheBase):
         self._check_load_args(node, mem_quota, req)
         if node is self.root_node or not (node.value is None or (node.mamba_value is None and node.mamba_host_value is not None)):
             raise InvalidInputError(f"load_back: node #{node.id} has nothing to load (its KV and state are on device or it has no host copy)")
-        return self.loader.load_back(node, mem_quota, req)
+        return self.loader.load_back(node, mem_quota, req, quiet=False)
 
     def _check_load_args(self, node: TreeNode, mem_quota: object, req: object) -> None:
         """``node`` in this tree, ``mem_quota`` None or a non-negative number, ``req`` None or a

@@ -22,7 +22,7 @@ from himamba.cache.policies import LoadBackRule
 from himamba.cache.results import Request
 from himamba.cache.words import count
 from himamba.core.node import TreeNode
-from himamba.errors import CacheAssertionError, UpstreamFailure
+from himamba.errors import AllocationFailure, CacheAssertionError, TransferFailure, UpstreamFailure
 from himamba.memory.transfer import StateTransfer, TransferController
 from himamba.observe.events import EventKind
 
@@ -60,9 +60,12 @@ class LoadBack:
         self.at_mru = at_mru
         self.request_slot_first = request_slot_first
 
-    def load_back(self, node: TreeNode, mem_quota: int | None, req: Request | None) -> torch.Tensor | None:
+    def load_back(self, node: TreeNode, mem_quota: int | None, req: Request | None,
+                  quiet: bool = True) -> torch.Tensor | None:
         """Plan, make room, adopt. Returns the loaded device slots, or ``None`` when skipped or
-        when device memory cannot be found."""
+        when device memory cannot be found. A failed allocation leaves everything as it was
+        (pins and locks released, slots given back) and is reported in a step; ``quiet`` then
+        returns ``None``, else the error is raised."""
         plan = self.plan(node)
         delta = self.device.lock(plan.anchor)
         over_quota = mem_quota is not None and plan.n > mem_quota + delta
@@ -79,7 +82,16 @@ class LoadBack:
                 raise UpstreamFailure("RuntimeError: Cannot alloc request mamba cache for host load back")
             req.mamba_pool_idx = slot
         wanted = plan.restore
-        device = self.make_room(plan, req)
+        try:
+            device = self.make_room(plan, req)
+        except (TransferFailure, AllocationFailure) as exc:
+            self.device.unlock(plan.anchor)
+            if self.events.active:
+                self.events.emit(EventKind.LOAD_ISSUED, f"load of #{node.id} failed: {exc} (nothing changed)", (node.id,),
+                                 skipped=True, failed=type(exc).__name__)
+            if quiet:
+                return None
+            raise
         self.device.unlock(plan.anchor)
         if device is None:
             return None

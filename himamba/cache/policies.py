@@ -12,9 +12,11 @@ Eviction order (which leaf, which state) is :mod:`himamba.cache.eviction_policie
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Protocol
 
 from himamba.core.node import TreeNode
+from himamba.errors import AllocationFailure, TransferFailure
 from himamba.observe.events import EventKind
 
 
@@ -105,7 +107,9 @@ class WriteThrough(NoHostTier):
             return
         node.hit_count += 1
         if node.host_value is None and node.hit_count >= self.threshold:
-            cache.write_backup(node)
+            # a failed write is reported in a step, the node as it was: a later hit writes it again
+            with contextlib.suppress(TransferFailure, AllocationFailure):
+                cache.write_backup(node)
 
     def evict_leaf(self, cache: CacheParts, node: TreeNode) -> tuple[int, TreeNode | None]:
         if node.host_value is not None:

@@ -180,12 +180,24 @@ class TransferController:
         host_idx = self.host_kv.alloc(len(device_idx))
         if host_idx is None:
             return None
-        if state is not None and state.host is None:
-            new_host_slot = self._alloc_state(self.host_states, self.evict_host_states)
-            if new_host_slot is None:
-                self.host_kv.free(host_idx)
-                return None
-            state.host = new_host_slot
+        new_host_slot = None
+        try:
+            if state is not None and state.host is None:
+                new_host_slot = self._alloc_state(self.host_states, self.evict_host_states)
+                if new_host_slot is None:
+                    self.host_kv.free(host_idx)
+                    return None
+                state.host = new_host_slot
+            return self._issue_write(device_idx, host_idx, node_id, state)
+        except BaseException:  # a failed allocation or copy: give back what this write took
+            self.host_kv.free(host_idx)
+            if new_host_slot is not None:
+                self.host_states.free(new_host_slot)
+                state.host = None
+            raise
+
+    def _issue_write(self, device_idx: torch.Tensor, host_idx: torch.Tensor, node_id: int,
+                     state: StateTransfer | None) -> torch.Tensor:
         plan = self._plan(self.device_kv, device_idx, self.host_kv, host_idx, to_host=True)
         if state is not None:
             self._plan_state(plan, self.device_states, state.device, self.host_states, state.host)
@@ -193,10 +205,10 @@ class TransferController:
         dst = TransferSlots(host_idx, (state.host,) if state is not None else ())
         ack = Ack(next(self._ids), "write", [node_id], len(device_idx), int(state is not None), src, dst,
                   manual=self.manual_acks)
+        ack.handle = self.engine.issue(plan)  # may raise: the caller gives the slots back
         self.bytes_device_to_host += plan.nbytes
         self.kv_slots_device_to_host += device_idx.numel()
         self.states_device_to_host += int(state is not None)
-        ack.handle = self.engine.issue(plan)
         if not ack.handle.landed:  # bytes still to move: keep both sides' slots until they have
             self._hold(ack, (self.device_kv, self.device_states), (self.host_kv, self.host_states))
         self.ack_write_queue.append(ack)
@@ -216,7 +228,12 @@ class TransferController:
         device_idx = self.device_kv.alloc(len(host_idx))
         if device_idx is None:
             return None
-        if not self._alloc_load_states(states):
+        try:
+            ok = self._alloc_load_states(states)
+        except BaseException:  # a failed allocation: give back the KV slots
+            self.device_kv.free(device_idx)
+            raise
+        if not ok:
             self.device_kv.free(device_idx)
             return None
         plan = self._plan(self.host_kv, host_idx, self.device_kv, device_idx, to_host=False)
@@ -241,14 +258,13 @@ class TransferController:
                 present = st.extra_device if extra else st.device
                 if present is not None or (extra and not st.alloc_extra):
                     continue
-                slot = self._alloc_state(self.device_states, self.evict_device_states)
+                try:
+                    slot = self._alloc_state(self.device_states, self.evict_device_states)
+                except BaseException:
+                    self._give_back_states(taken)
+                    raise
                 if slot is None:
-                    for owner, was_extra in taken:
-                        self.device_states.free(owner.extra_device if was_extra else owner.device)
-                        if was_extra:
-                            owner.extra_device = None
-                        else:
-                            owner.device = None
+                    self._give_back_states(taken)
                     return False
                 if extra:
                     st.extra_device = slot
@@ -256,6 +272,14 @@ class TransferController:
                     st.device = slot
                 taken.append((st, extra))
         return True
+
+    def _give_back_states(self, taken: list[tuple[StateTransfer, bool]]) -> None:
+        for owner, was_extra in taken:
+            self.device_states.free(owner.extra_device if was_extra else owner.device)
+            if was_extra:
+                owner.extra_device = None
+            else:
+                owner.device = None
 
     def start_loading(self) -> int:
         """Issue every queued load (SGLang: when the consuming batch launches) and order the

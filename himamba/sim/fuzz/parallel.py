@@ -19,7 +19,8 @@ def fuzz(seed: int = 0, ops: int = 10_000, *, page_size: int = 1, write_policy: 
          legacy: Iterable[str] = (), manual_acks: bool = True, cache: str = "tiered",
          integrity_every: int = 1, do_shrink: bool = True, count_events: bool = False,
          episode: int | None = None, scale: int = 1, jobs: int = 1,
-         progress: Callable[[int], None] | None = None, copy_engine: str = "auto") -> FuzzReport:
+         progress: Callable[[int], None] | None = None, copy_engine: str = "auto",
+         faults: str | float | None = None) -> FuzzReport:
     """Run ``ops`` random operations in episodes (see the module docstring); stop at the first
     failure and, with ``do_shrink``, shrink it (``report.shrunk``).
 
@@ -48,11 +49,12 @@ def fuzz(seed: int = 0, ops: int = 10_000, *, page_size: int = 1, write_policy: 
         raise InvalidInputError(f"jobs must be at least 1, got {jobs}")
     length = episode_length(legacy, episode)
     task = _EpisodeTask(seed, page_size, write_policy, tuple(sorted(legacy)), manual_acks, cache, integrity_every,
-                        count_events, scale, copy_engine)
+                        count_events, scale, copy_engine, faults)
     plan = [(number, min(length, ops - start)) for number, start in enumerate(range(0, ops, length))]
     start_time = time.perf_counter()
     total = FuzzReport(0, 0.0, {})
     events: dict[str, int] = {}
+    injected: dict[str, int] = {}
     node_samples: list[float] = []
     total.extras["episode"] = -1
     try:
@@ -63,6 +65,8 @@ def fuzz(seed: int = 0, ops: int = 10_000, *, page_size: int = 1, write_policy: 
                     total.counts[kind] = total.counts.get(kind, 0) + n
                 for kind, n in report.extras.get("events", {}).items():
                     events[kind] = events.get(kind, 0) + n
+                for kind, n in report.extras.get("faults", {}).items():
+                    injected[kind] = injected.get(kind, 0) + n
                 node_samples.append(report.extras["nodes"] * report.ops_run)
                 total.script, total.failure = report.script, report.failure
                 total.extras["episode"] = report.extras["episode"]
@@ -77,6 +81,8 @@ def fuzz(seed: int = 0, ops: int = 10_000, *, page_size: int = 1, write_policy: 
                         nodes=sum(node_samples) / max(1, total.ops_run))
     if count_events:
         total.extras["events"] = events
+    if faults:
+        total.extras["faults"] = injected
     if total.failure is not None and do_shrink and not total.interrupted:
         try:
             total.shrunk = shrink(total.script, total.failure)
@@ -99,11 +105,14 @@ class _EpisodeTask:
     count_events: bool
     scale: int
     copy_engine: str = "auto"
+    faults: str | float | None = None
 
     def script(self, number: int, n: int) -> dict:
         script = make_script(episode_seed(self.seed, number), n, page_size=self.page_size,
                              write_policy=self.write_policy, legacy=self.legacy, manual_acks=self.manual_acks,
                              cache=self.cache, scale=self.scale, copy_engine=self.copy_engine)
+        if self.faults:
+            script["config"]["faults"] = f"{self.faults},seed={number}" if "=" not in str(self.faults) else self.faults
         script["episode"] = number
         return script
 

@@ -110,6 +110,9 @@ def _run_script(script: dict, integrity_every: int, progress: Callable[[int], No
         report.extras["events"] = events
     if sample_nodes:
         report.extras["nodes"] = sum(sizes) / len(sizes) if sizes else float(cache.num_nodes())
+    faults = getattr(getattr(cache, "cache_controller", None), "faults", None)
+    if faults is not None:
+        report.extras["faults"] = dict(faults.injected)
     return report
 
 

@@ -1,0 +1,163 @@
+"""Injected faults: what a GPU server meets — a copy that fails when issued or while landing, an
+allocation that raises or comes back short — drawn at a seeded rate, so that every recovery path
+of the cache runs in tests and in ``himamba fuzz --faults RATE``.
+
+``CacheConfig(faults="0.05")`` injects every kind at 5%; ``faults="copy_issue=0.1,alloc_short=0.2,
+seed=3"`` names kinds (the others stay off). The kinds:
+
+==============  ===================================================================================
+``copy_issue``  the engine raises :class:`~himamba.errors.TransferFailure` when a write's copy is
+                issued (nothing moved); the transfer controller gives back what it allocated for
+                it (a load's copy is issued when the batch launches: its faults are landing ones)
+``copy_land``   the copy fails while landing; the engine notes the failure and copies again from
+                the source (still held by the transfer), so the bytes do land: the failure is
+                reported, not hidden (``FaultPlan.landing_failures``)
+``alloc_raise`` a transfer's allocation raises :class:`~himamba.errors.AllocationFailure`
+``alloc_short`` a transfer's allocation returns fewer slots than asked (the pool front refuses
+                the short answer, gives it back and reports a shortage)
+==============  ===================================================================================
+
+Allocation faults apply to the slots the transfer controller allocates (host slots of a write,
+device slots of a load), not to the slots a caller allocates for its own request.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+import torch
+
+from himamba.errors import AllocationFailure, InvalidInputError, TransferFailure
+from himamba.memory.copy_engines import CopyEngine, CopyHandle, CopyPlan, copy_rows
+
+KINDS = ("copy_issue", "copy_land", "alloc_raise", "alloc_short")
+
+
+@dataclass
+class FaultPlan:
+    """Rates per kind and a seeded draw; counts what it injected (``injected``)."""
+
+    rates: dict[str, float]
+    seed: int = 0
+    injected: dict[str, int] = field(default_factory=dict)
+    landing_failures: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._rng = random.Random(f"faults-{self.seed}")
+
+    def fires(self, kind: str) -> bool:
+        rate = self.rates.get(kind, 0.0)
+        if rate and self._rng.random() < rate:
+            self.injected[kind] = self.injected.get(kind, 0) + 1
+            return True
+        return False
+
+
+def parse_faults(spec: object) -> FaultPlan | None:
+    """A :class:`FaultPlan` from ``None``/``""`` (no faults), a rate (``0.05``, ``"0.05"``: every
+    kind) or ``"kind=rate,...,seed=N"``; InvalidInputError naming the problem otherwise."""
+    if spec is None or spec == "" or spec == 0:
+        return None
+    if isinstance(spec, bool) or not isinstance(spec, (str, int, float)):
+        raise InvalidInputError(f"faults must be a rate or 'kind=rate,...', got {spec!r}")
+    rates: dict[str, float] = {}
+    seed = 0
+    parts = [p.strip() for p in str(spec).split(",") if p.strip()]
+    for part in parts:
+        name, eq, value = part.partition("=")
+        if not eq:
+            name, value = "*", name
+        try:
+            number = float(value)
+        except ValueError:
+            raise InvalidInputError(f"faults: {part!r} is not kind=rate (kinds: {', '.join(KINDS)}, seed)") from None
+        if name == "seed":
+            seed = int(number)
+            continue
+        if not 0.0 <= number <= 1.0:
+            raise InvalidInputError(f"faults: the rate in {part!r} must be between 0 and 1")
+        if name == "*":
+            rates.update(dict.fromkeys(KINDS, number))
+        elif name in KINDS:
+            rates[name] = number
+        else:
+            raise InvalidInputError(f"faults: unknown kind {name!r} (kinds: {', '.join(KINDS)})")
+    return FaultPlan(rates, seed) if any(rates.values()) else None
+
+
+class FaultyEngine(CopyEngine):
+    """Wraps a copy engine: issue may raise; a copy may fail while landing (then copied again)."""
+
+    def __init__(self, inner: CopyEngine, plan: FaultPlan) -> None:
+        self.inner, self.plan = inner, plan
+        self.name = inner.name
+
+    def prepare(self, plan: CopyPlan) -> None:
+        self.inner.prepare(plan)
+
+    def issue(self, plan: CopyPlan) -> CopyHandle:
+        if plan.to_host and self.plan.fires("copy_issue"):
+            raise TransferFailure(f"injected fault: the device -> host copy of {plan.nbytes:,} bytes failed when issued")
+        handle = self.inner.issue(plan)
+        if handle.landed:  # the synchronous engine: landed at issue, nothing can fail later
+            return handle
+        return _FaultyHandle(handle, plan, self.plan)
+
+    def order_compute_after(self, handle: CopyHandle) -> None:
+        if isinstance(handle, _FaultyHandle):
+            handle.wait()
+        else:
+            self.inner.order_compute_after(handle)
+
+
+class _FaultyHandle(CopyHandle):
+    def __init__(self, inner: CopyHandle, copy: CopyPlan, plan: FaultPlan) -> None:
+        self.inner, self.copy, self.plan = inner, copy, plan
+        self.landed = False
+
+    def ready(self) -> bool:
+        if not self.inner.ready():
+            return False
+        self.wait()
+        return True
+
+    def release(self) -> None:
+        self.wait()
+
+    def wait(self) -> None:
+        if self.landed:
+            return
+        self.inner.wait()
+        if self.plan.fires("copy_land"):
+            # the bytes did not arrive: the sources are still held by the transfer, copy again
+            self.plan.landing_failures.append(f"a copy of {self.copy.nbytes:,} bytes failed while landing and was copied again")
+            for row in self.copy.rows:
+                if row.dst_idx.numel():
+                    row.dst.index_fill_(1, row.dst_idx, -1.0)
+            copy_rows(self.copy)
+        self.landed = True
+
+
+class FaultyPool:
+    """A pool front whose ``alloc`` may raise or come back short (the controller's view of a pool);
+    everything else is the pool's own."""
+
+    def __init__(self, pool, plan: FaultPlan) -> None:
+        self._pool, self._plan = pool, plan
+
+    def __getattr__(self, name: str):
+        return getattr(self._pool, name)
+
+    def alloc(self, n: int) -> torch.Tensor | None:
+        if self._plan.fires("alloc_raise"):
+            raise AllocationFailure(f"injected fault: an allocation of {n} slot(s) failed")
+        got = self._pool.alloc(n)
+        if got is not None and n > self._pool.page_size and self._plan.fires("alloc_short"):
+            short = got[: n - self._pool.page_size]
+            self._pool.free(got[n - self._pool.page_size :])
+            got = short
+        if got is not None and got.shape[0] != n:  # a short answer: give it back, report a shortage
+            self._pool.free(got)
+            return None
+        return got

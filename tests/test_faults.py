@@ -1,0 +1,108 @@
+"""Injected faults (CacheConfig(faults=...), memory/faults.py): a copy that fails when issued or
+while landing, an allocation that raises or comes back short. Each leaves the cache consistent
+and as before the operation, or in a named consistent state; nothing leaks; the error names what
+failed; the cache keeps serving."""
+
+from __future__ import annotations
+
+import pytest
+from helpers import assert_healthy, make_cache, node_at, put
+
+import himamba as hm
+from himamba.memory.faults import parse_faults
+from himamba.sim.fuzz.generate import make_script
+from himamba.sim.fuzz.run import run_script
+
+
+def tiered(faults: str, **config) -> hm.HiMambaRadixCache:
+    return make_cache(cls=hm.HiMambaRadixCache, faults=faults, **config)
+
+
+def unchanged(cache, before: hm.Snapshot) -> None:
+    after = hm.take(cache)
+    assert after.nodes == before.nodes and after.pools == before.pools and after.counters == before.counters
+    assert_healthy(cache)
+
+
+@pytest.mark.parametrize("fault,error", [("copy_issue=1", hm.TransferFailure), ("alloc_raise=1", hm.AllocationFailure)])
+def test_a_failed_write_leaves_the_node_as_it_was(fault, error):
+    cache = tiered(fault, write_policy="write_through_selective")
+    put(cache, [1, 2, 3])
+    before = hm.take(cache)
+    with pytest.raises(error, match="injected fault"):
+        cache.write_backup(node_at(cache, [1, 2, 3]))
+    unchanged(cache, before)
+    put(cache, [4, 5])  # and it keeps serving
+    assert_healthy(cache)
+
+
+def test_a_short_allocation_is_a_shortage():
+    cache = tiered("alloc_short=1", write_policy="write_through_selective")
+    put(cache, [1, 2, 3])
+    before = hm.take(cache)
+    assert cache.write_backup(node_at(cache, [1, 2, 3])) == 0
+    unchanged(cache, before)
+
+
+@pytest.mark.parametrize("policy", ["write_through", "write_back"])
+def test_writes_that_fail_inside_serve_and_evict_are_steps_not_crashes(policy):
+    cache = tiered("copy_issue=1", write_policy=policy)
+    with hm.Recorder(cache) as rec:
+        put(cache, [1, 2, 3])  # write-through: the hit's write fails
+        cache.evict(3)  # write-back: the leaf's write fails, so it is deleted
+    assert any(s.event.data.get("failed") == "TransferFailure" for s in rec), rec.texts()
+    assert cache.node_at([1, 2, 3]) is None or cache.node_at([1, 2, 3]).host_value is None
+    assert_healthy(cache)
+
+
+def loadable(faults: str, engine: str = "sync") -> hm.HiMambaRadixCache:
+    """[1,2,3] backed up and demoted; the faults start only then."""
+    cache = tiered(faults, load_back_threshold=1, copy_engine=engine)
+    plan = cache.cache_controller.faults
+    rates, plan.rates = plan.rates, {}
+    put(cache, [1, 2, 3])
+    cache.writing_check()
+    cache.evict(3)
+    plan.rates = rates
+    return cache
+
+
+def test_a_load_whose_allocation_fails_changes_nothing():
+    cache = loadable("alloc_raise=1")
+    node = node_at(cache, [1, 2, 3])
+    before = hm.take(cache)
+    with pytest.raises(hm.AllocationFailure):
+        cache.load_back(node)
+    unchanged(cache, before)  # no lock, no pin, no slot left behind
+    loaded, last = cache.init_load_back(node)  # the scheduler's path skips it, as a shortage
+    assert len(loaded) == 0 and last is cache.root_node
+    unchanged(cache, before)
+
+
+def test_a_copy_that_fails_while_landing_is_copied_again_and_reported():
+    cache = loadable("copy_land=1", engine="deferred")  # the synchronous engine lands at issue
+    with hm.Recorder(cache) as rec:
+        cache.init_load_back(node_at(cache, [1, 2, 3]))
+        cache.ready_to_load_host_cache()
+        cache.loading_check()
+    assert any("failed while landing and was copied again" in t for t in rec.texts())
+    assert_healthy(cache)  # integrity: the bytes are there
+
+
+@pytest.mark.parametrize("engine", ["sync", "deferred"])
+@pytest.mark.parametrize("policy", ["write_through", "write_back"])
+def test_random_scripts_with_faults_stay_healthy(engine, policy):
+    for seed in (1, 2):
+        script = make_script(seed, 300, write_policy=policy, copy_engine=engine)
+        script["config"]["faults"] = f"0.15,seed={seed}"
+        report = run_script(script, integrity_every=1)
+        assert report.failure is None, report.failure
+        assert sum(report.extras["faults"].values()) > 5
+
+
+@pytest.mark.parametrize("bad", ["x", "copy_issue=2", "wobble=0.1", True, [0.1]])
+def test_fault_specs_are_checked(bad):
+    with pytest.raises(hm.InvalidInputError, match="faults"):
+        parse_faults(bad)
+    with pytest.raises(hm.InvalidInputError, match="faults"):
+        hm.CacheConfig(faults=bad)
