@@ -111,13 +111,13 @@ def _bracket(bus: EventBus, fn: Callable[..., Any], name: str) -> Callable[..., 
     @functools.wraps(fn)
     def op(*args: Any, **kwargs: Any) -> Any:
         shown = name.lstrip("_")
-        bus.emit(K.OP_BEGIN, f"{shown}({_args(args)})", op=shown)
+        bus.emit(K.OP_BEGIN, _said(lambda: f"{shown}({_args(args)})"), op=shown)
         bus.depth += 1
         try:
             result = fn(*args, **kwargs)
         finally:
             bus.depth -= 1
-        bus.emit(K.OP_END, f"{shown} -> {_short(result)}", op=shown)
+        bus.emit(K.OP_END, _said(lambda: f"{shown} -> {_short(result)}"), op=shown)
         return result
 
     return op
@@ -128,28 +128,69 @@ def _after(bus: EventBus, fn: Callable[..., Any], emit: Callable[..., Any]) -> C
     def decision(*args: Any, **kwargs: Any) -> Any:
         before = emit.before(*args) if hasattr(emit, "before") else None
         result = fn(*args, **kwargs)
-        for kind, text, nodes in emit(args + tuple(kwargs.values()), result, before):
+        try:
+            said = list(emit(args + tuple(kwargs.values()), result, before))
+        except Exception as exc:  # noqa: BLE001 - the upstream call succeeded; say what could not be read
+            said = [(K.STORAGE, f"{fn.__name__}: (not described: {type(exc).__name__})", ())]
+        for kind, text, nodes in said:
             bus.emit(kind, text, tuple(nodes))
         return result
 
     return decision
 
 
-def _short(value: Any) -> str:
-    text = repr(value)
+def _short(value: Any, depth: int = 0) -> str:
+    """A result in a few words: node objects as ``#id``, small index tensors as lists, records
+    (dataclasses, named tuples) as ``Name(field=..., ...)`` with their set fields."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        text = repr(value)
+    elif hasattr(value, "children") and hasattr(value, "id"):
+        text = f"#{value.id}"
+    elif hasattr(value, "numel") and hasattr(value, "tolist"):
+        text = repr(value.tolist()) if value.numel() <= 8 else f"<{value.numel()} slots>"
+    elif isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):
+        text = "(" + ", ".join(_short(v, depth + 1) for v in value[:4]) + (", ..." if len(value) > 4 else "") + ")"
+    else:
+        fields = getattr(value, "_fields", None) or list(getattr(value, "__dataclass_fields__", {}))
+        if not fields or depth > 0:
+            text = type(value).__name__
+        else:
+            shown = [(f, getattr(value, f, None)) for f in fields]
+            shown = [(f, v) for f, v in shown if not _unset(v) and not callable(v)][:4]
+            text = f"{type(value).__name__}(" + ", ".join(f"{f}={_short(v, 1)}" for f, v in shown) + ")"
     return text if len(text) <= 100 else text[:97] + "..."
+
+
+def _unset(v: Any) -> bool:
+    """A record field not worth showing: None, False, zero or an empty list."""
+    if v is None or v is False:
+        return True
+    if isinstance(v, (int, float)):
+        return v == 0
+    return isinstance(v, (list, tuple, dict)) and not v
+
+
+def _said(describe: Callable[[], str]) -> str:
+    """A description that never raises (the wrapped upstream call must not fail because of it)."""
+    try:
+        return describe()
+    except Exception as exc:  # noqa: BLE001 - a description is never worth a failed operation
+        return f"(not described: {type(exc).__name__})"
 
 
 def _args(args: tuple) -> str:
     parts = []
     for a in args:
-        if hasattr(a, "children") or isinstance(a, int):
-            parts.append(f"#{nid(a)}" if not isinstance(a, bool) else repr(a))
-        elif hasattr(a, "key") and hasattr(getattr(a, "key", None), "token_ids"):
-            ids = list(a.key.token_ids)
+        key = getattr(a, "key", None)
+        if hasattr(a, "children") and hasattr(a, "id"):
+            parts.append(f"#{a.id}")
+        elif hasattr(key, "token_ids"):
+            ids = list(key.token_ids)
             parts.append(f"key={ids if len(ids) <= 8 else f'[{len(ids)} tokens]'}")
+        elif isinstance(a, int) and not isinstance(a, bool):
+            parts.append(f"#{a}")
         else:
-            parts.append(type(a).__name__)
+            parts.append(_short(a))
     return ", ".join(parts)
 
 
