@@ -27,14 +27,12 @@ from himamba.observe.snapshot import Snapshot
 
 def take_0511(cache: Any) -> Snapshot:
     """Snapshot a live 0.5.11 cache (and give it its event bus, so a Recorder can follow it)."""
-    ensure_bus(cache, tables_0511)
-    return snapshot_0511(cache)
+    return ensure_bus(cache, tables_0511).snapshot(lambda: snapshot_0511(cache))
 
 
 def take_unified(cache: Any) -> Snapshot:
     """Snapshot a live 0.5.23 unified cache (and give it its event bus)."""
-    ensure_bus(cache, tables_unified)
-    return snapshot_unified(cache)
+    return ensure_bus(cache, tables_unified).snapshot(lambda: snapshot_unified(cache))
 
 
 subjects.register(is_0511_cache, snapshot=take_0511, invariants=check_upstream)

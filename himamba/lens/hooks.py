@@ -129,20 +129,16 @@ def _action(args: tuple, result: Any, before: Any) -> Emitted:
     name = type(action).__name__
     comp = getattr(getattr(action, "component_type", None), "name", "FULL")
     slots = sum(len(t) for t in getattr(action, "indices", getattr(action, "host_indices", [])) or [])
+    if comp == "FULL" and name == "FreeComponentDeviceSlot":
+        return  # the KV of a leaf the core evicted: its evict_device_leaf step already said so
     kind = {"FreeDeviceKV": K.LEAF_EVICTED, "FreeDeviceKVFullOnly": K.LEAF_EVICTED,
             "FreeComponentHostSlot": K.HOST_STATE_DROPPED}.get(name, K.TOMBSTONE if comp == "MAMBA" else K.STORAGE)
     yield kind, f"action {name} ({comp}): {slots} slot(s) freed", ()
 
 
 def _rust_decisions() -> dict[str, Callable[..., Any]]:
-    def victim(args: tuple, result: Any, before: Any) -> Emitted:
-        node = getattr(result, "node_id", None)
-        if node is not None:
-            comp = getattr(args[0], "name", str(args[0]))
-            yield K.LRU_REFRESH, f"next {comp} eviction victim: #{node}", (node,)
-
+    """The adapter's calls on the Rust core (the victim each eviction picks shows in its step)."""
     return {
-        "evict_device_next_node": victim,
         "evict_device_leaf": _one(K.LEAF_EVICTED, lambda n, r: f"leaf #{n} evicted (the cascade runs in the core)"),
         "demote": _one(K.DEMOTED, lambda n, r: f"#{n} demoted to host"),
         "finish_mamba_state_eviction": _one(K.TOMBSTONE, lambda n, r: f"#{n}: MAMBA device state freed"),

@@ -87,11 +87,23 @@ class LensBus(EventBus):
     """An :class:`EventBus` whose first listener wraps the subject's methods (``install``) and
     whose last one unwraps them (``uninstall``)."""
 
-    __slots__ = ("_install", "_uninstall")
+    __slots__ = ("_install", "_uninstall", "mark", "cached")
 
     def __init__(self, install: Callable[[], None], uninstall: Callable[[], None]) -> None:
         super().__init__(None)
         self._install, self._uninstall = install, uninstall
+        self.mark = 0  # moves whenever a wrapped method starts or returns
+        self.cached: tuple[int, Any] | None = None  # (mark, snapshot) last taken while listened to
+
+    def snapshot(self, take: Callable[[], Any]) -> Any:
+        """``take()``, or the snapshot taken at the same mark while anyone listens: no wrapped
+        method has run since, so the tree is as it was (the step that opens an operation sees the
+        tree the step that closed the last one saw)."""
+        if self.active and self.cached is not None and self.cached[0] == self.mark:
+            return self.cached[1]
+        snap = take()
+        self.cached = (self.mark, snap) if self.active else None
+        return snap
 
     def subscribe(self, listener: Callable[..., None]) -> Callable[[], None]:
         first = not self.active
@@ -113,10 +125,12 @@ def _bracket(bus: EventBus, fn: Callable[..., Any], name: str) -> Callable[..., 
         shown = name.lstrip("_")
         bus.emit(K.OP_BEGIN, _said(lambda: f"{shown}({_args(args)})"), op=shown)
         bus.depth += 1
+        bus.mark += 1
         try:
             result = fn(*args, **kwargs)
         finally:
             bus.depth -= 1
+            bus.mark += 1
         bus.emit(K.OP_END, _said(lambda: f"{shown} -> {_short(result)}"), op=shown)
         return result
 
@@ -127,7 +141,11 @@ def _after(bus: EventBus, fn: Callable[..., Any], emit: Callable[..., Any]) -> C
     @functools.wraps(fn)
     def decision(*args: Any, **kwargs: Any) -> Any:
         before = emit.before(*args) if hasattr(emit, "before") else None
-        result = fn(*args, **kwargs)
+        bus.mark += 1
+        try:
+            result = fn(*args, **kwargs)
+        finally:
+            bus.mark += 1
         try:
             said = list(emit(args + tuple(kwargs.values()), result, before))
         except Exception as exc:  # noqa: BLE001 - the upstream call succeeded; say what could not be read

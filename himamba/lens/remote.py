@@ -50,14 +50,21 @@ def env_python() -> Path:
     return Path(__file__).resolve().parents[2] / ENV_DIR / "bin" / "python"
 
 
+def worker_env() -> dict[str, str]:
+    """The environment a process in the 0.5.23 environment runs with: offline (no model hub is
+    ever asked), warnings quiet, this checkout first on the import path."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[2]), env.get("PYTHONPATH", "")])
+    return env
+
+
 def call(request: dict[str, Any], timeout: float = 120.0) -> dict[str, Any]:
     """Send ``request`` to the worker in the 0.5.23 environment; its answer (``ok`` true)."""
     python = env_python()
     if not python.exists():
         raise UpstreamUnavailable(f"SGLang {VERSION} is not installed: its environment {ENV_DIR} is missing; "
                                   f"run `make sglang-{VERSION}`")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
-    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[2]), env.get("PYTHONPATH", "")])
+    env = worker_env()
     try:
         done = subprocess.run([str(python), "-m", "himamba.lens.worker"], input=json.dumps(request), text=True,
                               capture_output=True, timeout=timeout, env=env, check=False)

@@ -51,6 +51,8 @@ def check_upstream(cache: Any, held_kv: int | None = None, held_states: int | No
         _lists(snap, out, {"full": lambda v: v.kv_device, "mamba": lambda v: v.state_device,
                            "host_mamba": lambda v: v.state_host})
         _time_order(snap, out, ("full", "mamba"))
+    elif core == "rust":
+        _rust_links(cache, snap, out)
     elif core == "python":
         _leaves(snap, out, any_lock=True)
         _lists(snap, out, {"mamba": lambda v: v.state_device, "host_mamba": lambda v: v.state_host})
@@ -127,6 +129,16 @@ def _time_order(snap: Snapshot, out: list[Violation], names: tuple[str, ...]) ->
                 out.append(Violation("U-LRU-TIME", nid, f"the {name} list is out of access-time order at "
                                                         f"position {pos + 2}"))
                 break
+
+
+def _rust_links(cache: Any, snap: Snapshot, out: list[Violation]) -> None:
+    from himamba.lens.unified_trees import rust_links
+
+    for nid, (parent, start) in rust_links(cache).items():
+        v = snap.by_id.get(nid)
+        if v is None or v.parent != parent or v.start != start:
+            out.append(Violation("U-PARENT", nid, f"the core's path info names parent #{parent} at {start}; "
+                                                  f"its printed tree says #{getattr(v, 'parent', None)}"))
 
 
 def _no_full_list(cache: Any, out: list[Violation]) -> None:

@@ -13,8 +13,9 @@ tree has no full LRU at all: ``"full"`` is absent from ``Snapshot.lru`` (not an 
 * **Python core** (``UnifiedTreeCore``): every field is read from the live nodes
   (``component_data``), the lists through their own links, the leaf sets as they are.
 * **Rust core** (``RustUnifiedTreeCore``): only the production binding's own read-only queries are
-  used: ``pretty_print`` (ids, depth, key length, FULL lock), ``collect_path_info`` (parent, key
-  span), ``get_component_device_value`` (the FULL and MAMBA device values),
+  used: ``pretty_print`` (ids, depth, key length, FULL lock; parents and key spans follow from
+  the depths), ``collect_path_info`` (parent and key span again, for the invariant check),
+  ``get_component_device_value`` (the FULL and MAMBA device values),
   ``component_has_host_value_only`` / ``node_backuped`` (host values). The binding has no query
   for tokens, the MAMBA lock, access times or list orders (those are in the inspection build,
   which the wheel does not ship): keys are given back through the KV slots a driver named
@@ -36,6 +37,7 @@ GENERATION = "sglang-0.5.23"
 _FULL, _MAMBA = 0, 2  # ComponentType values (checked against the live enum in _components)
 _LINE = re.compile(r"^( *)\[(\d+)\] (\d+) full_lock=(-?\d+)")
 _TOKENS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_PRINTED: Any = None  # the file pretty_print writes into (see _printed_tree)
 
 
 def is_unified_cache(cls: type) -> bool:
@@ -133,21 +135,27 @@ def _snapshot_python(cache: Any) -> Snapshot:
 
 # -- the Rust core -----------------------------------------------------------------------------------
 def _printed_tree(core: Any) -> list[tuple[int, int, int, int]]:
-    """(depth, id, key length, FULL lock) per node, from the binding's own ``pretty_print``, which
-    writes to the process's standard output: read through a temporary file put on descriptor 1."""
+    """(depth, id, key length, FULL lock) per node, in pre-order, from the binding's own
+    ``pretty_print``, which writes to the process's standard output: read through a temporary file
+    (one per process, emptied each time) put on descriptor 1."""
     import sys
 
+    global _PRINTED
+    if _PRINTED is None:
+        _PRINTED = tempfile.TemporaryFile(mode="w+b")  # noqa: SIM115 - kept open for the process
+    tmp = _PRINTED
     sys.stdout.flush()
-    with tempfile.TemporaryFile(mode="w+b") as tmp:
-        saved = os.dup(1)
-        try:
-            os.dup2(tmp.fileno(), 1)
-            core.pretty_print()
-        finally:
-            os.dup2(saved, 1)
-            os.close(saved)
-        tmp.seek(0)
-        text = tmp.read().decode("utf-8", "replace")
+    tmp.seek(0)
+    tmp.truncate()
+    saved = os.dup(1)
+    try:
+        os.dup2(tmp.fileno(), 1)
+        core.pretty_print()
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+    tmp.seek(0)
+    text = tmp.read().decode("utf-8", "replace")
     rows = []
     for line in text.splitlines():
         match = _LINE.match(line)
@@ -160,30 +168,33 @@ def _printed_tree(core: Any) -> list[tuple[int, int, int, int]]:
 def _snapshot_rust(cache: Any) -> Snapshot:
     full, mamba = _components(cache)
     core = cache.tree_core
-    rows = _printed_tree(core)
-    ids = [nid for _, nid, _, _ in rows]
-    root_id = ids[0]
-    info = {p.node_id: p for path in core.collect_path_info(ids[1:]) for p in path}
-    children: dict[int, list[int]] = {nid: [] for nid in ids}
+    rows = _printed_tree(core)  # pre-order: each node's parent is the last row one level up
+    root_id = rows[0][1]
     parents: dict[int, int | None] = {root_id: None}
-    for nid in ids[1:]:
-        parents[nid] = info[nid].parent_id
-        children.setdefault(info[nid].parent_id, []).append(nid)
+    children: dict[int, list[int]] = {}
+    starts, lengths, above = {root_id: 0}, {}, [root_id]
+    for depth, nid, klen, _lock in rows[1:]:
+        del above[depth:]
+        parent = above[-1]
+        parents[nid] = parent
+        children.setdefault(parent, []).append(nid)
+        starts[nid] = starts[parent] + lengths.get(parent, 0)
+        lengths[nid] = klen
+        above.append(nid)
     tokens = _TOKENS.get(cache, {})
-    views = []
-    for _depth, nid, klen, lock in _preorder(rows, children, root_id):
-        is_root = nid == root_id
-        kv = None if is_root else core.get_component_device_value(nid, full)
-        state = None if is_root else core.get_component_device_value(nid, mamba)
-        slots = [] if kv is None else [int(s) for s in kv.tolist()]
-        key = tuple(tokens.get(s, s) for s in slots) if len(slots) == klen else tuple([-1] * klen)
-        kv_host = not is_root and core.is_backuped(nid)
-        state_host = not is_root and core.component_has_host_value_only(nid, mamba)
-        start = 0 if is_root else info[nid].path_start
+    device_value, backed_up, host_only = core.get_component_device_value, core.is_backuped, \
+        core.component_has_host_value_only
+    views = [NodeView(root_id, None, tuple(children.get(root_id, ())), (), 0, False, False, False, False,
+                      rows[0][3], 0, 0, 0, 0, 0.0, False, False)]
+    for _depth, nid, klen, lock in rows[1:]:
+        kv = device_value(nid, full)
+        slots = () if kv is None else kv.tolist()
+        key = tuple([tokens.get(s, s) for s in slots]) if len(slots) == klen else (-1,) * klen
+        kids = tuple(children.get(nid, ()))
         views.append(NodeView(
-            nid, parents[nid], tuple(children.get(nid, ())), key, start, kv is not None, kv_host,
-            state is not None, state_host, lock, 0, 0, 0, 0, 0.0,
-            kv is not None and not children.get(nid) and lock == 0 and not is_root, False))
+            nid, parents[nid], kids, key, starts[nid], kv is not None, backed_up(nid),
+            device_value(nid, mamba) is not None, host_only(nid, mamba), lock, 0, 0, 0, 0, 0.0,
+            kv is not None and not kids and lock == 0, False))
     settings = {"page_size": cache.page_size, "tiered": False, "cache": "UnifiedRadixCache", "core": "rust",
                 "generation": GENERATION, "absent": ["full LRU (the unified tree keeps none)"],
                 "unreadable": ["MAMBA lock_ref", "host lock refs", "hit_count", "last_access_time",
@@ -192,15 +203,13 @@ def _snapshot_rust(cache: Any) -> Snapshot:
     return Snapshot(tuple(views), {}, _counters(cache, views), _pools(cache), (), (), settings, 0.0)
 
 
-def _preorder(rows: list[tuple[int, int, int, int]], children: dict[int, list[int]], root_id: int):
-    """The printed rows again, parents before children and children in the order the core gave
-    them (the order :class:`Snapshot` expects)."""
-    by_id = {r[1]: r for r in rows}
-    stack = [root_id]
-    while stack:
-        nid = stack.pop()
-        yield by_id[nid]
-        stack.extend(reversed(children.get(nid, [])))
+def rust_links(cache: Any) -> dict[int, tuple[int, int]]:
+    """``{node id: (parent id, where its key starts)}`` from the Rust core's own
+    ``collect_path_info`` (a second reading, which the invariant check compares with the printed
+    tree)."""
+    ids = [nid for _, nid, _, _ in _printed_tree(cache.tree_core)][1:]
+    paths = cache.tree_core.collect_path_info(ids)
+    return {path[-1].node_id: (path[-1].parent_id, path[-1].path_start) for path in paths if path}
 
 
 def full_device_list(cache: Any) -> list[int]:

@@ -31,7 +31,7 @@ def as_snapshot(obj: Any) -> Snapshot:
         return obj
     if isinstance(obj, Step):
         return obj.snapshot
-    if (hasattr(obj, "root_node") and hasattr(obj, "full_lru_list")) or subjects.handler(obj, "snapshot"):
+    if subjects.handler(obj, "snapshot") or (hasattr(obj, "root_node") and hasattr(obj, "full_lru_list")):
         return take(obj)
     raise TypeError(f"expected a cache, a Snapshot or a Step, got {type(obj).__name__}")
 
