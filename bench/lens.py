@@ -4,8 +4,9 @@
 * ``render``: a tree of about 1,000 nodes built by serving random requests (a small alphabet, so
   they share prefixes and split edges) on himamba's ``MambaRadixCache``, on SGLang 0.5.11's own
   ``MambaRadixCache`` and (in its environment) on 0.5.23's ``UnifiedRadixCache`` on the Python and
-  the Rust tree core; the time of the snapshot (``hm.take``) and of the whole fitted render to SVG
-  (``hm.to_svg``), best of ``--repeat``.
+  the Rust tree core; the time of the snapshot (``hm.take``), of the fitted render to SVG
+  (``hm.to_svg``, the default: big trees folded), best of ``--repeat``, and of one render of the
+  whole tree at natural size.
 * ``recording``: the same random operation script run on each upstream tree unrecorded and under
   ``hm.Recorder`` (every event, a snapshot per step), best of ``--repeat``; the ratio.
 
@@ -59,6 +60,17 @@ def op_script(ops: int, seed: int) -> dict:
     return {"cache": "device", "config": {}, "ops": out}
 
 
+def plain_run(side, script: dict) -> None:
+    """The script's operations through the same driver, with no recorder."""
+    from types import SimpleNamespace
+
+    from himamba.differential.runner import apply_op
+
+    held = SimpleNamespace(locks=[], pins=[])
+    for op in script["ops"]:
+        apply_op(side, held, op)
+
+
 def best(fn, repeat: int) -> float:
     times = []
     for _ in range(repeat):
@@ -83,11 +95,13 @@ def figures(args: argparse.Namespace, inside: bool) -> list[dict]:
     lines = []
     for name, make in sides(inside):
         side = make(config(args.nodes))
-        drive(side, tree_script(args.nodes, args.seed), name, skip=())  # recorder attached only at the end
+        plain_run(side, tree_script(args.nodes, args.seed))
         snap = hm.take(side.cache)
+        whole = {"max_nodes": None, "fit": False}
         lines.append({"figure": "render", "tree": name, "nodes": len(snap) - 1,
                       "take_s": round(best(lambda s=side: hm.take(s.cache), args.repeat), 4),
-                      "render_svg_s": round(best(lambda s=side: hm.to_svg(s.cache), args.repeat), 4)})
+                      "render_svg_s": round(best(lambda s=side: hm.to_svg(s.cache), args.repeat), 4),
+                      "render_whole_svg_s": round(best(lambda s=side, w=whole: hm.to_svg(s.cache, **w), 1), 4)})
         if name == "himamba":
             continue
         script = op_script(args.ops, args.seed)
@@ -97,13 +111,7 @@ def figures(args: argparse.Namespace, inside: bool) -> list[dict]:
             if recorded:
                 drive(side, script, name, skip=())
             else:
-                from types import SimpleNamespace
-
-                from himamba.differential.runner import apply_op
-
-                held = SimpleNamespace(locks=[], pins=[])
-                for op in script["ops"]:
-                    apply_op(side, held, op)
+                plain_run(side, script)
 
         build = best(lambda make=make: make(config(64)), args.repeat)
         plain = best(lambda: run(False), args.repeat) - build
