@@ -575,7 +575,9 @@ def test_scenario_34_parent_that_becomes_a_leaf_is_evicted_in_the_same_call():
 
 def test_scenario_34_leaf_leaving_the_evictable_set_before_its_pop_is_skipped():
     """Stale heap entry, part 2: the only way a heap entry goes stale on a single tier is a lock
-    taken while evict runs. Leaves X (older) and Y; an event listener locks Y as soon as X is
+    taken while evict runs. The public API refuses that (a listener may not change the cache, and a
+    second thread is refused), so this test reaches past the operation bracket (``__wrapped__``) to
+    keep the defensive skip covered. Leaves X (older) and Y; an event listener locks Y as soon as X is
     evicted; evict(64) then pops Y, sees it is no longer in Ld and skips it: it frees only X's
     2 tokens and Y stays, locked. (Control: the same evict without the listener frees both.)
     After the release Y is a leaf again and the next evict takes it."""
@@ -602,7 +604,9 @@ def test_scenario_34_leaf_leaving_the_evictable_set_before_its_pop_is_skipped():
         events.append(ev)
         if ev.kind is hm.EventKind.LEAF_EVICTED and ev.nodes[0] == x.id and not locked:
             locked.append(y.id)
-            cache.inc_lock_ref(y)
+            with pytest.raises(hm.ConcurrentUseError):
+                cache.inc_lock_ref(y)
+            type(cache).inc_lock_ref.__wrapped__(cache, y)
 
     unsubscribe = cache.events.subscribe(listener)
     freed = cache.evict(KV_CAP)

@@ -9,7 +9,13 @@ Public operations are bracketed by ``OP_BEGIN`` / ``OP_END`` events (``OP_FAILED
 ``OP_END`` when the operation raises: emitted once, by the innermost operation the exception
 leaves, before it propagates unchanged); ``Event.depth`` tells how
 deeply the event is nested (an ``evict_mamba`` that falls back to a leaf eviction has depth 1
-inside it), so a recorder can group steps by the public call that caused them.
+inside it), so a recorder can group steps by the public call that caused them. An operation
+called from inside a listener, or from a second thread while one runs, is refused with
+:class:`~himamba.errors.ConcurrentUseError` before it changes anything.
+
+Size: the event kinds, the bus and the operation bracket stay in one file because the bracket's
+refusals and its held listener exceptions read the bus's own state (who is in a listener, what is
+held); split apart, each half would reach into the other's private fields.
 """
 
 from __future__ import annotations
