@@ -76,16 +76,24 @@ LOAD_PIN = [{"op": "request", "tokens": [18]}, {"op": "events"}, {"op": "evict_m
             {"op": "request", "tokens": [31]}, {"op": "request", "tokens": [18]}]
 
 
+LOAD_FROM_ANCESTOR = [{"op": "request", "tokens": [1, 2]}, {"op": "request", "tokens": [1, 2]},
+                      {"op": "request", "tokens": [1, 2, 3, 4]}, {"op": "events"}, {"op": "evict_mamba", "n": 1},
+                      {"op": "request", "tokens": [1, 2, 3, 4, 5]}]
+
+
 @needs_upstream
-@pytest.mark.parametrize(("ops", "what", "switch"), [(STATE_SHORT, "exception", "B19"), (LOAD_PIN, "lru", "B14")],
-                         ids=["failure_path", "load_back_pin"])
-def test_defaults_diverge_and_the_divergence_names_its_switch(ops, what, switch):
-    s = script(ops, host_mamba_slots=4 if switch == "B19" else 10)
+@pytest.mark.parametrize(("ops", "what", "switch", "config"),
+                         [(STATE_SHORT, "exception", "B19", {"host_mamba_slots": 4}), (LOAD_PIN, "lru", "B14", {}),
+                          (LOAD_FROM_ANCESTOR, "tree", "B23", {"write_policy": "write_through_selective"})],
+                         ids=["failure_path", "load_back_pin", "load_back_from_ancestor_25088"])
+def test_defaults_diverge_and_the_divergence_names_its_switch(ops, what, switch, config):
+    s = script(ops, **config)
     agreed, divergence = compare_script(s)
     assert divergence is not None and divergence.what == what and divergence.step == len(ops) - 1
     assert agreed == len(ops) - 1
     assert explain(s) == [switch]
-    assert compare_script(script(ops, legacy=PROFILE, host_mamba_slots=s["config"]["host_mamba_slots"]))[1] is None
+    assert compare_script(script(ops, legacy=PROFILE, **config))[1] is None
+    assert compare_script(script(ops, legacy=[switch], **config))[1] is None
 
 
 @needs_upstream

@@ -94,7 +94,7 @@ def test_scale_grows_the_trees() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("bug", ["B1", "B2", "B3", "B4", "B6", "B7", "B8"])
+@pytest.mark.parametrize("bug", ["B1", "B2", "B3", "B4", "B6", "B7", "B8", "B23"])
 def test_each_legacy_switch_is_found_and_shrunk(bug: str) -> None:
     report = fuzz(seed=0, ops=10_000, legacy={bug})
     assert report.failure is not None and report.ops_run <= 10_000

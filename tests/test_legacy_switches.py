@@ -35,6 +35,7 @@ SWITCHES = {
     "B20": "load_ack_pops_strictly",
     "B21": "device_tree_strict_asserts",
     "B22": "cow_lock_leak",
+    "B23": "load_back_from_last_host",
 }
 
 ON_OFF = pytest.mark.parametrize("legacy", [True, False], ids=["switch_on", "switch_off"])
@@ -94,7 +95,7 @@ def test_several_switches_at_once():
     assert config.legacy == frozenset({"B1", "B2", "B13"})
 
 
-@pytest.mark.parametrize("name", ["B9", "B11", "B12", "B23", "nonsense", "cascade_ignores_host_pin", ""])
+@pytest.mark.parametrize("name", ["B9", "B11", "B12", "B99", "nonsense", "cascade_ignores_host_pin", ""])
 def test_unknown_switch_name_raises(name):
     with pytest.raises(hm.InvalidInputError, match="unknown legacy switch"):
         hm.CacheConfig(legacy={name})

@@ -40,7 +40,7 @@ def paths(side, nodes) -> list[tuple[int, ...]]:
 def test_profile_is_the_open_upstream_set():
     profile = hm.LEGACY_PROFILES[PROFILE]
     assert profile == {b.id for b in hm.LEGACY_BUGS.values() if b.fixed_upstream.startswith("no")}
-    assert {"B3", "B6", "B7", "B8", "B10", "B13"} | {f"B{i}" for i in range(14, 23)} == profile
+    assert {"B3", "B6", "B7", "B8", "B10", "B13"} | {f"B{i}" for i in range(14, 24)} == profile  # B23: fixed after 0.5.11
     assert not profile & {"B1", "B2", "B4", "B5"}  # fixed in 0.5.11
     assert hm.CacheConfig(legacy=PROFILE).legacy == profile
     assert hm.CacheConfig(legacy={PROFILE, "B1"}).legacy == profile | {"B1"}
@@ -252,3 +252,29 @@ def test_b22_failed_eviction_during_a_state_allocation(legacy):
     with pytest.raises(hm.CacheAssertionError):
         cache.alloc_state(cache.mamba_pool, failing, lock_node=a)
     assert a.full_lock_ref == (1 if legacy else 0)
+
+
+# -- B23 (#25088) ----------------------------------------------------------------------------------
+LOAD_FROM_ANCESTOR = [{"op": "request", "tokens": [1, 2]}, {"op": "request", "tokens": [1, 2]},
+                      {"op": "request", "tokens": [1, 2, 3, 4]}, {"op": "events"}, {"op": "evict_mamba", "n": 1},
+                      {"op": "request", "tokens": [1, 2, 3, 4, 5]}]
+
+
+@ON_OFF
+def test_b23_load_back_starts_where_the_usable_prefix_ends(legacy):
+    """[1,2] is seen twice (selective write-through backs it up), [1,2,3,4] once (device only);
+    evict_mamba drops [1,2]'s device state, so it lives on host only. The request for
+    [1,2,3,4,5] matches [1,2,3,4] on device with its state: nothing needs loading. Upstream 0.5.11
+    (B23) starts the load at the last backed-up node, [1,2]: its host state is copied back into a
+    state slot and [1,2] is locked as the request's node. Since #25088 (the default) the load
+    starts at best_match_node, [1,2,3,4], and spends nothing."""
+    side = run(LOAD_FROM_ANCESTOR, {"B23"} if legacy else set(), host_kv_tokens=16, host_mamba_slots=10,
+               write_policy="write_through_selective")
+    cache = side.cache
+    assert_healthy(cache, integrity=False)  # the runner's requests write no content
+    ancestor, matched = node_at(cache, [1, 2]), node_at(cache, [1, 2, 3, 4])
+    assert matched.mamba_value is not None  # (backed up since, when the request finished)
+    assert ancestor.mamba_host_value is not None
+    assert (ancestor.mamba_value is not None) == legacy
+    assert ancestor.full_lock_ref == (2 if legacy else 1)
+    assert cache.mamba_pool.available_size() == (1 if legacy else 2)

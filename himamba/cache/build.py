@@ -96,7 +96,8 @@ def assemble(cache, host: HostTier | None = None, controller: TransferController
     policies["eviction"].bind(cache)
     consumed_only = policies["eviction"].consumed_only
     device.split_moves_state = not consumed_only
-    owner.lookup = Lookup(cache, tree, device, hosts, raise_like_upstream=legacy("B19"), consumed_only=consumed_only)
+    owner.lookup = Lookup(cache, tree, device, hosts, raise_like_upstream=legacy("B19"), consumed_only=consumed_only,
+                          load_back_from_last_host=legacy("B23"))
     owner.inserter = Insert(cache, tree, device, cache.lookup)
     cascade = Cascade(tree, device, hosts, policies["cascade"], cache.events, cache.lookup.refresh)
     owner.eviction = Eviction(

@@ -47,11 +47,17 @@ B20   load_ack_pops_strictly              ``loading_check`` of a node loaded twi
 B21   device_tree_strict_asserts          device tree: evicting a childless tombstone, releasing a     no (open in 0.5.11)
                                           lock taken on a tombstone, assert
 B22   cow_lock_leak                       a failure inside copy-on-write's eviction leaves the lock    no (open in 0.5.11)
+B23   load_back_from_last_host            ``init_load_back`` starts at ``last_host_node``: a prefix    no (fixed after
+                                          on device but not backed up reloads an ancestor's host-only  0.5.11: #25088)
+                                          state and hands the ancestor back as the request's node
 ====  ==================================  ===========================================================  ==================
 
 B14-B22 are the guards and clean errors himamba adds beyond SGLang 0.5.11; each entry's
 ``why_default`` says why the default differs. Their "fixed upstream?" entries are ours, found by
 running SGLang 0.5.11 side by side (:mod:`himamba.differential`); the reference predates them.
+
+B23 onwards are mechanisms reported against the real code in 2026 (the issue or PR number is in
+the entry); each is proven on SGLang 0.5.11 itself by the differential runner.
 
 The profile ``legacy="sglang-0.5.11"`` (:data:`LEGACY_PROFILES`) turns on every switch whose
 "fixed upstream?" is "no": the cache then behaves as SGLang 0.5.11, failure paths included
@@ -169,6 +175,12 @@ LEGACY_BUGS: dict[str, LegacyBug] = {
                   "locked", "no (open in 0.5.11)",
                   "a failed eviction must not leave a lock behind",
                   where="cache.release_lock_on_failed_eviction=False -> RadixCacheBase.alloc_state"),
+        LegacyBug("B23", "load_back_from_last_host",
+                  "init_load_back starts at last_host_node: a matched prefix on device but not backed "
+                  "up reloads an ancestor's host-only state (a state slot and a transfer spent) and "
+                  "hands that ancestor back as the request's last node (and lock)", "no (fixed after 0.5.11: #25088)",
+                  "the load-back must start where the usable prefix ends (best_match_node), as upstream does since #25088",
+                  where="Lookup(load_back_from_last_host=True) -> Lookup.tiered_result"),
     )
 }
 

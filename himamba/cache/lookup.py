@@ -33,16 +33,19 @@ ANCESTOR_TIME_STEP = 1e-5  # k-th ancestor of a match is retimed to t - k * step
 class Lookup:
     """match_prefix, split and insert of one cache. ``cache`` is the facade (its write policy,
     its ``evict_mamba`` for copy-on-write); ``hosts`` the host tiers (none on a device cache).
-    ``raise_like_upstream`` is legacy B19."""
+    ``raise_like_upstream`` is legacy B19; ``load_back_from_last_host`` legacy B23 (read in
+    :meth:`tiered_result`)."""
 
     def __init__(self, cache, tree: RadixTree, device: DeviceTier, hosts: tuple, *,
-                 raise_like_upstream: bool = False, consumed_only: bool = False) -> None:
+                 raise_like_upstream: bool = False, consumed_only: bool = False,
+                 load_back_from_last_host: bool = False) -> None:
         self.cache, self.tree, self.device, self.hosts = cache, tree, device, hosts
         self.events = cache.events
         self.page_size = tree.page_size
         self.chunk = cache.config.mamba_cache_chunk_size
         self.raise_like_upstream = raise_like_upstream
         self.consumed_only = consumed_only
+        self.load_back_from_last_host = load_back_from_last_host
         self.match_result = self.tiered_result if hosts else self.device_result
 
     def refresh(self, node: TreeNode) -> None:
@@ -76,9 +79,11 @@ class Lookup:
     def tiered_result(self, segs: list[torch.Tensor], best: TreeNode, best_len: int,
                       on_device: TreeNode) -> MatchResult:
         """The tiered result: ``device_indices`` covers the part on device; ``last_host_node`` is
-        the deepest backed-up node of the usable prefix (also ``best_match_node``, as upstream)
-        and ``host_hit_length`` the host tokens above the device part that ``init_load_back``
-        could restore (1 when only a host state is missing on device)."""
+        the deepest backed-up node of the usable prefix; ``best_match_node`` its last node
+        (``best``), where ``init_load_back`` starts (#25088; legacy B23: ``last_host_node``, as
+        SGLang 0.5.11, so a prefix on device but not backed up reloads an ancestor's host state);
+        ``host_hit_length`` the host tokens above the device part that ``init_load_back`` could
+        restore (1 when only a host state is missing on device at ``best_match_node``)."""
         root = self.tree.root
         host_hit, x = 0, best
         while x is not on_device:
@@ -87,9 +92,10 @@ class Lookup:
         last_host = best
         while last_host is not root and last_host.host_value is None:
             last_host = last_host.parent
-        state_only = int(last_host.mamba_host_value is not None and last_host.mamba_value is None)
+        start = last_host if self.load_back_from_last_host else best
+        state_only = int(start.mamba_host_value is not None and start.mamba_value is None)
         indices = slot_ids.cat(segs[:best_len]) if best_len else self.cache.empty_indices
-        return MatchResult(indices, on_device, last_host, last_host, max(host_hit, state_only),
+        return MatchResult(indices, on_device, last_host, start, max(host_hit, state_only),
                            self.branching_seqlen(segs, best_len))
 
     def match_walk(self, key: RadixKey) -> tuple[list[torch.Tensor], TreeNode, int]:

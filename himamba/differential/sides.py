@@ -136,7 +136,7 @@ class HimambaSide(Side):
     def match(self, tokens, req=None):
         m = self.cache.match_prefix(tokens, req=req, cow_mamba=req is not None)
         return SimpleNamespace(indices=m.device_indices, device_node=m.last_device_node, host_node=m.last_host_node,
-                               host_hit=m.host_hit_length)
+                               host_hit=m.host_hit_length, load_node=m.best_match_node)
 
     def evict(self, n: int) -> int:
         return self.cache.evict(n)
@@ -233,8 +233,9 @@ class UpstreamSide(Side):
     def match(self, tokens, req=None):
         m = self.cache.match_prefix(self.P.MatchPrefixParams(key=self.RadixKey(list(tokens)), req=req,
                                                              cow_mamba=req is not None))
+        # 0.5.11's scheduler starts init_load_back at last_host_node (best_match_node since #25088)
         return SimpleNamespace(indices=m.device_indices, device_node=m.last_device_node, host_node=m.last_host_node,
-                               host_hit=m.host_hit_length)
+                               host_hit=m.host_hit_length, load_node=m.last_host_node)
 
     def evict(self, n: int) -> int:
         return self.cache.evict(self.P.EvictParams(num_tokens=n)).num_tokens_evicted

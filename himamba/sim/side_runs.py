@@ -30,7 +30,7 @@ def request_on_side(side, tokens: list[int]):
     side.lock(node)
     try:
         if side.tiered and m.host_hit > 0:
-            loaded, last = side.load_back(m.host_node, None, req)
+            loaded, last = side.load_back(m.load_node, None, req)
             if len(loaded):
                 prefix = torch.cat((prefix, loaded))
                 side.lock(last)

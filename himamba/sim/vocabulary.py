@@ -230,8 +230,25 @@ def _events(cache, state: DriverState, op: dict) -> None:
 
 
 def _load(cache, state: DriverState, op: dict) -> None:
+    """Load back a match. Where the scheduler would load (``host_hit_length > 0``), the prefix the
+    load ends at never lies above the matched device node that holds a device state (B23, #25088:
+    a load started at an ancestor spends a slot on its state and hands the ancestor back)."""
     m = cache.match_prefix(op["tokens"])
-    cache.init_load_back(m.best_match_node, mem_quota=op.get("quota"))
+    _, last = cache.init_load_back(m.best_match_node, mem_quota=op.get("quota"))
+    kept = m.last_device_node
+    if (m.host_hit_length > 0 and kept is not cache.root_node and kept.mamba_value is not None
+            and last is not kept and _is_above(last, kept)):
+        raise OracleError(f"init_load_back ended at #{last.id}, above the matched node #{kept.id} that holds a "
+                          "device state: the load-back went back to an ancestor")
+
+
+def _is_above(node: TreeNode, below: TreeNode) -> bool:
+    x = below.parent
+    while x is not None:
+        if x is node:
+            return True
+        x = x.parent
+    return False
 
 
 def _pin(cache, state: DriverState, op: dict) -> None:
@@ -294,7 +311,7 @@ def _side_events(side, held: SideHeld, op: dict) -> None:
 
 def _side_load(side, held: SideHeld, op: dict):
     m = side.match(op["tokens"])
-    loaded, last = side.load_back(m.host_node, op.get("quota"))
+    loaded, last = side.load_back(m.load_node, op.get("quota"))
     return len(loaded), side.path(last)
 
 

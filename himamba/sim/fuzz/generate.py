@@ -46,6 +46,10 @@ TARGET_PROFILES: dict[str, dict] = {
                        "events": 0, "load": 1},
            "shape": {"p_prompt": 0.8, "p_bare": 0.35, "n_prompts": 2},
            "episode": 100},
+    # B23 needs an ancestor whose state lives on host only below which a matched node is on device
+    # and not backed up: selective write-through, states dropped often, loads asked for often
+    "B23": {"config": {"write_policy": "write_through_selective"},
+            "weights": {"evict_mamba": 10, "load": 8}, "shape": {"p_prompt": 0.8, "n_prompts": 2}},
 }
 DEFAULT_EPISODE = 500
 UNIFIED_SHARE = 0.25  # tiered fuzz scripts with cascade_rule="unified" (drawn by seed, beside the pools)
