@@ -96,6 +96,24 @@ def test_defaults_diverge_and_the_divergence_names_its_switch(ops, what, switch,
     assert compare_script(script(ops, legacy=[switch], **config))[1] is None
 
 
+LOCK_ON_TOMBSTONE_THEN_LOAD = [
+    {"op": "request", "tokens": [1, 2, 3]}, {"op": "request", "tokens": [1, 2, 3, 4, 5]}, {"op": "events"},
+    {"op": "evict_mamba", "n": 1}, {"op": "lock", "tokens": [1, 2, 3], "exact": True},
+    {"op": "load", "tokens": [1, 2, 3], "quota": None}, {"op": "events"}, {"op": "evict_mamba", "n": 4}]
+
+
+@needs_upstream
+def test_27147_the_real_0511_unlocks_a_state_revived_under_a_tombstone_lock():
+    """#27147 on SGLang 0.5.11 itself: with B10 (and B14, which the load-back also meets) himamba
+    agrees on every operation, the final evict_mamba taking the revived state included; with B14
+    alone the two part where the load's release leaves the state unlocked (B10)."""
+    agreed, divergence = compare_script(script(LOCK_ON_TOMBSTONE_THEN_LOAD, legacy=["B10", "B14"]))
+    assert divergence is None and agreed == len(LOCK_ON_TOMBSTONE_THEN_LOAD)
+    agreed, divergence = compare_script(script(LOCK_ON_TOMBSTONE_THEN_LOAD, legacy=["B14"]))
+    assert divergence is not None and divergence.step == 6 and divergence.what == "tree"
+    assert explain(script(LOCK_ON_TOMBSTONE_THEN_LOAD)) == ["B10+B14"]
+
+
 @needs_upstream
 def test_cli_prints_agreement_and_exit_status(capsys):
     assert cli.main(["differential", "--seqs", "2", "--ops", "30", "--legacy", "sglang-0.5.11", "--no-progress"]) == 0

@@ -278,3 +278,26 @@ def test_b23_load_back_starts_where_the_usable_prefix_ends(legacy):
     assert (ancestor.mamba_value is not None) == legacy
     assert ancestor.full_lock_ref == (2 if legacy else 1)
     assert cache.mamba_pool.available_size() == (1 if legacy else 2)
+
+
+# -- B10 through a load-back (#27147) ---------------------------------------------------------------
+LOCK_ON_TOMBSTONE_THEN_LOAD = [
+    {"op": "request", "tokens": [1, 2, 3]}, {"op": "request", "tokens": [1, 2, 3, 4, 5]}, {"op": "events"},
+    {"op": "evict_mamba", "n": 1}, {"op": "lock", "tokens": [1, 2, 3], "exact": True},
+    {"op": "load", "tokens": [1, 2, 3], "quota": None}, {"op": "events"}, {"op": "evict_mamba", "n": 4}]
+
+
+@ON_OFF
+def test_b10_a_state_revived_by_load_back_under_a_tombstone_lock(legacy):
+    """#27147: a holder locks A = [1,2,3] while A is a tombstone (its state on host only), so its
+    lock takes no state lock; a load-back brings A's state back and its own lock is released when
+    the load lands. With B10 (SGLang 0.5.11) that release leaves A's state unlocked under the
+    holder, and evict_mamba takes it (2 states freed); fixed, the holder's lock now covers the
+    state and only the leaf's state goes."""
+    side = run(LOCK_ON_TOMBSTONE_THEN_LOAD, {"B10"} if legacy else set(), host_kv_tokens=16, host_mamba_slots=10)
+    cache = side.cache
+    assert_healthy(cache, integrity=False)
+    a = node_at(cache, [1, 2, 3])
+    assert a.full_lock_ref == 1
+    assert (a.mamba_lock_ref, a.mamba_value is not None) == ((0, False) if legacy else (1, True))
+    assert cache.mamba_pool.available_size() == cache.mamba_pool.capacity - (0 if legacy else 1)

@@ -26,7 +26,7 @@ B7    write_back_ignores_failed_backup    write-back demotes a leaf whose backup
                                           ``not backuped``
 B8    evict_mamba_takes_locked_leaf       ``evict_mamba`` picks a childless, full-locked leaf:         no (#21406 closed)
                                           ``evict device leaf: full_lock_ref mismatch``
-B10   lock_release_drops_state_lock     a lock taken on a tombstone, released after a state was     no (inferred)
+B10   lock_release_drops_state_lock     a lock taken on a tombstone, released after a state was     no (#27147)
                                           attached, unlocks that state: it can be evicted while a
                                           load into it is still queued
 B13   quota_ignored_with_restore          load-back ignores threshold and ``mem_quota`` whenever a     no (maybe intended)
@@ -122,8 +122,9 @@ LEGACY_BUGS: dict[str, LegacyBug] = {
                   "no (#21406 closed)",
                   where="Eviction(take_locked_leaf=True) -> Eviction.evict_mamba"),
         LegacyBug("B10", "lock_release_drops_state_lock",
-                  "releasing a lock taken on a tombstone unlocks a state attached since",
-                  "no (inferred)",
+                  "releasing a lock taken on a tombstone unlocks a state attached since (by an insert, "
+                  "or by a load-back: #27147)",
+                  "no (#27147, closed unmerged)",
                   where="DeviceTier(guard_lock_release=False) -> DeviceTier.unlock"),
         LegacyBug("B13", "quota_ignored_with_restore",
                   "load-back skips threshold and mem_quota whenever a state is restored",
