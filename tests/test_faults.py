@@ -1,5 +1,5 @@
 """Injected faults (CacheConfig(faults=...), memory/faults.py): a copy that fails when issued or
-while landing, an allocation that raises or comes back short. Each leaves the cache consistent
+while landing, an allocation that raises or comes back short, a storage operation that fails. Each leaves the cache consistent
 and as before the operation, or in a named consistent state; nothing leaks; the error names what
 failed; the cache keeps serving."""
 
@@ -87,6 +87,40 @@ def test_a_copy_that_fails_while_landing_is_copied_again_and_reported():
         cache.loading_check()
     assert any("failed while landing and was copied again" in t for t in rec.texts())
     assert_healthy(cache)  # integrity: the bytes are there
+
+
+def test_a_storage_backup_that_fails_stores_nothing_and_releases_its_pin():
+    cache = tiered("storage=1", enable_storage=True)
+    put(cache, [1, 2, 3, 4])
+    cache.writing_check()  # the acknowledged host copy goes on to storage at once
+    node = node_at(cache, [1, 2, 3, 4])
+    assert [op.kind for op in cache.storage.ops] == ["backup"]
+    assert node.host_ref_counter == 1  # pinned while the backup is in flight
+    with hm.Recorder(cache) as rec:
+        assert cache.check_storage_progress() == 1
+    assert any("failed (injected fault): nothing stored" in t for t in rec.texts()), rec.texts()
+    assert cache.storage.pages == {} and cache.storage.states == {}
+    assert node.host_ref_counter == 0 and node.host_mamba_ref_counter == 0
+    assert_healthy(cache)
+    put(cache, [5, 6])  # and it keeps serving
+    assert_healthy(cache)
+
+
+def test_a_prefetch_that_fails_inserts_nothing_and_frees_what_it_fetched_into():
+    cache = tiered("storage=1", enable_storage=True, write_policy="write_through")
+    put(cache, [1, 2])
+    cache.writing_check()
+    cache.check_storage_progress()  # [1, 2]'s own storage backup ends (failing: nothing stored)
+    cache.storage.store_prefix([1, 2, 3, 4, 5, 6])  # another server cached a longer prompt
+    anchor = node_at(cache, [1, 2])
+    before = hm.take(cache)
+    assert cache.prefetch_from_storage("req-1", anchor, [3, 4, 5, 6]) == 4
+    assert cache.host_kv_pool.available_size() < cache.host_kv_pool.capacity - 2  # fetched into host slots
+    with hm.Recorder(cache) as rec:
+        assert cache.check_prefetch_progress("req-1") == 0
+    assert any("failed (injected fault): nothing inserted" in t for t in rec.texts()), rec.texts()
+    unchanged(cache, before)  # the same nodes, pins and pool usage as before the prefetch
+    assert cache.storage.ops == []
 
 
 @pytest.mark.parametrize("engine", ["sync", "deferred"])

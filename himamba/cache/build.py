@@ -123,7 +123,7 @@ def assemble(cache, host: HostTier | None = None, controller: TransferController
     owner.storage = storage
     owner.storage_ops = StorageOps(cache, storage, tree, device, host, in_flight, cache.lookup, cache.inserter,
                                    skip_full_lru=legacy("B3"), hang_under_unbacked=legacy("B6"),
-                                   old_pin_rule=legacy("B5")) if storage is not None else None
+                                   old_pin_rule=legacy("B5"), faults=controller.faults) if storage is not None else None
 
 
 def host_parts(cache, manual_acks: bool) -> tuple[HostTier, TransferController]:

@@ -31,6 +31,7 @@ from himamba.core.key import RadixKey, preview
 from himamba.core.node import TreeNode
 from himamba.errors import InvalidInputError
 from himamba.memory.content import kv_content, prefix_fingerprint, state_content
+from himamba.memory.faults import FaultPlan
 from himamba.memory.model import ModelSpec
 from himamba.observe.events import EventKind
 from himamba.validate import check_bool, check_token_ids
@@ -109,12 +110,15 @@ class StorageOps:
     facade: its ``evict_host`` and ``evict_mamba_host`` make host room).
 
     Variants fixed at construction: ``skip_full_lru`` (legacy B3), ``hang_under_unbacked``
-    (legacy B6), ``old_pin_rule`` (legacy B5)."""
+    (legacy B6), ``old_pin_rule`` (legacy B5). ``faults`` (a :class:`~himamba.memory.faults.FaultPlan`)
+    may fail an operation when it completes: then nothing is stored or inserted, every slot the
+    operation held is freed and every pin released, and a ``storage`` step says so."""
 
     prefetch_threshold = 1  # tokens; upstream's default is 256
 
     def __init__(self, cache, storage: StorageTier, tree, device, host, in_flight, lookup, insert, *,
-                 skip_full_lru: bool = False, hang_under_unbacked: bool = False, old_pin_rule: bool = False) -> None:
+                 skip_full_lru: bool = False, hang_under_unbacked: bool = False, old_pin_rule: bool = False,
+                 faults: FaultPlan | None = None) -> None:
         self.cache, self.storage, self.tree, self.device, self.host = cache, storage, tree, device, host
         self.in_flight, self.lookup, self.insert = in_flight, lookup, insert
         self.events = cache.events
@@ -122,6 +126,10 @@ class StorageOps:
         self.skip_full_lru = skip_full_lru
         self.hang_under_unbacked = hang_under_unbacked
         self.old_pin_rule = old_pin_rule
+        self.faults = faults
+
+    def _fails(self) -> bool:
+        return self.faults is not None and self.faults.fires("storage")
 
     def path_hash(self, node: TreeNode) -> int:
         tokens = self.tree.path_tokens(node)
@@ -160,15 +168,18 @@ class StorageOps:
             storage.ops.remove(op)
             p = op.payload
             ps = self.page_size
-            for i, h in enumerate(p["hashes"]):
-                storage.pages[h] = (p["k"][:, i * ps : (i + 1) * ps], p["v"][:, i * ps : (i + 1) * ps])
-            if p["state"] is not None and p["hashes"]:
-                storage.states[p["hashes"][-1]] = p["state"]
+            failed = self._fails()
+            if not failed:
+                for i, h in enumerate(p["hashes"]):
+                    storage.pages[h] = (p["k"][:, i * ps : (i + 1) * ps], p["v"][:, i * ps : (i + 1) * ps])
+                if p["state"] is not None and p["hashes"]:
+                    storage.states[p["hashes"][-1]] = p["state"]
             node, mamba_pinned = self.in_flight.backup.pop(op.op_id)
             self.host.unpin(node, mamba=mamba_pinned)
             done += 1
             if self.events.active:
-                self.events.emit(EventKind.STORAGE, f"storage backup of #{node.id} done; pin released", (node.id,))
+                what = "failed (injected fault): nothing stored" if failed else "done"
+                self.events.emit(EventKind.STORAGE, f"storage backup of #{node.id} {what}; pin released", (node.id,))
         return done
 
     # -- prefetch from storage -----------------------------------------------------------------
@@ -221,6 +232,15 @@ class StorageOps:
         del self.in_flight.prefetch[req_id]
         storage, pools = self.storage, self.host
         storage.ops.remove(op)
+        if self._fails():
+            pools.host_kv_pool.free(slots)
+            if slot is not None:
+                pools.host_mamba_pool.free(slot)
+            self.host.unpin(anchor, mamba=slot is not None)
+            if self.events.active:
+                self.events.emit(EventKind.STORAGE, f"prefetch under #{anchor.id} failed (injected fault): nothing "
+                                 f"inserted, {count(len(slots), 'host slot')} freed; #{anchor.id} unpinned", (anchor.id,))
+            return 0
         ps = self.page_size
         for i, h in enumerate(op.payload["hashes"]):
             k, v = storage.pages[h]

@@ -15,6 +15,9 @@ seed=3"`` names kinds (the others stay off). The kinds:
 ``alloc_raise`` a transfer's allocation raises :class:`~himamba.errors.AllocationFailure`
 ``alloc_short`` a transfer's allocation returns fewer slots than asked (the pool front refuses
                 the short answer, gives it back and reports a shortage)
+``storage``     a storage operation fails when it completes: a backup stores nothing and releases
+                its pin; a prefetch inserts nothing, frees the host slots it fetched into and
+                releases its pins (:class:`~himamba.cache.storage.StorageOps`)
 ==============  ===================================================================================
 
 Allocation faults apply to the slots the transfer controller allocates (host slots of a write,
@@ -31,7 +34,7 @@ import torch
 from himamba.errors import AllocationFailure, InvalidInputError, TransferFailure
 from himamba.memory.copy_engines import CopyEngine, CopyHandle, CopyPlan, copy_rows
 
-KINDS = ("copy_issue", "copy_land", "alloc_raise", "alloc_short")
+KINDS = ("copy_issue", "copy_land", "alloc_raise", "alloc_short", "storage")
 
 
 @dataclass
