@@ -117,3 +117,34 @@ def test_a_second_thread_is_refused_while_an_operation_runs():
     assert_healthy(cache)
     put(cache, [9, 9])  # and it serves again afterwards
     assert_healthy(cache)
+
+
+def test_without_listeners_a_second_thread_is_refused_too_and_one_thread_may_nest():
+    """The plain path (nobody listening, no bracket): the same re-entrant lock guards it."""
+    from himamba.observe.events import operation
+
+    class Slow:
+        def __init__(self) -> None:
+            self._operation_lock = threading.RLock()
+            self.inside, self.go_on = threading.Event(), threading.Event()
+
+        @operation("work")
+        def work(self) -> str:
+            self.inside.set()
+            self.go_on.wait(5)
+            return self.nested()
+
+        @operation("nested")
+        def nested(self) -> str:
+            return "done"
+
+    obj, results = Slow(), []
+    first = threading.Thread(target=lambda: results.append(obj.work()))
+    first.start()
+    assert obj.inside.wait(5)
+    with pytest.raises(hm.ConcurrentUseError, match="another thread"):
+        obj.nested()
+    obj.go_on.set()
+    first.join(5)
+    assert results == ["done"]  # the first thread nested an operation inside its own
+    assert obj.nested() == "done"  # and the lock is free again

@@ -60,10 +60,9 @@ class RadixCacheBase(Displayable):
     ``MambaRadixCache(page_size=4)``."""
 
     tiered = False
-    _operation_thread: int | None = None  # the thread running an operation now (observe.events.operation)
 
     def __init__(self, config: CacheConfig | None = None, **overrides: Any) -> None:
-        self._operation_lock = threading.Lock()
+        self._operation_lock = threading.RLock()  # held by the thread running an operation (observe.events.operation)
         if config is None:
             config = CacheConfig(**overrides)
         elif overrides:

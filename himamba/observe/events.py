@@ -190,25 +190,20 @@ def operation(name: str) -> Callable[[F], F]:
     """Mark a public cache method as the operation ``name``: while anyone listens to the
     object's :class:`EventBus` (built with the object as ``owner``), its calls are bracketed
     by OP_BEGIN/OP_END events (:func:`trace_operations`). Always, one thread at a time may run
-    the object's operations (its ``_operation_lock``): a call from a second thread while one
-    runs raises :class:`~himamba.errors.ConcurrentUseError`, nothing changed; the same thread
-    may nest operations."""
+    the object's operations (its ``_operation_lock``, a re-entrant lock): a call from a second
+    thread while one runs raises :class:`~himamba.errors.ConcurrentUseError`, nothing changed;
+    the same thread may nest operations."""
 
     def mark(fn: F) -> F:
         @functools.wraps(fn)
         def one_caller(self: Any, *args: Any, **kwargs: Any) -> Any:
             lock = self._operation_lock
-            if lock.acquire(False):
-                self._operation_thread = threading.get_ident()
-                try:
-                    return fn(self, *args, **kwargs)
-                finally:
-                    self._operation_thread = None
-                    lock.release()
-            if self._operation_thread == threading.get_ident():  # an operation inside an operation
+            if not lock.acquire(False):  # re-entrant: fails only while another thread holds it
+                raise ConcurrentUseError(_second_thread(name))
+            try:
                 return fn(self, *args, **kwargs)
-            raise ConcurrentUseError(f"{name} was called while another thread runs an operation on this cache: a cache "
-                                     "serves one thread at a time (nothing was changed)")
+            finally:
+                lock.release()
 
         setattr(one_caller, _OPERATION, name)
         return one_caller  # type: ignore[return-value]
@@ -247,13 +242,17 @@ def _operations(cls: type) -> dict[str, tuple[Callable[..., Any], str]]:
 def _bracketed(fn: Callable[..., Any], name: str) -> Callable[..., Any]:
     @functools.wraps(fn)
     def bracketed(self: Any, *args: Any, **kwargs: Any) -> Any:
+        lock = self._operation_lock
+        if not lock.acquire(False):  # refused before OP_BEGIN: a second thread announces nothing
+            raise ConcurrentUseError(_second_thread(name))
+        try:
+            return _run_bracketed(self, args, kwargs)
+        finally:
+            lock.release()
+
+    def _run_bracketed(self: Any, args: tuple, kwargs: dict) -> Any:
         bus: EventBus = self.events
-        me = threading.get_ident()
-        running = getattr(self, "_operation_thread", None)
-        if running is not None and running != me:
-            raise ConcurrentUseError(f"{name} was called while another thread runs an operation on this cache: a cache "
-                                     "serves one thread at a time (nothing was changed)")
-        if bus.in_listener == me:
+        if bus.in_listener == threading.get_ident():
             raise ConcurrentUseError(f"{name} was called from inside an event listener: listeners may read the cache "
                                      "but not change it (nothing was changed)")
         bus.emit(EventKind.OP_BEGIN, f"{name}({_describe_args(args, kwargs)})", op=name)
@@ -279,6 +278,11 @@ def _bracketed(fn: Callable[..., Any], name: str) -> Callable[..., Any]:
         return result
 
     return bracketed
+
+
+def _second_thread(name: str) -> str:
+    return (f"{name} was called while another thread runs an operation on this cache: a cache serves one thread "
+            "at a time (nothing was changed)")
 
 
 def _describe_args(args: tuple, kwargs: dict) -> str:
