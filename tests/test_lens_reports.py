@@ -1,4 +1,4 @@
-"""Issue 17: the 2026 bug reports replayed on SGLang 0.5.23 (Python and Rust tree cores) through the
+"""The 2026 bug reports replayed on SGLang 0.5.23 (Python and Rust tree cores) through the
 lens, and on himamba for the equivalent (``himamba/lens/reports_2026.py``).
 
 The 0.5.23 tests skip where ``make sglang-0.5.23`` has not built its environment; all their

@@ -1,4 +1,4 @@
-"""Issue 17: the 2026 bug reports against code after SGLang 0.5.11, each checked against the installed
+"""The 2026 bug reports against code after SGLang 0.5.11, each checked against the installed
 SGLang 0.5.23 (``UnifiedRadixCache``) and replayed through the lens where the lens can show it.
 
 Every function returns a replay script (the dict of :mod:`himamba.lens.scenarios`: ``cache``,
