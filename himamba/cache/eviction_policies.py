@@ -122,6 +122,17 @@ class FlopAware(_ScoredStates):
             own = cache.config.model
             self.model = own if own.has_flops else ModelSpec.attention_mamba2_7b()
 
+    _prices: tuple | None = None  # (model, a, b, KV bytes a token, state bytes), read from the model once
+
+    def _model_prices(self) -> tuple:
+        """The model's FLOP coefficients and byte sizes, computed once per model (the model may be
+        set after :meth:`bind`, so they are keyed by it)."""
+        m = self.model
+        if self._prices is None or self._prices[0] is not m:
+            a, b = m.flop_coefficients()
+            self._prices = (m, a, b, m.kv_bytes_per_token, m.state_bytes_per_slot)
+        return self._prices
+
     def _efficiency(self, node: TreeNode) -> float:
         """Prefill FLOPs ``node`` saves over its parent, per byte it holds."""
         end = 0
@@ -129,12 +140,15 @@ class FlopAware(_ScoredStates):
         while x.parent is not None:
             end += len(x.key.token_ids)
             x = x.parent
-        u, m = self.unit_tokens, self.model
-        start = end - len(node.key.token_ids)
-        saved = m.prefill_flops(end * u) - m.prefill_flops(start * u)
-        held = len(node.key.token_ids) * u * m.kv_bytes_per_token
+        _, a, b, kv_bytes, state_bytes = self._model_prices()
+        u = self.unit_tokens
+        own = len(node.key.token_ids) * u
+        end *= u
+        start = end - own
+        saved = a * own + b * (end * end - start * start)  # prefill_flops(end) - prefill_flops(start)
+        held = own * kv_bytes
         if node.mamba_value is not None or node.mamba_host_value is not None:
-            held += m.state_bytes_per_slot
+            held += state_bytes
         return saved / held if held else 0.0
 
     def _utilities(self, nodes: list[TreeNode]) -> dict[TreeNode, float]:
