@@ -173,6 +173,8 @@ MISMATCH_BG = "background-color: #fecaca"
 SOFT_MISMATCH_BG = "background-color: #fef3c7"
 LOCKED_BG = "background-color: #fee2e2"
 PINNED_BG = "background-color: #ede9fe"
+#: dark text on every coloured row, so that it reads in a dark theme too (whose text is light)
+_INK = "; color: #111827"
 
 
 def style_lru(df: pd.DataFrame) -> Styler:
@@ -182,9 +184,10 @@ def style_lru(df: pd.DataFrame) -> Styler:
     def row_style(row: pd.Series) -> list[str]:
         if not row.get("mismatch", False):
             return [""] * len(row)
-        return [MISMATCH_BG if row.get("must_match", True) else SOFT_MISMATCH_BG] * len(row)
+        return [(MISMATCH_BG if row.get("must_match", True) else SOFT_MISMATCH_BG) + _INK] * len(row)
 
-    return df.style.format(escape="html").apply(row_style, axis=1)
+    times = [c for c in ("time",) if c in df.columns]  # 7, not 7.000000
+    return df.style.format(escape="html").format("{:g}", subset=times).apply(row_style, axis=1)
 
 
 def style_nodes(df: pd.DataFrame) -> Styler:
@@ -192,9 +195,9 @@ def style_nodes(df: pd.DataFrame) -> Styler:
     the ``locked`` / ``pinned`` columns say the same in words). Cell text is HTML-escaped."""
     def row_style(row: pd.Series) -> list[str]:
         if row.get("locked", False):
-            return [LOCKED_BG] * len(row)
+            return [LOCKED_BG + _INK] * len(row)
         if row.get("pinned", False):
-            return [PINNED_BG] * len(row)
+            return [PINNED_BG + _INK] * len(row)
         return [""] * len(row)
 
     return df.style.format(escape="html").apply(row_style, axis=1)
