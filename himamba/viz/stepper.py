@@ -184,8 +184,9 @@ _THEME_CSS = """<style>
 .hm-theme-dark svg>g>polygon:first-of-type,.hm-theme-auto svg>g>polygon:first-of-type{fill:transparent}
 .hm-lru-view table{font-size:11px;border-collapse:collapse;margin:4px 8px 4px 0;display:inline-table;
   vertical-align:top}
+.hm-lru-view{line-height:1.3}
 .hm-lru-view td,.hm-lru-view th{padding:1px 5px;line-height:1.3}
-.hm-lru-view caption{text-align:left;font-weight:bold}
+.hm-lru-view caption{text-align:left;font-weight:bold;line-height:1.3;white-space:nowrap}
 </style>"""
 
 
