@@ -136,9 +136,13 @@ class Comparison:
         if first is None:
             text = f"The two recordings say the same things in all {len(self.pairs)} steps."
         else:
-            step_s = "step is" if first == 1 else "steps are"
-            text = (f"The first {first} aligned {step_s} the same in both; they part at step {first + 1} "
-                    f"(dashed orange line), shown here from step {self.start + 1}.")
+            if first == 0:
+                same = "They differ from the first aligned step"
+            elif first == 1:
+                same = "The first aligned step is the same in both; they part at step 2"
+            else:
+                same = f"The first {first} aligned steps are the same in both; they part at step {first + 1}"
+            text = f"{same} (dashed orange line), shown here from step {self.start + 1}."
         for i, label, step in self.failures:
             text += f" {label} fails at aligned step {i + 1} (#step={i + 1}): {step.text}."
         return f"<p>{escape(text)}</p>"
