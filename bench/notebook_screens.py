@@ -210,11 +210,8 @@ def main(argv: list[str] | None = None) -> int:
                             failed += 1
                             print(f"{name} {theme}: FAILED {type(exc).__name__}: {exc}".splitlines()[0], flush=True)
                         finally:
-                            t0 = time.time()
                             page.close()
-                            t1 = time.time()
                             _shut_kernels(base)
-                            print(f"  close {t1 - t0:.1f} s, shut {time.time() - t1:.1f} s", file=sys.stderr)
                     browser.close()
             finally:
                 proc.terminate()
