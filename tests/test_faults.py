@@ -79,14 +79,63 @@ def test_a_load_whose_allocation_fails_changes_nothing():
     unchanged(cache, before)
 
 
-def test_a_copy_that_fails_while_landing_is_copied_again_and_reported():
+def test_a_load_that_fails_while_landing_is_retracted_host_only_again():
     cache = loadable("copy_land=1", engine="deferred")  # the synchronous engine lands at issue
+    node = node_at(cache, [1, 2, 3])
+    before = hm.take(cache)
     with hm.Recorder(cache) as rec:
-        cache.init_load_back(node_at(cache, [1, 2, 3]))
+        loaded, last = cache.init_load_back(node)
+        assert last is node and len(loaded) == 3 and node.value is not None
+        assert cache.ready_to_load_host_cache() == 1
+    assert node.value is None and node.mamba_value is None  # host-only again: nothing loaded is claimed
+    assert node.host_value is not None and node.mamba_host_value is not None
+    assert not cache.ongoing_load_back and not cache.cache_controller.in_flight()
+    unchanged(cache, before)  # tree, pools and counters as before the load
+    failure = [s for s in rec if s.event.data.get("failed") == "TransferFailure"]
+    assert [s.text for s in failure] == [f"load of #{node.id} failed while landing: retracted (3 tokens over 1 node "
+                                         "and its state host-only again; nothing loaded is kept)"]
+    cache.cache_controller.faults.rates = {}  # the same host hit loads once copies succeed again
+    match = cache.match_prefix([1, 2, 3])
+    assert match.host_hit_length == 3
+    cache.init_load_back(match.best_match_node)
+    cache.ready_to_load_host_cache()
+    cache.loading_check()
+    assert node.value is not None and node.mamba_value is not None
+    assert_healthy(cache)
+
+
+def test_serve_falls_back_to_computing_a_prefix_whose_load_failed():
+    cache = loadable("copy_land=1", engine="deferred")
+    result = hm.serve(cache, [1, 2, 3, 4])
+    assert result is not None and result.prefix_len == 0  # the host hit was not used: all 4 computed
+    assert node_at(cache, [1, 2, 3, 4]).value is not None
+    cache.writing_check(write_back=True)
+    assert_healthy(cache)
+
+
+def test_a_failed_load_something_was_built_on_is_copied_again_and_reported():
+    cache = loadable("copy_land=1", engine="deferred")
+    node = node_at(cache, [1, 2, 3])
+    cache.init_load_back(node)
+    put(cache, [1, 2, 3, 4])  # a child computed on the load before the batch launched (its write locks the path)
+    with hm.Recorder(cache) as rec:
         cache.ready_to_load_host_cache()
         cache.loading_check()
-    assert any("failed while landing and was copied again" in t for t in rec.texts())
+    assert any(t.endswith(f"failed while landing and was copied again (#{node.id} holds another lock)")
+               for t in rec.texts()), rec.texts()
+    assert node_at(cache, [1, 2, 3]).value is not None
+    cache.writing_check(write_back=True)
     assert_healthy(cache)  # integrity: the bytes are there
+
+
+def test_a_write_that_fails_while_landing_is_copied_again_and_reported():
+    cache = tiered("copy_land=1", copy_engine="deferred")
+    with hm.Recorder(cache) as rec:
+        put(cache, [1, 2, 3])  # write-through: the write is issued here, lands at the check
+        cache.writing_check(write_back=True)
+    assert any("device -> host copy" in t and "failed while landing and was copied again" in t for t in rec.texts())
+    assert node_at(cache, [1, 2, 3]).host_value is not None
+    assert_healthy(cache)  # integrity: the host bytes are there
 
 
 def test_a_storage_backup_that_fails_stores_nothing_and_releases_its_pin():

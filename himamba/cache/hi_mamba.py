@@ -24,6 +24,7 @@ import torch
 
 from himamba.cache import build
 from himamba.cache.facade import RadixCacheBase
+from himamba.cache.load_failure import settle_failed_loads
 from himamba.cache.results import Request
 from himamba.core.lru import LRUList
 from himamba.core.node import TreeNode
@@ -193,8 +194,16 @@ class HiMambaRadixCache(RadixCacheBase):
     # -- host -> device (reference §3.11, §3.12) --------------------------------------------------------
     @operation("ready_to_load_host_cache")
     def ready_to_load_host_cache(self) -> int:
-        """Start the queued loads (the consuming batch is launching). Returns loads started."""
-        return self.cache_controller.start_loading()
+        """Start the queued loads (the consuming batch is launching). Returns loads started.
+
+        A load whose copy fails while landing is retracted here, before anything reads its bytes
+        (:mod:`himamba.cache.load_failure`): its chain is host-only again, its device slots free,
+        and a step says so. A caller that took the slots ``init_load_back`` returned checks that
+        its node is still on device (``node.value is not None``) before using them."""
+        started = self.cache_controller.start_loading()
+        if started:
+            settle_failed_loads(self)
+        return started
 
     @operation("loading_check")
     def loading_check(self) -> int:

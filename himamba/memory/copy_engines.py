@@ -64,6 +64,7 @@ class CopyHandle:
     finish; :meth:`wait` blocks until the bytes are in place, then finishes the copy."""
 
     landed = True
+    failed = False  # a landed copy whose bytes never arrived (an injected load fault)
 
     def ready(self) -> bool:
         return True

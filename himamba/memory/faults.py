@@ -9,9 +9,11 @@ seed=3"`` names kinds (the others stay off). The kinds:
 ``copy_issue``  the engine raises :class:`~himamba.errors.TransferFailure` when a write's copy is
                 issued (nothing moved); the transfer controller gives back what it allocated for
                 it (a load's copy is issued when the batch launches: its faults are landing ones)
-``copy_land``   the copy fails while landing; the engine notes the failure and copies again from
-                the source (still held by the transfer), so the bytes do land: the failure is
-                reported, not hidden (``FaultPlan.landing_failures``)
+``copy_land``   the copy fails while landing. A write's copy is copied again from its source
+                (still held by the transfer), and the failure is reported
+                (``FaultPlan.landing_failures``). A load's copy leaves its destinations poisoned
+                and its handle ``failed``: ``ready_to_load_host_cache`` retracts the load (its
+                chain is host-only again, see :mod:`himamba.cache.load_failure`)
 ``alloc_raise`` a transfer's allocation raises :class:`~himamba.errors.AllocationFailure`
 ``alloc_short`` a transfer's allocation returns fewer slots than asked (the pool front refuses
                 the short answer, gives it back and reports a shortage)
@@ -32,7 +34,7 @@ from dataclasses import dataclass, field
 import torch
 
 from himamba.errors import AllocationFailure, InvalidInputError, TransferFailure
-from himamba.memory.copy_engines import CopyEngine, CopyHandle, CopyPlan, copy_rows
+from himamba.memory.copy_engines import POISON, CopyEngine, CopyHandle, CopyPlan, copy_rows
 
 KINDS = ("copy_issue", "copy_land", "alloc_raise", "alloc_short", "storage")
 
@@ -90,7 +92,8 @@ def parse_faults(spec: object) -> FaultPlan | None:
 
 
 class FaultyEngine(CopyEngine):
-    """Wraps a copy engine: issue may raise; a copy may fail while landing (then copied again)."""
+    """Wraps a copy engine: a write's issue may raise; a copy may fail while landing (a write is
+    then copied again, a load is marked ``failed`` for the cache to retract)."""
 
     def __init__(self, inner: CopyEngine, plan: FaultPlan) -> None:
         self.inner, self.plan = inner, plan
@@ -118,6 +121,7 @@ class _FaultyHandle(CopyHandle):
     def __init__(self, inner: CopyHandle, copy: CopyPlan, plan: FaultPlan) -> None:
         self.inner, self.copy, self.plan = inner, copy, plan
         self.landed = False
+        self.failed = False
 
     def ready(self) -> bool:
         if not self.inner.ready():
@@ -133,13 +137,23 @@ class _FaultyHandle(CopyHandle):
             return
         self.inner.wait()
         if self.plan.fires("copy_land"):
-            # the bytes did not arrive: the sources are still held by the transfer, copy again
-            self.plan.landing_failures.append(f"a copy of {self.copy.nbytes:,} bytes failed while landing and was copied again")
-            for row in self.copy.rows:
+            for row in self.copy.rows:  # the bytes did not arrive
                 if row.dst_idx.numel():
-                    row.dst.index_fill_(1, row.dst_idx, -1.0)
-            copy_rows(self.copy)
+                    row.dst.index_fill_(1, row.dst_idx, POISON)
+            if self.copy.to_host:  # a write: its sources are still held by the transfer, copy again
+                self.plan.landing_failures.append(f"a device -> host copy of {self.copy.nbytes:,} bytes failed while landing and was copied again")
+                copy_rows(self.copy)
+            else:  # a load: the cache retracts it (or, where it cannot, calls retry)
+                self.failed = True
         self.landed = True
+
+    def retry(self, why: str) -> None:
+        """Copy a failed load again from its sources (still held by the transfer); ``why`` says
+        why the cache could not retract it instead (reported with the failure)."""
+        copy_rows(self.copy)
+        self.failed = False
+        self.plan.landing_failures.append(f"a host -> device copy of {self.copy.nbytes:,} bytes failed while landing "
+                                          f"and was copied again ({why})")
 
 
 class FaultyPool:

@@ -109,6 +109,11 @@ class Ack:
         """Are the bytes in their destination (as far as the CPU knows without waiting)?"""
         return self.handle is not None and self.handle.landed
 
+    @property
+    def failed(self) -> bool:
+        """Did the copy fail while landing (its destinations hold no valid bytes)?"""
+        return self.handle is not None and self.handle.failed
+
 
 @dataclass(slots=True)
 class UnlandedSlots:

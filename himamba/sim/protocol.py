@@ -133,11 +133,11 @@ def _replay(cache, items: Sequence[ReplayItem], headroom: int, sweep_every: int,
             if m.host_hit_length > 0:
                 loaded, last = cache.init_load_back(m.best_match_node)
                 c["ops"] += 1
-                if len(loaded):
+                cache.ready_to_load_host_cache()
+                if len(loaded) and last.value is not None:  # not retracted (a load that failed landing)
                     prefix = slot_ids.cat((prefix, loaded))
                     c["host_hits"] += len(loaded)
                     node = last
-                cache.ready_to_load_host_cache()
             cache.check_hicache_events()
             matched = prefix.shape[0]
         c["matched"] += matched

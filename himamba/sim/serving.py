@@ -18,7 +18,8 @@ from himamba.memory.content import write_kv, write_state
 def serve(cache, tokens: list[int] | RadixKey, *, reuse_prefix: bool = True) -> InsertResult | None:
     """Serve one request the way a scheduler would, with real KV and state content.
 
-    match_prefix -> lock -> (tiered: load back a host hit, moving the lock to it) -> allocate KV for the new tokens
+    match_prefix -> lock -> (tiered: load back a host hit and launch it, moving the lock to it unless
+    the load failed while landing and was retracted) -> allocate KV for the new tokens
     and one state slot (evicting on shortage) -> fill them -> insert -> free the state slot if
     the tree already had one -> unlock. Returns the insert's result, or ``None`` when memory
     could not be found (nothing changes then but evictions). Acks are left to the caller.
@@ -45,13 +46,13 @@ def serve(cache, tokens: list[int] | RadixKey, *, reuse_prefix: bool = True) -> 
         cache.inc_lock_ref(node)
         if getattr(cache, "tiered", False) and m.host_hit_length > 0:
             loaded, last = cache.init_load_back(m.best_match_node)
-            if len(loaded):
+            cache.ready_to_load_host_cache()
+            if len(loaded) and last.value is not None:  # a load that failed landing was retracted
                 prefix = slot_ids.cat((prefix, loaded))
                 held.append(last)
                 cache.inc_lock_ref(last)
                 held.remove(node)
                 cache.dec_lock_ref(node)
-            cache.ready_to_load_host_cache()
         n = len(prefix) if reuse_prefix else 0
         slots = alloc_request(cache, tokens, n, states=1)
         if slots is None:
