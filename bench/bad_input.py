@@ -7,7 +7,9 @@ For every case, one outcome:
 
 * ``ok`` — a clear project error (a ValueError with a sentence), the whole state unchanged,
   invariants and integrity clean; for the command line, one ``himamba: error:`` line naming what
-  the case asks (a file and line, say), or status 130 after a Ctrl-C with a partial report;
+  the case asks (a file and line, say), or status 130 after a Ctrl-C with a partial report; for a
+  fault or a hostile output (``tests/fault_cases.py``), the error and the state the case names
+  (as before the operation, or the named state a fault leaves), invariants and integrity clean;
 * ``unclear`` — some other exception, a project error without a sentence, or a command-line
   message that misses what it must name;
 * ``silent`` — accepted: no error;
@@ -59,6 +61,7 @@ def classify(case, timeout: float) -> tuple[str, str]:
         except Exception as exc:  # the old code may lack what a case sets up
             return "setup failed", f"{type(exc).__name__}: {exc}"
         after = rest[0] if rest else None
+        named = rest[1] if len(rest) > 1 else None  # the state a fault or a hostile output must leave
         before = fingerprint(cache, *requests) if cache is not None else None
         signal.setitimer(signal.ITIMER_REAL, timeout)
         error: BaseException | None = None
@@ -90,6 +93,12 @@ def classify(case, timeout: float) -> tuple[str, str]:
         text = "" if error is None else f"{type(error).__name__}: {error}"
         if corrupted:
             return "corrupt", text
+        if named is not None:
+            try:
+                named(error, unchanged)
+            except AssertionError as exc:
+                return ("unclear" if error is not None and unchanged else "corrupt"), f"{text} ({exc})".strip()
+            return "ok", text
         if isinstance(error, Crash):
             return "crash", text
         if error is None or (isinstance(error, SystemExit) and not error.code):

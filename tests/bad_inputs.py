@@ -38,7 +38,7 @@ import himamba as hm
 class Case:
     klass: str
     name: str
-    build: Callable[[Path], tuple]  # tmp folder -> (cache | None, call, requests, after | None)
+    build: Callable[[Path], tuple]  # tmp folder -> (cache | None, call, requests[, after | None[, named]])
     open: str | None = None  # why the case still fails, when it does for a reason outside its files
 
 
@@ -1035,3 +1035,9 @@ def _(tmp):
     c = device_cache()
     mine = c.kv_pool.alloc(2)
     return c, lambda: c.kv_pool.free(torch.cat((mine, _owned_kv(c, [9, 9, 9])[:1]))), ()
+
+
+# -- faults, listeners, threads, HTML, recordings ----------------------------------------------------------
+from fault_cases import register as _register_fault_cases  # noqa: E402 - the cases above come first
+
+_register_fault_cases(case)

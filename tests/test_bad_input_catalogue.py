@@ -4,7 +4,8 @@ A clear error is a ValueError subclass of the project (InvalidInputError, LockEr
 whose message is a sentence; "nothing changed" is the cache's whole fingerprint (and the given
 requests) before and after, invariants and integrity clean, or, for files and folders, the case's
 own check that nothing was written. A case marked ``open`` is expected to fail (strictly: once it
-passes, the mark must go).
+passes, the mark must go). The fault and hostile-output classes (tests/fault_cases.py) are judged
+by the state each names instead.
 """
 
 from __future__ import annotations
@@ -12,14 +13,18 @@ from __future__ import annotations
 import pytest
 import torch
 from bad_inputs import CASES
+from fault_cases import FAULT_CLASSES
 from fingerprint import assert_rejected
 
 import himamba as hm
 
+INPUTS = [c for c in CASES if c.klass not in FAULT_CLASSES]
+FAULTS = [c for c in CASES if c.klass in FAULT_CLASSES]
+
 
 @pytest.mark.parametrize("case", [
-    pytest.param(c, marks=pytest.mark.xfail(strict=True, reason=c.open)) if c.open else c for c in CASES
-], ids=[f"{c.klass}: {c.name}" for c in CASES])
+    pytest.param(c, marks=pytest.mark.xfail(strict=True, reason=c.open)) if c.open else c for c in INPUTS
+], ids=[f"{c.klass}: {c.name}" for c in INPUTS])
 def test_bad_input_is_refused_and_changes_nothing(case, tmp_path, capsys):
     cache, call, requests, *rest = case.build(tmp_path)
     after = rest[0] if rest else None
@@ -35,11 +40,27 @@ def test_bad_input_is_refused_and_changes_nothing(case, tmp_path, capsys):
         after()
 
 
+@pytest.mark.parametrize("case", FAULTS, ids=[f"{c.klass}: {c.name}" for c in FAULTS])
+def test_a_fault_or_hostile_output_leaves_the_state_it_names(case, tmp_path):
+    """A fault, a listener's exception, a second thread, a crafted label or a long recording: the
+    call ends with the error (if any) and the state the case names; invariants and integrity
+    are clean."""
+    cache, call, requests, after, named = case.build(tmp_path)
+    error = None
+    try:
+        call()
+    except BaseException as exc:  # noqa: BLE001 - an interrupt too: what it raised is checked below
+        error = exc
+    if cache is not None:
+        assert not hm.check_invariants(cache) and not hm.check_integrity(cache)
+    named(error, True)
+
+
 def test_every_class_has_cases():
     classes = {c.klass for c in CASES}
     assert classes == {"ownership", "atomicity", "data loss", "silent", "unclear", "hangs", "output folders",
-                       "command line", "small holes"}
-    assert len(CASES) >= 130
+                       "command line", "small holes", *FAULT_CLASSES}
+    assert len(CASES) >= 190
 
 
 def test_serve_keeps_the_extra_key():
