@@ -11,7 +11,7 @@ import pytest
 
 from himamba.lens import remote
 from himamba.lens.replay import Replay, replay_on
-from himamba.lens.reports_2026 import PRESENT_IN_0523, REPORTS
+from himamba.lens.reports_2026 import HOST_TIER, PRESENT_IN_0523, REPORTS
 from himamba.observe.snapshot import Snapshot
 
 needs_0523 = pytest.mark.skipif(not remote.env_python().exists(),
@@ -20,14 +20,24 @@ CORES = ("python", "rust")
 
 
 @pytest.fixture(scope="module")
-def on_0523() -> dict[tuple[int, str], Replay]:
-    """Every report's script on both cores, one start of the 0.5.23 environment."""
-    keys = [(n, core) for n in REPORTS for core in CORES]
-    requests = [{"what": "replay", "script": REPORTS[n][0](), "core": core, "skip": ["lock", "unlock"]}
-                for n, core in keys]
+def on_0523() -> dict[tuple[int | str, str], Replay]:
+    """Every report's script on both cores (a host-tier report also under write_back, keyed
+    ``"33713 write_back"``), one start of the 0.5.23 environment."""
+    keys: list[tuple[int | str, str]] = [(n, core) for n in REPORTS for core in CORES]
+    keys += [(f"{n} write_back", core) for n in sorted(HOST_TIER) for core in CORES]
+    requests = [_request(n, core) for n, core in keys]
     answers = remote.call({"what": "batch", "requests": requests}, timeout=240)["answers"]
     assert all(a.get("ok") for a in answers), [a.get("message") for a in answers if not a.get("ok")]
     return {key: Replay.from_dict(a["replay"]) for key, a in zip(keys, answers, strict=True)}
+
+
+def _request(n: int | str, core: str) -> dict:
+    number, _, policy = str(n).partition(" ")
+    script = REPORTS[int(number)][0]()
+    if policy:
+        script = {**script, "config": {**script["config"], "write_policy": policy}}
+    return {"what": "replay", "script": script, "core": core, "skip": ["lock", "unlock"],
+            "host": int(number) in HOST_TIER}
 
 
 def _keys(snap: Snapshot) -> dict[tuple[int, ...], object]:
@@ -111,19 +121,39 @@ def test_35821_on_himamba() -> None:
     _assert_no_ghost(replay_on(REPORTS[35821][0](), "himamba"))
 
 
-# -- #33713: not replayable through the lens (no host tier there) ----------------------------------
-@needs_0523
-@pytest.mark.parametrize("core", CORES)
-def test_33713_lens_build_has_no_host_tier(core: str, on_0523: dict) -> None:
-    rep = on_0523[(33713, core)]
+# -- #33713: absent; the node and its state are demoted, then loaded back --------------------------
+def _assert_demoted_and_loaded_back(rep: Replay) -> None:
+    """Serve, back up, evict, look up, load back, look up (``r33713_script``)."""
     assert rep.failure is None
-    assert not any(v.kv_host or v.state_host for s in rep.recorder.steps for v in s.snapshot.nodes)
-    assert _keys(_last(rep)) == {} and str(rep.results[-1]) == "(0, 0, (), ())"
+    assert [str(r) for r in rep.results] == [
+        "(0, False)", "None", "4", "(0, 4, (), (1, 2, 3, 4))", "(4, (1, 2, 3, 4))", "None",
+        "(4, 0, (1, 2, 3, 4), (1, 2, 3, 4))"]
+    steps = [s.snapshot for s in rep.recorder.steps]
+    born = next(i for i, snap in enumerate(steps) if (1, 2, 3, 4) in _keys(snap))
+    assert all(set(_keys(snap)) == {(1, 2, 3, 4)} for snap in steps[born:])  # never pruned
+    views = [_keys(snap)[(1, 2, 3, 4)] for snap in steps[born:]]
+    host_only = [v for v in views if not v.kv_device and not v.state_device]
+    assert host_only and all(v.kv_host and v.state_host for v in host_only)  # the state went with it
+    evicted = next(snap for snap in steps if snap.pools["device KV"][0] == 0 and _keys(snap))
+    assert evicted.pools["host KV"][0] == 4 and evicted.pools["host states"][0] == 1
+    last = _last(rep)
+    node = _keys(last)[(1, 2, 3, 4)]
+    assert node.kv_device and node.state_device and node.kv_host
+    assert last.pools["device KV"][0] == 4 and last.pools["device states"][0] == 1
+
+
+@needs_0523
+@pytest.mark.parametrize("policy", ("write_through", "write_back"))
+@pytest.mark.parametrize("core", CORES)
+def test_33713_demoted_with_its_state_and_loaded_back_on_0523(core: str, policy: str, on_0523: dict) -> None:
+    rep = on_0523[(33713, core) if policy == "write_through" else ("33713 write_back", core)]
+    assert _last(rep).settings["tiered"]
+    _assert_demoted_and_loaded_back(rep)
+    if core == "python":
+        assert "demoted" in {s.kind for s in rep.recorder.steps}
 
 
 def test_33713_himamba_demotes_with_the_state_and_finds_a_host_hit() -> None:
     rep = replay_on(REPORTS[33713][0](), "himamba")
-    assert rep.failure is None and "demoted" in {s.kind for s in rep.recorder.steps}
-    node = _keys(_last(rep))[(1, 2, 3, 4)]
-    assert node.kv_host and node.state_host and not node.kv_device
-    assert rep.results[-1] == (0, 4, (), (1, 2, 3, 4))
+    assert "demoted" in {s.kind for s in rep.recorder.steps}
+    _assert_demoted_and_loaded_back(rep)

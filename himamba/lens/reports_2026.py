@@ -7,8 +7,8 @@ core) and on ``"himamba"``. :data:`REPORTS` maps each report number to its scrip
 himamba equivalent; :data:`PRESENT_IN_0523` says whether 0.5.23 still has the behaviour
 (``"yes"``, ``"no"``, or ``"not replayable"`` where the lens cannot build what the report needs).
 
-The lens builds 0.5.23's unified tree without a host tier (see ``docs/lens.md``), so a report about
-the host tier cannot be replayed on it; :func:`r33713_script` says why.
+The lens builds 0.5.23's unified tree without a host tier unless asked; a report about the host
+tier (:data:`HOST_TIER`) is replayed on the build with one (:mod:`himamba.lens.unified_host`).
 """
 
 from __future__ import annotations
@@ -23,27 +23,32 @@ def r33713_script() -> dict:
     """#33713 (open, unified tree): a node evicted from the device is pruned instead of demoted to
     host, so no load-back happens.
 
-    Not replayable through the lens. 0.5.23 decides it in ``UnifiedTreeCore.evict_device_leaf``
-    (a device leaf with a FULL host copy goes through ``_demote``, one without is deleted by
-    ``_delete_unbacked_device_leaf``) and, for internal states, in
-    ``MambaComponent._evict_device_next_node`` (only under write_back does it ask for a host backup
-    first; otherwise the state is dropped). Whether a backup exists depends on the HiCache
-    controller, which the lens does not attach: on a CPU-only torch, ``UnifiedRadixCache.init_hicache``
-    fails allocating the host KV pool (the MHA host pool pins its buffer with ``cudaHostRegister``,
-    "Torch not compiled with CUDA enabled"); with that allocation replaced in-process, the cache
-    builds (layout ``page_first_direct``; the mamba host pool refuses ``layer_first``), but the
-    first device-to-host copy fails: the direct transfer functions come from the CUDA kernel
-    package and are undefined, and a CPU stream has no ``synchronize``.
+    Not present in 0.5.23 in the report's shape, on both tree cores, under write_through and
+    write_back. Replayed on 0.5.23 with its host tier (:mod:`himamba.lens.unified_host`: upstream's
+    own ``init_hicache``, host pools and ``HybridCacheController``, with CPU stand-ins only for
+    pinned-buffer registration, the direct transfer kernels and streams). Under write_through the
+    insert itself queues the backup of KV and state; until ``check_hicache_events`` reaps its
+    acknowledgement the node is held, and an eviction frees nothing. After it,
+    ``UnifiedRadixCache._evict_device_leaf`` calls ``UnifiedTreeCore.evict_device_leaf``, which
+    finds the node backed up and calls ``_demote``: the FULL device value and, through
+    ``_cascade_evict``, the MAMBA device state are released, the host copies stay, and the node
+    stays in the tree host-only. Under write_back the same call first returns a ``BackupKV`` for
+    the cache to copy, then demotes. The lookup then reports a host hit of 4 tokens at the node,
+    and ``load_back`` brings KV and state back (a second lookup hits 4 on the device). Only an
+    unbacked write-through leaf is deleted (``_delete_unbacked_device_leaf``); an internal state
+    evicted for room in the state pool (``MambaComponent._evict_device_next_node``) keeps the host
+    copy written with its node (under write_back, the walk asks for a backup first when there is
+    none). The Rust core takes the same decisions inside its binding, with the same results.
 
-    The script is the report's shape (serve a prefix, let the backups run, evict it, ask for it
-    again). On the lens's 0.5.23 build it only shows the device-only tree: nothing ever has a host
-    copy and the eviction deletes the node (correct without a host tier). Himamba's tiered cache,
-    the equivalent of the fixed behaviour, demotes the written-through node with its state to host,
-    so the lookup finds a host hit of 4 tokens to load back.
+    The lens builds what the report's deployment does not match: page size 1, no mamba extra
+    buffer (the report used ``extra_buffer``), one rank. The script: serve a prefix with a state,
+    let the backup land, evict it, look it up, load it back, look it up again. Himamba's tiered
+    cache gives the same results (the fixed behaviour).
     """
     return {"cache": "tiered", "config": CONFIG,
             "ops": [{"op": "request", "tokens": [1, 2, 3, 4]}, {"op": "events"}, {"op": "evict", "n": 4},
-                    {"op": "match", "tokens": [1, 2, 3, 4]}]}
+                    {"op": "match", "tokens": [1, 2, 3, 4]}, {"op": "load", "tokens": [1, 2, 3, 4]},
+                    {"op": "events"}, {"op": "match", "tokens": [1, 2, 3, 4]}]}
 
 
 def r36696_script() -> dict:
@@ -100,10 +105,13 @@ def r35821_script() -> dict:
 
 REPORTS: dict[int, tuple[Callable[[], dict], str]] = {
     33713: (r33713_script, "the tiered cache's demotion of a written-through node with its state "
-                           "(the fixed behaviour); not replayable on 0.5.23 through the lens"),
+                           "(the fixed behaviour); 0.5.23 with its host tier does the same"),
     36696: (r36696_script, "B9 (hazard); himamba files a split node under its own key"),
     22935: (r22935_script, "B12 (hazard): the same split and 0-token hit"),
     35821: (r35821_script, "none needed: an empty insert makes no node"),
 }
 
-PRESENT_IN_0523: dict[int, str] = {33713: "not replayable", 36696: "no", 22935: "yes", 35821: "no"}
+PRESENT_IN_0523: dict[int, str] = {33713: "no", 36696: "no", 22935: "yes", 35821: "no"}
+
+HOST_TIER: frozenset[int] = frozenset({33713})
+"""The reports replayed on 0.5.23 with its host tier (:mod:`himamba.lens.unified_host`)."""

@@ -4,9 +4,10 @@ differential runner's sides, so that one replay script runs on it too.
 :func:`build_unified` builds upstream's own classes, unmodified, over upstream's own device pools
 (``HybridReqToTokenPool`` with its mamba allocator, ``HybridLinearKVPool``,
 ``TokenToKVPoolAllocator``, all real on CPU), on the Python tree core or the Rust tree core
-(``core="python" | "rust"``; upstream's ``tree_core_backend``). No host tier is attached (the
-unified tree's HiCache needs CUDA streams), so host values stay absent; host locks still work as
-the tree keeps them (``inc_host_lock_ref``), which is what the cascade's lock rule reads.
+(``core="python" | "rust"``; upstream's ``tree_core_backend``). No host tier is attached unless
+``host`` asks for one (:mod:`himamba.lens.unified_host`, with CPU stand-ins for what needs CUDA);
+without it host values stay absent, and host locks still work as the tree keeps them
+(``inc_host_lock_ref``), which is what the cascade's lock rule reads.
 
 :class:`UnifiedSide` answers the calls of :func:`himamba.differential.runner.apply_op` (request,
 chunked, match, lock, unlock, evict, evict_mamba). Node handles are the tree's ``NodeId`` ints.
@@ -28,9 +29,10 @@ from himamba.lens.unified_trees import remember_tokens
 CORES = ("python", "rust")
 
 
-def build_unified(config: Any, core: str = "python") -> Any:
+def build_unified(config: Any, core: str = "python", host: bool = False) -> Any:
     """A ``UnifiedRadixCache`` (FULL + MAMBA) over pools sized by a himamba ``CacheConfig``
-    (``device_kv_tokens``, ``device_mamba_slots``, ``page_size`` 1), on the tree core ``core``."""
+    (``device_kv_tokens``, ``device_mamba_slots``, ``page_size`` 1), on the tree core ``core``;
+    with ``host``, also its HiCache host tier (:mod:`himamba.lens.unified_host`)."""
     from himamba.differential.standins import install_import_standins
     from himamba.errors import HiMambaError
 
@@ -47,7 +49,10 @@ def build_unified(config: Any, core: str = "python") -> Any:
     from sglang.srt.mem_cache.unified_radix_cache import UnifiedRadixCache
     from sglang.srt.server_args import ServerArgs, set_global_server_args_for_scheduler
 
-    args = ServerArgs(model_path="dummy", page_size=1, device="cpu")  # "dummy": no model is looked up
+    from himamba.lens.unified_host import attach_host_tier, host_server_fields
+
+    extra = host_server_fields(config) if host else {}
+    args = ServerArgs(model_path="dummy", page_size=1, device="cpu", **extra)  # "dummy": no model is looked up
     args._mamba_cache_chunk_size = config.mamba_cache_chunk_size  # no model config to read it from
     set_global_server_args_for_scheduler(args)
     shape = Mamba2StateShape.create(tp_world_size=1, intermediate_size=4, n_groups=1, num_heads=1, head_dim=2,
@@ -65,6 +70,8 @@ def build_unified(config: Any, core: str = "python") -> Any:
                              page_size=1, tree_components=(ComponentType.FULL, ComponentType.MAMBA),
                              tree_core_backend=core)
     cache = UnifiedRadixCache(params=params)
+    if host:
+        attach_host_tier(cache, args, params)
     if type(cache.tree_core).__name__.startswith("Rust") != (core == "rust"):
         raise HiMambaError(f"SGLang chose another tree core than {core!r} ({type(cache.tree_core).__name__})")
     return cache
@@ -75,9 +82,9 @@ class UnifiedSide(Side):
 
     tiered = False
 
-    def __init__(self, config: Any, core: str = "python") -> None:
+    def __init__(self, config: Any, core: str = "python", host: bool = False) -> None:
         self.name = f"sglang-0.5.23 ({core} core)"
-        self.cache = build_unified(config, core)
+        self.cache = build_unified(config, core, host)
         from sglang.srt.mem_cache import base_prefix_cache as params
         from sglang.srt.mem_cache.radix_cache import RadixKey
 

@@ -37,6 +37,7 @@ GENERATION = "sglang-0.5.23"
 _FULL, _MAMBA = 0, 2  # ComponentType values (checked against the live enum in _components)
 _LINE = re.compile(r"^( *)\[(\d+)\] (\d+) full_lock=(-?\d+)")
 _TOKENS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_KEYS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _PRINTED: Any = None  # the file pretty_print writes into (see _printed_tree)
 
 
@@ -72,7 +73,17 @@ def _pools(cache: Any) -> dict[str, tuple[int, int]]:
     req_pool = cache.req_to_token_pool
     if hasattr(req_pool, "mamba_allocator"):
         pools["device states"] = _pool_used(req_pool.mamba_allocator)
+    if _tiered(cache):  # the host tier (himamba.lens.unified_host)
+        from sglang.srt.mem_cache.hicache_storage import PoolName
+
+        group = cache.host_pool_group
+        pools["host KV"] = _pool_used(group.get_pool(PoolName.KV))
+        pools["host states"] = _pool_used(group.get_pool(PoolName.MAMBA))
     return pools
+
+
+def _tiered(cache: Any) -> bool:
+    return getattr(cache, "cache_controller", None) is not None
 
 
 def _counters(cache: Any, views: list[NodeView]) -> dict[str, int]:
@@ -127,7 +138,7 @@ def _snapshot_python(cache: Any) -> Snapshot:
     lru = {"mamba": tuple(n.id for n in _list_order(core.lru_lists[mamba])),
            "host_mamba": tuple(n.id for n in _list_order(core.host_lru_lists[mamba])),
            "device leaves": by_time(dleaves), "host leaves": by_time(hleaves)}
-    settings = {"page_size": cache.page_size, "tiered": False, "cache": "UnifiedRadixCache", "core": "python",
+    settings = {"page_size": cache.page_size, "tiered": _tiered(cache), "cache": "UnifiedRadixCache", "core": "python",
                 "generation": GENERATION, "absent": ["full LRU (the unified tree keeps none)"]}
     clock = max((v.last_access_time for v in views), default=0.0)
     return Snapshot(tuple(views), lru, _counters(cache, views), _pools(cache), (), (), settings, clock)
@@ -182,6 +193,7 @@ def _snapshot_rust(cache: Any) -> Snapshot:
         lengths[nid] = klen
         above.append(nid)
     tokens = _TOKENS.get(cache, {})
+    known = _KEYS.setdefault(cache, {})  # node id -> its key, as last read with device KV
     device_value, backed_up, host_only = core.get_component_device_value, core.is_backuped, \
         core.component_has_host_value_only
     views = [NodeView(root_id, None, tuple(children.get(root_id, ())), (), 0, False, False, False, False,
@@ -190,12 +202,16 @@ def _snapshot_rust(cache: Any) -> Snapshot:
         kv = device_value(nid, full)
         slots = () if kv is None else kv.tolist()
         key = tuple([tokens.get(s, s) for s in slots]) if len(slots) == klen else (-1,) * klen
+        if len(slots) == klen and all(s in tokens for s in slots):
+            known[nid] = key
+        elif len(known.get(nid, ())) == klen:
+            key = known[nid]  # a host-only node: the key it had on the device
         kids = tuple(children.get(nid, ()))
         views.append(NodeView(
             nid, parents[nid], kids, key, starts[nid], kv is not None, backed_up(nid),
             device_value(nid, mamba) is not None, host_only(nid, mamba), lock, 0, 0, 0, 0, 0.0,
             kv is not None and not kids and lock == 0, False))
-    settings = {"page_size": cache.page_size, "tiered": False, "cache": "UnifiedRadixCache", "core": "rust",
+    settings = {"page_size": cache.page_size, "tiered": _tiered(cache), "cache": "UnifiedRadixCache", "core": "rust",
                 "generation": GENERATION, "absent": ["full LRU (the unified tree keeps none)"],
                 "unreadable": ["MAMBA lock_ref", "host lock refs", "hit_count", "last_access_time",
                                "MAMBA device and host LRU lists", "leaf sets (device leaves computed)"]

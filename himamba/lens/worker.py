@@ -3,7 +3,8 @@ JSON line on standard output (see :mod:`himamba.lens.remote`).
 
 Requests (``{"what": "batch", "requests": [...]}`` answers several at once, ``"answers"``):
 ``{"what": "probe"}`` → ``{"ok": true, "version": ..., "cores": [...]}``;
-``{"what": "replay", "script": ..., "core": ..., "skip": [...]}`` → ``{"ok": true, "replay": ...}``.
+``{"what": "replay", "script": ..., "core": ..., "skip": [...]}`` → ``{"ok": true, "replay": ...}``
+(with ``"host": true``, on the cache with its host tier: :mod:`himamba.lens.unified_host`).
 Errors answer ``{"ok": false, "kind": "unavailable" | "failure", "message": ...}``.
 """
 
@@ -40,9 +41,13 @@ def _answer(request: dict) -> dict:
         return {"ok": True, "version": VERSION, "cores": cores}
     if request.get("what") == "replay":
         from himamba.lens.replay import replay_on
+        from himamba.lens.unified_host import replay_with_host
 
-        rep = replay_on(request["script"], "sglang-0.5.23", request.get("core", "python"),
-                        tuple(request.get("skip", ("lock", "unlock"))))
+        core, skip = request.get("core", "python"), tuple(request.get("skip", ("lock", "unlock")))
+        if request.get("host"):  # the cache with its host tier
+            rep = replay_with_host(request["script"], core, skip)
+        else:
+            rep = replay_on(request["script"], "sglang-0.5.23", core, skip)
         return {"ok": True, "replay": rep.to_dict()}
     if request.get("what") == "batch":  # several requests, one start-up
         return {"ok": True, "answers": [_answer(r) for r in request.get("requests", [])]}
