@@ -449,6 +449,32 @@ def test_sweep_on_a_local_cluster_returns_one_row_per_configuration():
         assert frame.loc[3, col] == local[col]
 
 
+def test_the_local_cluster_takes_no_fixed_dashboard_port():
+    """A second sweep (another notebook's kernel) while 8787 is taken: no 'already in use' warning."""
+    import socket
+    import warnings
+
+    from himamba.sim.sweep import connect
+
+    taken = socket.socket()
+    try:
+        taken.bind(("127.0.0.1", 8787))
+        taken.listen()
+    except OSError:
+        pass  # already taken by something else: the case under test anyway
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            client, to_close = connect(None, None, 1, "512MiB")
+            link = client.dashboard_link
+            for thing in to_close:
+                thing.close()
+    finally:
+        taken.close()
+    assert not [w for w in caught if "already in use" in str(w.message)]
+    assert "127.0.0.1" in link and ":8787" not in link
+
+
 @pytest.mark.slow
 def test_sweep_on_an_existing_cluster_by_address_and_reports_bad_configurations():
     import logging

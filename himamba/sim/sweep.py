@@ -187,8 +187,10 @@ def connect(client, address: str | None, n_workers: int, memory_limit: str | int
     if address is not None:
         c = Client(address)
         return c, [c]
+    # the dashboard on a free loopback port: ``None`` still asks for the default 8787, and a second
+    # sweep (another notebook's kernel) would then warn that it is taken
     cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, memory_limit=memory_limit,
-                           dashboard_address=None, silence_logs=logging.ERROR)
+                           dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR)
     c = Client(cluster)
     return c, [c, cluster]
 
