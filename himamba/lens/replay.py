@@ -56,7 +56,8 @@ class Replay:
         return cls(data["tree"], rec, list(data.get("results", [])), data.get("failure"))
 
 
-def _config(script: dict) -> Any:
+def script_config(script: dict) -> Any:
+    """The :class:`~himamba.cache.config.CacheConfig` a replay script's ``config`` names."""
     from himamba.cache.config import CacheConfig
 
     return CacheConfig(**{**script["config"], "legacy": frozenset(script["config"].get("legacy", ()))})
@@ -75,7 +76,7 @@ def replay_on(script: dict, tree: str = "himamba", core: str = "python", skip: t
     if tree == "himamba":
         from himamba.differential.sides import HimambaSide
 
-        return drive(HimambaSide(_config(script), script["cache"] == "tiered"), script, tree, skip)
+        return drive(HimambaSide(script_config(script), script["cache"] == "tiered"), script, tree, skip)
     if tree == "sglang-0.5.23":
         from himamba.lens.remote import replay_remote, unified_here
 
@@ -83,10 +84,10 @@ def replay_on(script: dict, tree: str = "himamba", core: str = "python", skip: t
             return Replay.from_dict(replay_remote(script, core=core, skip=skip, timeout=timeout))
         from himamba.lens.unified_side import UnifiedSide
 
-        return drive(UnifiedSide(_config(script), core), script, tree, skip)
+        return drive(UnifiedSide(script_config(script), core), script, tree, skip)
     from himamba.differential.sides import UpstreamSide
 
-    return drive(UpstreamSide(_config(script), script["cache"] == "tiered"), script, tree, skip)
+    return drive(UpstreamSide(script_config(script), script["cache"] == "tiered"), script, tree, skip)
 
 
 def replay_all(scripts: dict[str, dict], tree: str, core: str = "python", skip: tuple[str, ...] = QUIET,

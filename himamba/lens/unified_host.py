@@ -1,36 +1,16 @@
-"""SGLang 0.5.23's ``UnifiedRadixCache`` with its HiCache host tier, built on a CPU.
+"""SGLang 0.5.23's ``UnifiedRadixCache`` with its HiCache host tier, driven on a CPU.
 
-:func:`attach_host_tier` runs upstream's own ``UnifiedRadixCache.init_hicache`` (host pools,
-``HostPoolGroup``, ``HybridCacheController``, all upstream's, unmodified) after giving it CPU
-stand-ins, written for this project, for what only CUDA provides:
-
-* **pinned-buffer registration**: while the host pools are built, a ``"cpu"`` entry in
-  upstream's table of host allocation functions allocates through the pool's own allocator and
-  registers nothing (upstream's default entry calls ``cudaHostRegister``); the entry is removed
-  again afterwards;
-* **the transfer kernels** of the ``direct`` I/O backend (``transfer_kv_direct``,
-  ``transfer_kv_all_layer_direct_lf_pf``, ``transfer_kv_per_layer_direct_pf_lf``, which a CUDA
-  build imports from its kernel package): plain torch index copies between the device buffers and
-  the ``page_first_direct`` host buffers, bound into the host pool modules (KV and mamba);
-* **streams and events**: the controller's and the transfer engine's device module is replaced
-  by :class:`CpuDeviceModule`, whose streams and events do nothing (a CPU copy has finished when
-  it returns), so every event reads as finished.
-
-Everything else is upstream's: the tree and its core (Python or Rust), the components, the
-controller's queues, merges and acknowledgements, the host pools' allocators and buffers. The
-copies really move the bytes. Host pool sizes follow upstream's ``hicache_ratio`` (the config's
-``host_kv_tokens / device_kv_tokens``), for the state pool too.
-
-:class:`UnifiedHostSide` drives such a cache like :class:`~himamba.lens.unified_side.UnifiedSide`,
-with the tiered operations (``events``, ``load``, ``evict_host``, ``evict_mamba_host``; ``pin`` only
-with ``"exact": true``, as the tree's host lock);
-:func:`replay_with_host` replays a script on it, through the 0.5.23 environment where needed.
+:class:`UnifiedHostSide` drives such a cache like :class:`~himamba.lens.unified_side.UnifiedSide`
+(built with ``host=True``, which runs upstream's own ``init_hicache`` with the CPU stand-ins of
+:mod:`himamba.lens.host_standins`), with the tiered operations (``events``, ``load``,
+``evict_host``, ``evict_mamba_host``; ``pin`` only with ``"exact": true``, as the tree's host
+lock); :func:`replay_with_host` replays a script on it, through the 0.5.23 environment where
+needed. Host pool sizes follow upstream's ``hicache_ratio`` (the config's ``host_kv_tokens /
+device_kv_tokens``), for the state pool too.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -38,173 +18,6 @@ import torch
 
 from himamba.lens.unified_side import UnifiedSide
 from himamba.lens.unified_trees import remember_tokens
-
-IO_BACKEND, LAYOUT = "direct", "page_first_direct"
-
-
-# -- streams and events ------------------------------------------------------------------------------
-class CpuEvent:
-    """A stand-in device event: recording and waiting do nothing; it has always finished."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        return None
-
-    def record(self, *args: Any) -> None:
-        return None
-
-    def wait(self, *args: Any) -> None:
-        return None
-
-    def synchronize(self) -> None:
-        return None
-
-    def query(self) -> bool:
-        return True
-
-    def elapsed_time(self, other: Any) -> float:
-        return 0.0
-
-
-class CpuStream:
-    """A stand-in device stream: work submitted "on" it has run when the call returns."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        return None
-
-    def synchronize(self) -> None:
-        return None
-
-    def wait_stream(self, other: Any) -> None:
-        return None
-
-    def wait_event(self, event: Any) -> None:
-        return None
-
-    def record_event(self, event: Any = None) -> CpuEvent:
-        return event if event is not None else CpuEvent()
-
-    def query(self) -> bool:
-        return True
-
-
-class CpuDeviceModule:
-    """The subset of a torch device module (``torch.cuda``) the HiCache controller and its
-    transfer engine use, for a CPU: :class:`CpuStream`, :class:`CpuEvent`, ``stream`` (a context
-    that does nothing), ``current_stream``, ``synchronize``."""
-
-    __name__ = "himamba.lens.unified_host.CpuDeviceModule"
-    Stream, Event = CpuStream, CpuEvent
-
-    @staticmethod
-    @contextlib.contextmanager
-    def stream(stream: Any) -> Iterator[None]:
-        yield None
-
-    @staticmethod
-    def current_stream(*args: Any) -> CpuStream:
-        return CpuStream()
-
-    @staticmethod
-    def synchronize(*args: Any) -> None:
-        return None
-
-
-# -- the transfer functions of the direct backend ------------------------------------------------------
-def _idx(indices: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return indices.to(device=like.device, dtype=torch.int64)
-
-
-def copy_lf_to_pf(src_ptrs: list[torch.Tensor], dst_ptrs: list[torch.Tensor], src_indices: torch.Tensor,
-                  dst_indices: torch.Tensor, page_size: int) -> None:
-    """Device (one buffer per layer, rows by token) to host (``page_first_direct``: ``[page, layer,
-    slot in page, ...]``), all layers: ``src_ptrs`` holds ``len(dst_ptrs)`` groups of one buffer
-    per layer (K layers then V layers; one group for a state buffer); token ``i`` goes from row
-    ``src_indices[i]`` to page ``dst_indices[i] // page_size``, slot ``dst_indices[i] % page_size``."""
-    layers = len(src_ptrs) // len(dst_ptrs)
-    for g, dst in enumerate(dst_ptrs):
-        d = _idx(dst_indices, dst)
-        pages, slots = d // page_size, d % page_size
-        for layer in range(layers):
-            src = src_ptrs[g * layers + layer]
-            dst[pages, layer, slots] = src[_idx(src_indices, src)].to(dst.device, dst.dtype)
-
-
-def copy_pf_to_lf(src_ptrs: list[torch.Tensor], dst_ptrs: list[torch.Tensor], src_indices: torch.Tensor,
-                  dst_indices: torch.Tensor, layer_id: int, page_size: int) -> None:
-    """Host (``page_first_direct``) to device, one layer: for each pair of ``src_ptrs`` /
-    ``dst_ptrs`` (K and V, or one state buffer), ``dst[dst_indices[i]]`` becomes the host row at
-    page ``src_indices[i] // page_size``, slot ``src_indices[i] % page_size``, layer ``layer_id``."""
-    for src, dst in zip(src_ptrs, dst_ptrs, strict=True):
-        s = _idx(src_indices, src)
-        dst[_idx(dst_indices, dst)] = src[s // page_size, layer_id, s % page_size].to(dst.device, dst.dtype)
-
-
-def copy_rows(src_layers: list[torch.Tensor], dst_layers: list[torch.Tensor], src_indices: torch.Tensor,
-              dst_indices: torch.Tensor, page_size: int = 1) -> None:
-    """Row copies between matching buffers (``layer_first``): ``dst[dst_indices] =
-    src[src_indices]`` for each pair."""
-    for src, dst in zip(src_layers, dst_layers, strict=True):
-        dst[_idx(dst_indices, dst)] = src[_idx(src_indices, src)].to(dst.device, dst.dtype)
-
-
-_TRANSFERS = {"transfer_kv_all_layer_direct_lf_pf": copy_lf_to_pf,
-              "transfer_kv_per_layer_direct_pf_lf": copy_pf_to_lf, "transfer_kv_direct": copy_rows}
-
-
-def install_host_standins() -> None:
-    """Bind the CPU transfer functions into upstream's host pool modules and the CPU device module
-    into its controller and transfer engine (idempotent; for this process)."""
-    from himamba.differential.standins import install_import_standins
-
-    install_import_standins()
-    import sglang.srt.managers.cache_controller as controller
-    import sglang.srt.mem_cache.l2_transfer as l2
-    import sglang.srt.mem_cache.pool_host.mamba as mamba_host
-    import sglang.srt.mem_cache.pool_host.mha as mha_host
-
-    for module in (mha_host, mamba_host):
-        for name, fn in _TRANSFERS.items():
-            setattr(module, name, fn)
-    controller.device_module = l2.device_module = CpuDeviceModule
-
-
-def _plain_host_alloc(dims: tuple, dtype: torch.dtype, device: str, pin_memory: bool, allocator: Any,
-                      registration_granularity_bytes: int | None = None) -> torch.Tensor:
-    """Host buffer allocation through the pool's own allocator, registering nothing."""
-    return allocator.allocate(dims, dtype=dtype, device=device)
-
-
-@contextlib.contextmanager
-def _unregistered_host_buffers() -> Iterator[None]:
-    from sglang.srt.mem_cache.pool_host import common
-
-    table = common.ALLOC_MEMORY_FUNCS
-    had, before = "cpu" in table, table.get("cpu")
-    table["cpu"] = _plain_host_alloc
-    try:
-        yield
-    finally:
-        if had:
-            table["cpu"] = before
-        else:
-            del table["cpu"]
-
-
-def host_server_fields(config: Any) -> dict[str, Any]:
-    """The ``ServerArgs`` fields that ask for the host tier: hierarchical cache, the direct I/O
-    backend and its ``page_first_direct`` layout, the config's write policy, and the host/device
-    ratio of ``host_kv_tokens`` to ``device_kv_tokens``."""
-    return {"enable_hierarchical_cache": True, "hicache_ratio": config.host_kv_tokens / config.device_kv_tokens,
-            "hicache_write_policy": config.write_policy, "hicache_io_backend": IO_BACKEND,
-            "hicache_mem_layout": LAYOUT}
-
-
-def attach_host_tier(cache: Any, server_args: Any, params: Any) -> None:
-    """Run upstream's ``init_hicache`` on ``cache`` with the CPU stand-ins in place; afterwards
-    ``cache.cache_controller`` and ``cache.host_pool_group`` are upstream's own objects."""
-    install_host_standins()
-    with _unregistered_host_buffers():
-        cache.init_hicache(server_args, params)
 
 
 # -- the side ----------------------------------------------------------------------------------------
@@ -261,12 +74,12 @@ def replay_with_host(script: dict, core: str = "python", skip: tuple[str, ...] =
     """:func:`himamba.lens.replay.replay_on` on 0.5.23 with its host tier (:class:`UnifiedHostSide`),
     in this process where SGLang 0.5.23 is installed, else through its environment."""
     from himamba.lens import remote
-    from himamba.lens.replay import Replay, _config, drive
+    from himamba.lens.replay import Replay, drive, script_config
     from himamba.sim.fuzz import check_script
 
     check_script(script)
     if remote.unified_here():
-        return drive(UnifiedHostSide(_config(script), core), script, "sglang-0.5.23", skip)
+        return drive(UnifiedHostSide(script_config(script), core), script, "sglang-0.5.23", skip)
     answer = remote.call({"what": "replay", "script": script, "core": core, "skip": list(skip), "host": True},
                          timeout)
     return Replay.from_dict(answer["replay"])

@@ -5,7 +5,7 @@ differential runner's sides, so that one replay script runs on it too.
 (``HybridReqToTokenPool`` with its mamba allocator, ``HybridLinearKVPool``,
 ``TokenToKVPoolAllocator``, all real on CPU), on the Python tree core or the Rust tree core
 (``core="python" | "rust"``; upstream's ``tree_core_backend``). No host tier is attached unless
-``host`` asks for one (:mod:`himamba.lens.unified_host`, with CPU stand-ins for what needs CUDA);
+``host`` asks for one (:mod:`himamba.lens.host_standins`: CPU stand-ins for what needs CUDA);
 without it host values stay absent, and host locks still work as the tree keeps them
 (``inc_host_lock_ref``), which is what the cascade's lock rule reads.
 
@@ -49,7 +49,7 @@ def build_unified(config: Any, core: str = "python", host: bool = False) -> Any:
     from sglang.srt.mem_cache.unified_radix_cache import UnifiedRadixCache
     from sglang.srt.server_args import ServerArgs, set_global_server_args_for_scheduler
 
-    from himamba.lens.unified_host import attach_host_tier, host_server_fields
+    from himamba.lens.host_standins import attach_host_tier, host_server_fields
 
     extra = host_server_fields(config) if host else {}
     args = ServerArgs(model_path="dummy", page_size=1, device="cpu", **extra)  # "dummy": no model is looked up
