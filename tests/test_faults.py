@@ -128,6 +128,23 @@ def test_a_failed_load_something_was_built_on_is_copied_again_and_reported():
     assert_healthy(cache)  # integrity: the bytes are there
 
 
+def test_a_failed_load_with_a_device_child_below_it_is_copied_again_and_reported():
+    cache = loadable("copy_land=1", engine="deferred")
+    node = node_at(cache, [1, 2, 3])
+    cache.init_load_back(node)
+    child_tokens = [1, 2, 3, 4]
+    put(cache, child_tokens)
+    child = node_at(cache, child_tokens)
+    cache.writing_check(write_back=True)  # the child's write acknowledged: its lock is gone
+    assert child.full_lock_ref == 0 and node.full_lock_ref == 1  # only the load holds the chain
+    with hm.Recorder(cache) as rec:
+        cache.ready_to_load_host_cache()
+        cache.loading_check()
+    assert any(t.endswith(f"failed while landing and was copied again (#{node.id} has a device child built on the load)")
+               for t in rec.texts()), rec.texts()
+    assert_healthy(cache)  # integrity: the bytes are there
+
+
 def test_a_write_that_fails_while_landing_is_copied_again_and_reported():
     cache = tiered("copy_land=1", copy_engine="deferred")
     with hm.Recorder(cache) as rec:

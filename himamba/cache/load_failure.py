@@ -34,11 +34,11 @@ def settle_failed_loads(cache) -> int:
     failed = [ack for ack in queue if ack.failed]
     retracted = 0
     for ack in failed:
-        nodes = [cache.in_flight.load_back.get(i) for i in ack.node_ids]
-        why = _why_not_retractable(cache, ack, nodes)
+        written = [_written(cache, ack, i) for i in ack.node_ids]
+        why = next((w for w in map(_why_not_retractable, written) if w is not None), None)
         if why is None:
-            for node in nodes:
-                _retract(cache, ack, node)
+            for node, chain, restored in written:
+                _retract(cache, node, chain, restored)
             queue.remove(ack)
             ack.release_holds()
             retracted += 1
@@ -49,55 +49,49 @@ def settle_failed_loads(cache) -> int:
     return retracted
 
 
-def _chain(cache, ack: Ack, node: TreeNode) -> list[TreeNode]:
-    """The nodes (deepest first) whose device KV this load wrote: ``node`` and the ancestors above
-    it whose device slots are all destinations of ``ack``."""
+def _written(cache, ack: Ack, node_id: int) -> tuple[TreeNode | None, list[TreeNode], bool]:
+    """What ``ack`` wrote for the load of ``node_id``: (the node, or ``None`` when no load of it is
+    in flight; the chain, deepest first: the node and the ancestors above it whose device slots are
+    all destinations of ``ack``; whether it wrote the node's device state)."""
+    node = cache.in_flight.load_back.get(node_id)
+    if node is None:
+        return None, [], False
     dst = set(ack.dst.kv.tolist())
     chain = []
     x, root = node, cache.root_node
     while x is not root and x.value is not None and dst and set(x.value.tolist()) <= dst:
         chain.append(x)
         x = x.parent
-    return chain
+    restored = node.mamba_value is not None and any(
+        int(node.mamba_value.reshape(-1)[0]) in s.reshape(-1).tolist() for s in ack.dst.states)
+    return node, chain, restored
 
 
-def _restored(ack: Ack, node: TreeNode) -> bool:
-    """Did ``ack`` write ``node``'s device state?"""
-    if node.mamba_value is None:
-        return False
-    slot = int(node.mamba_value.reshape(-1)[0])
-    return any(slot in s.reshape(-1).tolist() for s in ack.dst.states)
-
-
-def _why_not_retractable(cache, ack: Ack, nodes: list[TreeNode | None]) -> str | None:
-    """``None`` when every node of ``ack`` can be retracted; else the reason it cannot."""
-    for node_id, node in zip(ack.node_ids, nodes, strict=True):
-        if node is None:
-            return f"node #{node_id} is no longer a load in flight"
-        chain = _chain(cache, ack, node)
-        if not chain and not _restored(ack, node):
-            return f"#{node.id} no longer holds what the load wrote"
-        if node.mamba_lock_ref + node.tombstone_lock_ref != 1:
-            return f"#{node.id} holds another lock"
-        below = node
-        for x in chain:
-            if x.full_lock_ref != 1 or x.evicted_lock_ref:
-                return f"#{x.id} holds another lock"
-            if any(c.value is not None and c is not below for c in x.children.values()):
-                return f"#{x.id} has a device child built on the load"
-            if x is not node and x.mamba_value is not None:
-                return f"#{x.id} gained a device state"
-            below = x
-        if node.mamba_value is not None and not _restored(ack, node) and chain:
-            return f"#{node.id} gained a device state"
+def _why_not_retractable(written: tuple[TreeNode | None, list[TreeNode], bool]) -> str | None:
+    """``None`` when the load can be undone (only its own lock holds the chain, nothing was built
+    on it); else the reason it cannot."""
+    node, chain, restored = written
+    if node is None:
+        return "the node is no longer a load in flight"
+    if not chain and not restored:
+        return f"#{node.id} no longer holds what the load wrote"
+    if node.mamba_lock_ref + node.tombstone_lock_ref != 1:
+        return f"#{node.id} holds another lock"
+    below = node
+    for x in chain:
+        if x.full_lock_ref != 1 or x.evicted_lock_ref:
+            return f"#{x.id} holds another lock"
+        if any(c.value is not None and c is not below for c in x.children.values()):
+            return f"#{x.id} has a device child built on the load"
+        if x.mamba_value is not None and not (x is node and restored):
+            return f"#{x.id} gained a device state"
+        below = x
     return None
 
 
-def _retract(cache, ack: Ack, node: TreeNode) -> None:
+def _retract(cache, node: TreeNode, chain: list[TreeNode], restored: bool) -> None:
     """Undo one load: unlock, drop the restored state, drop the chain's device KV (deepest first)."""
     device, eviction = cache.device_tier, cache.eviction
-    chain = _chain(cache, ack, node)
-    restored = _restored(ack, node)
     cache.in_flight.load_back.pop(node.id, None)
     device.unlock(node)
     if restored:
