@@ -94,10 +94,14 @@ def classify(case, timeout: float) -> tuple[str, str]:
         if corrupted:
             return "corrupt", text
         if named is not None:
+            from fault_cases import WrongError
+
             try:
-                named(error, unchanged)
+                named(error)
+            except WrongError as exc:
+                return "unclear", f"{text} ({exc})".strip()
             except AssertionError as exc:
-                return ("unclear" if error is not None and unchanged else "corrupt"), f"{text} ({exc})".strip()
+                return "corrupt", f"{text} ({exc})".strip()
             return "ok", text
         if isinstance(error, Crash):
             return "crash", text

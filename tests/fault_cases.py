@@ -3,19 +3,18 @@ allocation that fails, a storage operation that fails), a listener that raises o
 cache, a second thread, crafted labels and step logs in HTML, a recording that would grow
 without bound.
 
-Each case returns ``(cache, call, requests, after, named)``: ``named(error, unchanged)`` asserts
-the state the call must leave (as before the operation, or the named state the fault leaves)
-and the error it must raise, if any; ``bench/bad_input.py`` counts a case ``ok`` when that holds
-and invariants and integrity are clean.
+Each case returns ``(cache, call, requests, after, named)``: ``named(error)`` checks the error the
+call ended with (:class:`WrongError` when it is not the one the case names) and asserts the state
+the call must leave (as before the operation, or the named state the fault leaves);
+``bench/bad_input.py`` counts a case ``ok`` when that holds and invariants and integrity are clean.
 """
 
 from __future__ import annotations
 
 import json
-import threading
 from pathlib import Path
 
-from helpers import make_cache, node_at, put
+from helpers import make_cache, node_at, put, second_thread_during_evict
 
 import himamba as hm
 from himamba.observe.events import EventKind
@@ -59,10 +58,20 @@ def _branchy() -> hm.HiMambaRadixCache:
     return cache
 
 
+class WrongError(AssertionError):
+    """The call ended with another error (or none) than the case names: ``bench/bad_input.py``
+    counts that as unclear; any other failed check of a case as corrupt."""
+
+
+def _no_error(error: BaseException | None) -> None:
+    if error is not None:
+        raise WrongError(f"unexpected {error!r}")
+
+
 def _raises(kind: type[BaseException], words: str = ""):
-    def named(error, unchanged) -> None:
-        assert isinstance(error, kind), f"expected {kind.__name__}, got {error!r}"
-        assert words in str(error), f"{words!r} not in {error}"
+    def named(error) -> None:
+        if not isinstance(error, kind) or words not in str(error):
+            raise WrongError(f"expected {kind.__name__} naming {words!r}, got {error!r}")
     return named
 
 
@@ -72,11 +81,11 @@ def _as_before(cache, kind: type[BaseException] | None, words: str = ""):
     may come out of the free list in another order next time)."""
     before = hm.take(cache)
 
-    def named(error, unchanged) -> None:
+    def named(error) -> None:
         if kind is None:
-            assert error is None, f"unexpected {error!r}"
+            _no_error(error)
         else:
-            _raises(kind, words)(error, unchanged)
+            _raises(kind, words)(error)
         after = hm.take(cache)
         assert (after.nodes, after.pools, after.counters) == (before.nodes, before.pools, before.counters), \
             "the state changed"
@@ -87,36 +96,24 @@ def register(case) -> None:
     """Add the cases to the catalogue (``case`` is its decorator)."""
 
     # -- faults -------------------------------------------------------------------------------------------
-    @case("faults", "write_backup: the copy fails when issued")
-    def _(tmp):
-        c = _tiered("copy_issue=1")
-        on = _quiet(c)
-        put(c, [1, 2, 3])
-        on()
-        return c, lambda: c.write_backup(node_at(c, [1, 2, 3])), (), None, _as_before(c, hm.TransferFailure, "injected fault")
-
-    @case("faults", "write_backup: the host allocation raises")
-    def _(tmp):
-        c = _tiered("alloc_raise=1")
-        on = _quiet(c)
-        put(c, [1, 2, 3])
-        on()
-        return c, lambda: c.write_backup(node_at(c, [1, 2, 3])), (), None, _as_before(c, hm.AllocationFailure, "injected fault")
-
-    @case("faults", "write_backup: the host allocation comes back short")
-    def _(tmp):
-        c = _tiered("alloc_short=1")
-        on = _quiet(c)
-        put(c, [1, 2, 3])
-        on()
-        return c, lambda: c.write_backup(node_at(c, [1, 2, 3])), (), None, _as_before(c, None)
+    for fault, what, error in (("copy_issue=1", "the copy fails when issued", hm.TransferFailure),
+                               ("alloc_raise=1", "the host allocation raises", hm.AllocationFailure),
+                               ("alloc_short=1", "the host allocation comes back short", None)):
+        @case("faults", f"write_backup: {what}")
+        def _(tmp, fault=fault, error=error):
+            c = _tiered(fault)
+            on = _quiet(c)
+            put(c, [1, 2, 3])
+            on()
+            named = _as_before(c, error, "injected fault" if error else "")
+            return c, lambda: c.write_backup(node_at(c, [1, 2, 3])), (), None, named
 
     @case("faults", "serve: the write-through copy fails when issued")
     def _(tmp):
         c = _tiered("copy_issue=1", write_policy="write_through")
 
-        def named(error, unchanged) -> None:
-            assert error is None, f"unexpected {error!r}"
+        def named(error) -> None:
+            _no_error(error)
             assert node_at(c, [1, 2, 3]).host_value is None  # served, not backed up
         return c, lambda: hm.serve(c, [1, 2, 3]), (), None, named
 
@@ -127,8 +124,8 @@ def register(case) -> None:
         put(c, [1, 2, 3])
         on()
 
-        def named(error, unchanged) -> None:
-            assert error is None, f"unexpected {error!r}"
+        def named(error) -> None:
+            _no_error(error)
             assert c.node_at([1, 2, 3]) is None  # not backed up, so deleted: nothing claims a host copy
         return c, lambda: c.evict(3), (), None, named
 
@@ -147,10 +144,10 @@ def register(case) -> None:
             c.init_load_back(node)
             c.ready_to_load_host_cache()
 
-        def named(error, unchanged) -> None:
+        def named(error) -> None:
             assert node.value is None and node.host_value is not None, "the node is not host-only again"
             assert not c.ongoing_load_back and not c.cache_controller.in_flight(), "a load stays in flight"
-            as_before(error, unchanged)
+            as_before(error)
         return c, call, (), None, named
 
     @case("faults", "writing_check: a write's copy fails while landing")
@@ -161,8 +158,8 @@ def register(case) -> None:
             put(c, [1, 2, 3])
             c.writing_check(write_back=True)
 
-        def named(error, unchanged) -> None:
-            assert error is None, f"unexpected {error!r}"
+        def named(error) -> None:
+            _no_error(error)
             assert node_at(c, [1, 2, 3]).host_value is not None  # copied again: integrity checks the bytes
         return c, call, (), None, named
 
@@ -173,8 +170,8 @@ def register(case) -> None:
         c.writing_check()
         node = node_at(c, [1, 2, 3, 4])
 
-        def named(error, unchanged) -> None:
-            assert error is None, f"unexpected {error!r}"
+        def named(error) -> None:
+            _no_error(error)
             assert c.storage.pages == {} and node.host_ref_counter == 0, "stored something or kept its pin"
         return c, c.check_storage_progress, (), None, named
 
@@ -187,8 +184,8 @@ def register(case) -> None:
         c.storage.store_prefix([1, 2, 3, 4, 5, 6])
         c.prefetch_from_storage("req-1", node_at(c, [1, 2]), [3, 4, 5, 6])
 
-        def named(error, unchanged) -> None:
-            assert error is None, f"unexpected {error!r}"
+        def named(error) -> None:
+            _no_error(error)
             assert c.node_at([1, 2, 3, 4, 5, 6]) is None and not c.storage.ops and not c.ongoing_prefetch
             assert c.host_kv_pool.used_size() == 2, "host slots the prefetch fetched into are still held"
         return c, lambda: c.check_prefetch_progress("req-1"), (), None, named
@@ -206,8 +203,8 @@ def register(case) -> None:
 
             c.events.subscribe(listener)
 
-            def named(error, unchanged) -> None:
-                assert isinstance(error, KeyboardInterrupt), f"expected the interrupt, got {error!r}"
+            def named(error) -> None:
+                _raises(KeyboardInterrupt)(error)
                 assert hm.take(c).nodes == hm.take(expected).nodes, "the eviction was left half done"
             return c, lambda: c.evict(6), (), None, named
 
@@ -221,8 +218,8 @@ def register(case) -> None:
 
         c.events.subscribe(listener)
 
-        def named(error, unchanged) -> None:
-            assert isinstance(error, KeyboardInterrupt), f"expected the interrupt, got {error!r}"
+        def named(error) -> None:
+            _raises(KeyboardInterrupt)(error)
             assert all(n.full_lock_ref == 0 for n in c.nodes() if n is not c.root_node), "a lock stays behind"
         return c, lambda: hm.serve(c, [1, 2, 3, 4, 9]), (), None, named
 
@@ -241,39 +238,18 @@ def register(case) -> None:
     @case("threads", "a second thread calls match_prefix while evict runs")
     def _(tmp):
         c = _branchy()
-        inside, tried = threading.Event(), threading.Event()
         seen: list[BaseException] = []
 
-        def listener(event):  # holds the first thread inside evict until the second has tried
-            if event.kind is EventKind.LEAF_EVICTED and not inside.is_set():
-                inside.set()
-                tried.wait(5)
-
-        def second() -> None:
-            inside.wait(5)
-            try:
-                c.match_prefix([1, 2, 3, 4])
-            except BaseException as exc:  # noqa: BLE001 - what it raised is the measurement
-                seen.append(exc)
-            tried.set()
-
-        c.events.subscribe(listener)
-
-        def call() -> None:
-            other = threading.Thread(target=second)
-            other.start()
-            c.evict(6)
-            other.join(5)
-
-        def named(error, unchanged) -> None:
-            assert error is None, f"unexpected {error!r}"
+        def named(error) -> None:
+            _no_error(error)
             assert len(seen) == 1 and isinstance(seen[0], hm.ConcurrentUseError), f"the second thread got {seen}"
-        return c, call, (), None, named
+        return c, lambda: seen.extend(second_thread_during_evict(c, 6, lambda: c.match_prefix([1, 2, 3, 4]))), \
+            (), None, named
 
     # -- HTML ------------------------------------------------------------------------------------------------
     def _escaped(path_of):
-        def named(error, unchanged) -> None:
-            assert error is None, f"unexpected {error!r}"
+        def named(error) -> None:
+            _no_error(error)
             page = Path(path_of()).read_text()
             assert "<script>alert" not in page and "<img src=x" not in page, "markup from a label runs"
             assert "&lt;script&gt;alert" in page, "the label is not shown as text"
@@ -330,7 +306,7 @@ def register(case) -> None:
                 put(c, [1, 2, 3])
                 put(c, [1, 2, 4])
 
-        def named(error, unchanged) -> None:
-            assert error is None, f"unexpected {error!r}"
+        def named(error) -> None:
+            _no_error(error)
             assert len(rec) == 3 and "max_steps=3" in (rec.stopped or ""), "the recording did not stop with a message"
         return c, call, (), None, named

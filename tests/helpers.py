@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -62,3 +62,38 @@ def assert_healthy(cache, held_kv: int | None = 0, held_states: int | None = 0, 
     if integrity:
         bad = hm.check_integrity(cache)
         assert not bad, "\n".join(map(str, bad))
+
+
+def second_thread_during_evict(cache, n: int, second: Callable[[], object]) -> list[BaseException]:
+    """Run ``cache.evict(n)`` on this thread and, while it is inside (held at its first
+    LEAF_EVICTED step by a listener), ``second()`` on another thread; returns what ``second``
+    raised (``[]`` when it ran through)."""
+    import threading
+
+    from himamba.observe.events import EventKind
+
+    inside, tried = threading.Event(), threading.Event()
+    seen: list[BaseException] = []
+
+    def listener(event) -> None:  # holds this thread inside evict until the other has tried
+        if event.kind is EventKind.LEAF_EVICTED and not inside.is_set():
+            inside.set()
+            tried.wait(5)
+
+    def other_thread() -> None:
+        inside.wait(5)
+        try:
+            second()
+        except BaseException as exc:  # noqa: BLE001 - what it raised is the answer
+            seen.append(exc)
+        tried.set()
+
+    stop = cache.events.subscribe(listener)
+    other = threading.Thread(target=other_thread)
+    other.start()
+    try:
+        cache.evict(n)
+    finally:
+        other.join(5)
+        stop()
+    return seen

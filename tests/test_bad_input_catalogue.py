@@ -53,7 +53,7 @@ def test_a_fault_or_hostile_output_leaves_the_state_it_names(case, tmp_path):
         error = exc
     if cache is not None:
         assert not hm.check_invariants(cache) and not hm.check_integrity(cache)
-    named(error, True)
+    named(error)
 
 
 def test_every_class_has_cases():

@@ -8,7 +8,7 @@ import contextlib
 import threading
 
 import pytest
-from helpers import assert_healthy, make_cache, put
+from helpers import assert_healthy, make_cache, put, second_thread_during_evict
 
 import himamba as hm
 from himamba.observe.events import EventKind
@@ -90,28 +90,7 @@ def test_a_listener_that_changes_the_cache_is_refused():
 
 def test_a_second_thread_is_refused_while_an_operation_runs():
     cache = branchy()
-    inside, tried = threading.Event(), threading.Event()
-    seen: list[BaseException] = []
-
-    def listener(event):  # holds the first thread inside evict until the second has tried
-        if event.kind is EventKind.LEAF_EVICTED and not inside.is_set():
-            inside.set()
-            tried.wait(5)
-
-    def second():
-        inside.wait(5)
-        try:
-            cache.match_prefix([1, 2, 3, 4])
-        except BaseException as exc:  # noqa: BLE001
-            seen.append(exc)
-        tried.set()
-
-    stop = cache.events.subscribe(listener)
-    other = threading.Thread(target=second)
-    other.start()
-    cache.evict(6)
-    other.join(5)
-    stop()
+    seen = second_thread_during_evict(cache, 6, lambda: cache.match_prefix([1, 2, 3, 4]))
     assert len(seen) == 1 and isinstance(seen[0], hm.ConcurrentUseError)
     assert "another thread" in str(seen[0])
     assert_healthy(cache)
