@@ -66,3 +66,24 @@ def test_flop_aware_tunes_alpha_once_on_marconis_bootstrap_window(items) -> None
     assert saved[f["alpha"]] == max(saved.values())
     given = policy_replay.replay(policy_replay.make_cache(120, 16, eviction="flop_aware:0.3"), items, "page_aligned")
     assert given["alpha"] == 0.3 and given["alpha_window"] is None
+
+
+@pytest.mark.parametrize("admission", ["sequence_end", "page_aligned", "branch_point", "every_n:2"])
+@pytest.mark.parametrize("tiered", [False, True], ids=["device", "tiered"])
+def test_every_insert_the_replay_skips_the_check_for_would_pass_it(items, admission: str, tiered: bool) -> None:
+    """The replay calls the insert walk without the public argument check: each call's arguments
+    pass that check, and hand over the host ids the check would read."""
+    cache = policy_replay.make_cache(120, 16, host_kv=360 if tiered else 0, host_states=48)
+    inserter, walk, seen = cache.inserter, cache.inserter.insert, []
+
+    def checked(key, value, mamba_value, prev_prefix_len, chunked, walked, ids, state_ids):
+        _, want_ids, want_state = inserter.check_args(key, value, mamba_value, prev_prefix_len)
+        assert list(ids) == list(want_ids) and list(state_ids) == list(want_state)
+        seen.append(prev_prefix_len)
+        return walk(key, value, mamba_value, prev_prefix_len, chunked, walked, ids, state_ids)
+
+    inserter.insert = checked
+    f = policy_replay.replay(cache, items, admission)
+    assert len(seen) == f["inserts"] > 0
+    assert any(seen) or admission == "sequence_end"  # past a matched prefix (sequence_end matches nothing here)
+    assert f["accounting_ok"] and f["violations"] == 0

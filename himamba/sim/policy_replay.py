@@ -15,6 +15,12 @@ Per request, in order (the protocol of :mod:`himamba.sim.protocol`, with admissi
    it (a state the tree already had is freed); unlock;
 5. every ``sweep_every`` requests, evict down to 25% free KV and 25% free states.
 
+The inserts of step 4 go straight to the cache's insert walk (``cache.inserter.insert``), not
+through the public ``insert`` and its argument check (about a third of an insert's time): what
+they hand over is built here from this cache's own match and allocations, and every replay
+ends by checking the invariants and the pools' accounting (``violations``, ``accounting_ok``).
+``tests/test_policy_lab_eviction.py`` shows that every such insert passes the public check.
+
 Eviction is the cache's: :func:`make_cache` hands ``eviction`` to ``CacheConfig`` when it is not
 ``"lru"`` (the default, SGLang 0.5.11's order); :mod:`himamba.sim.policy_setup` gives
 ``flop_aware`` its model, block size and tuned α and ``farthest_next_use`` the trace's future. Figures: hit rates over prompt elements and
@@ -221,9 +227,12 @@ def _admit(cache, key: RadixKey, prefix, matched: int, ends: list[int], c: dict,
             raise RuntimeError(f"request {i}: cannot allocate {k} state slot(s) after eviction")
     value = slot_ids.cat((prefix, new)) if matched else new
     done = matched
+    inserter, kv_ids, state_ids = cache.inserter, kv_pool.allocator.host_ids, state_pool.allocator.host_ids
     for j, end in enumerate(ends):
         slot = slots[j:j + 1]
-        result = cache.insert(key[:end], value[:end], slot, prev_prefix_len=done)
+        # the insert's walk on what this function built (see the module docstring: trusted input)
+        head = value[:end]
+        result = inserter.insert(key[:end], head, slot, done, False, [], kv_ids(head), state_ids(slot))
         c["inserts"] += 1
         if result.mamba_exist:
             state_pool.free(slot)
