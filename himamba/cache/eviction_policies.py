@@ -133,17 +133,36 @@ class FlopAware(_ScoredStates):
             self._prices = (m, a, b, m.kv_bytes_per_token, m.state_bytes_per_slot)
         return self._prices
 
+    _ends: tuple | None = None  # (the tree's root, {node id: elements from the root to the node's end})
+
+    def _end(self, node: TreeNode) -> int:
+        """Key elements from the root to the end of ``node``. A node's end never moves (a split
+        puts a new node above it and shortens its own key by as much), so it is computed once per
+        node and kept by id for as long as the tree keeps its root (``reset`` restarts the ids)."""
+        memo = self._ends
+        if self.cache is None:
+            ends: dict[int, int] = {}  # an unbound policy keeps nothing
+        elif memo is not None and memo[0] is self.cache.tree.root:
+            ends = memo[1]
+        else:
+            ends = {}
+            self._ends = (self.cache.tree.root, ends)
+        end = ends.get(node.id)
+        if end is None:
+            end = 0
+            x = node
+            while x.parent is not None:
+                end += len(x.key.token_ids)
+                x = x.parent
+            ends[node.id] = end
+        return end
+
     def _efficiency(self, node: TreeNode) -> float:
         """Prefill FLOPs ``node`` saves over its parent, per byte it holds."""
-        end = 0
-        x = node
-        while x.parent is not None:
-            end += len(x.key.token_ids)
-            x = x.parent
         _, a, b, kv_bytes, state_bytes = self._model_prices()
         u = self.unit_tokens
         own = len(node.key.token_ids) * u
-        end *= u
+        end = self._end(node) * u
         start = end - own
         saved = a * own + b * (end * end - start * start)  # prefill_flops(end) - prefill_flops(start)
         held = own * kv_bytes
@@ -151,33 +170,31 @@ class FlopAware(_ScoredStates):
             held += state_bytes
         return saved / held if held else 0.0
 
-    def _utilities(self, nodes: list[TreeNode]) -> dict[TreeNode, float]:
+    def _utilities(self, nodes: list[TreeNode]) -> list[float]:
+        """Each node's utility, in the order of ``nodes``: recency and efficiency, each min-max
+        normalised over ``nodes`` (0 for all when they are equal), as ``r + alpha * e``."""
         now = self.cache.tree.clock if self.cache is not None else 0.0
-        recency = {n: 1.0 / max(now - n.last_access_time, 1e-9) for n in nodes}
-        efficiency = {n: self._efficiency(n) for n in nodes}
-
-        def scaled(values: dict[TreeNode, float]) -> dict[TreeNode, float]:
-            lo, hi = min(values.values()), max(values.values())
-            return {n: (v - lo) / (hi - lo) if hi > lo else 0.0 for n, v in values.items()}
-
-        r, e = scaled(recency), scaled(efficiency)
-        return {n: r[n] + self.alpha * e[n] for n in nodes}
+        r = _scaled([1.0 / max(now - n.last_access_time, 1e-9) for n in nodes])
+        e = _scaled([self._efficiency(n) for n in nodes])
+        alpha = self.alpha
+        return [ri + alpha * ei for ri, ei in zip(r, e, strict=True)]
 
     def order(self, leaves: Iterable[TreeNode]) -> list[tuple]:
         leaves = list(leaves)
         if not leaves:
             return []
-        utility = self._utilities(leaves)
-        return [((utility[n], n.last_access_time, n.id), n) for n in leaves]
+        return [((u, n.last_access_time, n.id), n) for u, n in zip(self._utilities(leaves), leaves, strict=True)]
 
     def requeue_key(self, node: TreeNode, leaves: set[TreeNode]) -> tuple:
         """Scored against the current evictable leaves (normalisation is over the candidates)."""
-        return (self._utilities([*leaves, node] if node not in leaves else list(leaves))[node],
-                node.last_access_time, node.id)
+        nodes = list(leaves)
+        if node not in leaves:
+            nodes.append(node)
+        return (self._utilities(nodes)[nodes.index(node)], node.last_access_time, node.id)
 
     def state_score(self, candidates: list[TreeNode]) -> Callable[[TreeNode], tuple]:
         # Marconi's candidates have at most one child; the rest come after them
-        utility = self._utilities(candidates)
+        utility = dict(zip(candidates, self._utilities(candidates), strict=True))
         return lambda n: (len(n.children) > 1, utility[n], n.last_access_time, n.id)
 
     def describe(self, node: TreeNode) -> str:
@@ -219,6 +236,15 @@ class FarthestNextUse(_ScoredStates):
     def describe(self, node: TreeNode) -> str:
         use = self.next_use(node)
         return "never needed again" if use == math.inf else f"next needed by request {use:g}"
+
+
+def _scaled(values: list[float]) -> list[float]:
+    """``values`` min-max normalised to 0..1 (all 0 when they are equal)."""
+    lo, hi = min(values), max(values)
+    if hi > lo:
+        span = hi - lo
+        return [(v - lo) / span for v in values]
+    return [0.0] * len(values)
 
 
 def parse_eviction(name: object) -> tuple[str, float | None]:
