@@ -64,6 +64,8 @@ def test_flop_aware_tunes_alpha_once_on_marconis_bootstrap_window(items) -> None
     saved = {a: policy_replay.replay(policy_replay.make_cache(120, 16, eviction=f"flop_aware:{a}"),
                                      items[:5 * first], "page_aligned")["flops_saved"] for a in policy_setup.ALPHA_GRID}
     assert saved[f["alpha"]] == max(saved.values())
+    # every share is the separate replay's, alpha 1 too (read from the run's own counters at the window)
+    assert f["alpha_shares"] == saved
     given = policy_replay.replay(policy_replay.make_cache(120, 16, eviction="flop_aware:0.3"), items, "page_aligned")
     assert given["alpha"] == 0.3 and given["alpha_window"] is None
 

@@ -142,6 +142,7 @@ def _replay(cache, items: PolicyItems, policy: Admission, model: ModelSpec, head
                        "samples"), 0)
     trusted, needs_branch, root = RadixKey._trusted, policy.needs_branch, cache.root_node
     future, tune = policy_setup.prepare(cache, items, model, block)
+    fresh = tune and is_new(cache)  # a new cache's run up to the window is a tuning run of its own alpha
     window, tuned = None, None
     start, cpu_start = time.perf_counter(), time.process_time()
     for i, (tokens, plen, full, weight) in enumerate(items):
@@ -151,7 +152,10 @@ def _replay(cache, items: PolicyItems, policy: Admission, model: ModelSpec, head
             def run(fresh, prefix):
                 return _replay(fresh, prefix, policy, model, headroom, sweep_every, block, tune=False)
 
-            tuned = policy_setup.tune_alpha(cache, items, window, run)
+            # from a new cache, this run has just replayed items[:window] at its own alpha (1): its
+            # counters are that alpha's tuning run, so tuning need not run it again
+            own = {policy_setup.eviction_policy(cache).alpha: flops_share(c, model)} if fresh else None
+            tuned = policy_setup.tune_alpha(cache, items, window, run, known=own)
             policy_setup.eviction_policy(cache).alpha = tuned[0]
             tune = False
         branch = branch_point(root, tokens) if needs_branch else 0
@@ -203,7 +207,20 @@ def _replay(cache, items: PolicyItems, policy: Admission, model: ModelSpec, head
     if out["eviction"] == "flop_aware":
         out["alpha"] = evictor.alpha
         out["alpha_window"] = window if tuned else None  # None: alpha given, or the window never ended
+        if tuned:
+            out["alpha_shares"] = tuned[1]  # each alpha's share of prefill FLOPs saved on the window
     return out
+
+
+def is_new(cache) -> bool:
+    """Is ``cache`` as it was built: the root alone, ids and clock at their start, every slot of
+    every pool free? (Then a replay on it is the replay on a new cache, node ids and times too.)"""
+    tree = cache.tree
+    pools = [cache.kv_pool, cache.mamba_pool]
+    if getattr(cache, "tiered", False):
+        pools += [cache.host_kv_pool, cache.host_mamba_pool]
+    return (not tree.root.children and tree.next_id == 1 and tree.clock == 0.0
+            and all(p.available_size() == p.capacity for p in pools))
 
 
 def _admit(cache, key: RadixKey, prefix, matched: int, ends: list[int], c: dict, headroom: int, i: int) -> None:
@@ -228,17 +245,18 @@ def _admit(cache, key: RadixKey, prefix, matched: int, ends: list[int], c: dict,
     value = slot_ids.cat((prefix, new)) if matched else new
     done = matched
     inserter, kv_ids, state_ids = cache.inserter, kv_pool.allocator.host_ids, state_pool.allocator.host_ids
+    last = ends[-1]  # = len(value): its insert takes the whole of value
     for j, end in enumerate(ends):
-        slot = slots[j:j + 1]
+        slot = slots if k == 1 else slots[j:j + 1]
         # the insert's walk on what this function built (see the module docstring: trusted input)
-        head = value[:end]
+        head = value if end == last else value[:end]
         result = inserter.insert(key[:end], head, slot, done, False, [], kv_ids(head), state_ids(slot))
         c["inserts"] += 1
         if result.mamba_exist:
             state_pool.free(slot)
         else:
             c["states_admitted"] += 1
-        if result.prefix_len > done and end < ends[-1]:
+        if result.prefix_len > done and end < last:
             # the tree already held some of these elements and freed our copies: what follows
             # the next insert's prefix must be the tree's own slots
             value = slot_ids.cat((tree_slots(cache.root_node, key.token_ids, end), value[end:]))
@@ -257,15 +275,20 @@ def tree_slots(root, tokens: list[int], n: int):
     return slot_ids.cat(parts)
 
 
+def flops_share(c: dict, model: ModelSpec) -> float:
+    """The share of prefill FLOPs the hits counted in ``c`` saved, rounded to 6 places."""
+    a, b = model.flop_coefficients()
+    saved = a * c["matched_tokens"] + b * c["hit_sq"]
+    total = a * c["prompt_tokens"] + b * c["prompt_sq"]
+    return round(saved / total, 6) if total else 0.0
+
+
 def figures(cache, n: int, elapsed: float, c: dict, model: ModelSpec, block: int) -> dict:
     """The figures of one run: speed, hit rates (``hit_rate`` over prompt elements, ``hit_rate_tokens``
     over prompt tokens), ``flops_saved`` (share of prefill FLOPs), KV and state bytes kept at the
     end and on average (``*_mean``, sampled before each sweep), evictions, pool accounting and
     the invariant check. ``requests_per_cpu_s`` counts this process's CPU time only."""
     kv_pool, state_pool = cache.kv_pool, cache.mamba_pool
-    a, b = model.flop_coefficients()
-    saved = a * c["matched_tokens"] + b * c["hit_sq"]
-    total = a * c["prompt_tokens"] + b * c["prompt_sq"]
     kv_bytes = block * model.kv_bytes_per_token
     kept_kv = cache.full_evictable_size() + cache.full_protected_size()
     kept_states = cache.mamba_evictable_size() + cache.mamba_protected_size()
@@ -279,7 +302,7 @@ def figures(cache, n: int, elapsed: float, c: dict, model: ModelSpec, block: int
         "requests_per_cpu_s": round(n / c["cpu_seconds"], 1) if c["cpu_seconds"] else 0.0,
         "hit_rate": round(c["matched"] / (c["prompt"] or 1), 6),
         "hit_rate_tokens": round(c["matched_tokens"] / (c["prompt_tokens"] or 1), 6),
-        "flops_saved": round(saved / total, 6) if total else 0.0,
+        "flops_saved": flops_share(c, model),
         "prompt_elements": c["prompt"],
         "hit_elements": c["matched"],
         "host_hit_elements": c["host_hits"],

@@ -78,14 +78,18 @@ def prepare(cache, items: Sequence, model, block_tokens: int) -> tuple[NextUse |
     return None, False
 
 
-def tune_alpha(cache, items: Sequence, window: int, run: Callable[[object, Sequence], dict]) -> tuple[float, dict]:
+def tune_alpha(cache, items: Sequence, window: int, run: Callable[[object, Sequence], dict],
+               known: dict[float, float] | None = None) -> tuple[float, dict]:
     """Marconi's α: ``run(fresh cache, items[:window])`` for each α of :data:`ALPHA_GRID` on a cache
     built like ``cache`` with ``flop_aware:α``; returns (the α whose run saved the largest share of
-    prefill FLOPs, every α's share)."""
-    saved = {}
+    prefill FLOPs, every α's share). ``known``: shares already measured by such a run (the
+    replay that reached the window at α = 1 passes its own), which are not run again."""
+    saved = {a: share for a, share in (known or {}).items() if a in ALPHA_GRID}
     for alpha in ALPHA_GRID:
+        if alpha in saved:
+            continue
         fresh = type(cache)(cache.config.replace(eviction=f"flop_aware:{alpha}"))
         saved[alpha] = run(fresh, items[:window])["flops_saved"]
         del fresh
     best = max(ALPHA_GRID, key=lambda a: (saved[a], -a))
-    return best, saved
+    return best, {a: saved[a] for a in ALPHA_GRID}
