@@ -9,8 +9,8 @@ how the sweep's cost grows with the trace. One JSON line per figure.
   (device only, + 256 GB host, + 1 TB host): hit rate and share of prefill FLOPs saved;
 * ``speed`` — per (admission, online eviction): the device tier alone with the H200's bounded
   pools (2,296 blocks, 336 states), requests per CPU second of this process (one torch thread),
-  the median of ``--repeat`` runs; ``flop_aware`` twice: with its alpha tuning (21 replays of the
-  bootstrap window count in its time) and at the alpha it chose;
+  the median of ``--repeat`` runs; ``flop_aware`` twice: with its alpha tuning (20 replays of the
+  bootstrap window count in its time, ``alpha_tuning_share`` of it) and at the alpha it chose;
 * ``scaling`` — a small sweep over the trace repeated 1x, 2x and 4x (each copy with its own hash
   ids, appended): seconds per request should stay flat if the cost is linear.
 
@@ -89,7 +89,10 @@ def main(argv: list[str] | None = None) -> int:
                                   "requests_per_cpu_s": statistics.median(r["requests_per_cpu_s"] for r in runs),
                                   "requests_per_s": statistics.median(r["requests_per_s"] for r in runs),
                                   "hit_rate": runs[-1]["hit_rate"], "alpha": runs[-1].get("alpha"),
-                                  "alpha_window": runs[-1].get("alpha_window"), "accounting_ok": runs[-1]["accounting_ok"]}))
+                                  "alpha_window": runs[-1].get("alpha_window"), "accounting_ok": runs[-1]["accounting_ok"],
+                                  **({"alpha_tuning_share": round(statistics.median(
+                                      r["alpha_tuning_cpu_s"] * r["requests_per_cpu_s"] / r["requests"] for r in runs), 3)}
+                                     if "alpha_tuning_cpu_s" in runs[-1] else {})}))
                 if eviction == "flop_aware":  # the tuning's replays count above; the policy alone at its alpha
                     queue.insert(0, f"flop_aware:{runs[-1]['alpha']}")
     if args.what in ("all", "scaling"):

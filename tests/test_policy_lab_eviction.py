@@ -66,6 +66,7 @@ def test_flop_aware_tunes_alpha_once_on_marconis_bootstrap_window(items) -> None
     assert saved[f["alpha"]] == max(saved.values())
     # every share is the separate replay's, alpha 1 too (read from the run's own counters at the window)
     assert f["alpha_shares"] == saved
+    assert 0 < f["alpha_tuning_cpu_s"] <= f["requests"] / f["requests_per_cpu_s"] + 0.001  # inside the run's time
     given = policy_replay.replay(policy_replay.make_cache(120, 16, eviction="flop_aware:0.3"), items, "page_aligned")
     assert given["alpha"] == 0.3 and given["alpha_window"] is None
 

@@ -155,7 +155,9 @@ def _replay(cache, items: PolicyItems, policy: Admission, model: ModelSpec, head
             # from a new cache, this run has just replayed items[:window] at its own alpha (1): its
             # counters are that alpha's tuning run, so tuning need not run it again
             own = {policy_setup.eviction_policy(cache).alpha: flops_share(c, model)} if fresh else None
+            tuning = time.process_time()
             tuned = policy_setup.tune_alpha(cache, items, window, run, known=own)
+            tuning = time.process_time() - tuning
             policy_setup.eviction_policy(cache).alpha = tuned[0]
             tune = False
         branch = branch_point(root, tokens) if needs_branch else 0
@@ -209,6 +211,7 @@ def _replay(cache, items: PolicyItems, policy: Admission, model: ModelSpec, head
         out["alpha_window"] = window if tuned else None  # None: alpha given, or the window never ended
         if tuned:
             out["alpha_shares"] = tuned[1]  # each alpha's share of prefill FLOPs saved on the window
+            out["alpha_tuning_cpu_s"] = round(tuning, 3)  # the tuning's replays (inside cpu_seconds)
     return out
 
 
