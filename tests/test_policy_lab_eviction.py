@@ -90,3 +90,13 @@ def test_every_insert_the_replay_skips_the_check_for_would_pass_it(items, admiss
     assert len(seen) == f["inserts"] > 0
     assert any(seen) or admission == "sequence_end"  # past a matched prefix (sequence_end matches nothing here)
     assert f["accounting_ok"] and f["violations"] == 0
+
+
+def test_only_a_new_cache_counts_as_its_own_alphas_tuning_run(items) -> None:
+    """Tuning reads alpha 1's share from the run itself only when the replay started on a new cache."""
+    device, tiered = policy_replay.make_cache(120, 16), policy_replay.make_cache(120, 16, host_kv=360)
+    assert policy_replay.is_new(device) and policy_replay.is_new(tiered)
+    policy_replay.replay(device, items[:20], "page_aligned")
+    assert not policy_replay.is_new(device)
+    held = tiered.kv_pool.alloc(1)  # a caller's slot: the pools are not all free
+    assert held is not None and not policy_replay.is_new(tiered)
