@@ -100,3 +100,13 @@ def test_only_a_new_cache_counts_as_its_own_alphas_tuning_run(items) -> None:
     assert not policy_replay.is_new(device)
     held = tiered.kv_pool.alloc(1)  # a caller's slot: the pools are not all free
     assert held is not None and not policy_replay.is_new(tiered)
+
+
+def test_a_tiered_replay_computes_what_a_failed_load_did_not_bring(items) -> None:
+    """Loads that fail while landing are retracted by the cache: the replay does not count or
+    reuse their slots, and the run stays sound."""
+    cache = policy_replay.make_cache(120, 16, host_kv=360, host_states=48, copy_engine="deferred",
+                                     faults="copy_land=0.5,seed=0")
+    f = policy_replay.replay(cache, items, "page_aligned")
+    assert cache.cache_controller.faults.injected.get("copy_land", 0) > 0 and f["host_hit_elements"] > 0
+    assert f["accounting_ok"] and f["violations"] == 0

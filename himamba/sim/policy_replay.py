@@ -45,6 +45,7 @@ from himamba.sim import policy_setup
 from himamba.sim.admission import Admission, PolicyItem, branch_point, parse_admission
 from himamba.sim.mooncake import BLOCK_TOKENS, MooncakeRequest
 from himamba.sim.policy_figures import figures, flops_share
+from himamba.sim.protocol import load_host_hit
 from himamba.validate import check_int, check_token_ids
 
 DEFAULT_EVICTION = "lru"
@@ -166,12 +167,8 @@ def _replay(cache, items: PolicyItems, policy: Admission, model: ModelSpec, head
         prefix, node = m.device_indices, m.last_device_node
         if tiered:
             if m.host_hit_length > 0:
-                loaded, last = cache.init_load_back(m.best_match_node)
-                if len(loaded):
-                    prefix = slot_ids.cat((prefix, loaded))
-                    c["host_hits"] += len(loaded)
-                    node = last
-                cache.ready_to_load_host_cache()
+                prefix, node, loaded = load_host_hit(cache, m.best_match_node, prefix, node)
+                c["host_hits"] += loaded
             cache.check_hicache_events()
         matched = prefix.shape[0]
         hit_tokens = matched if weight is None else min(matched * block, weight)

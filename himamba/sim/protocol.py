@@ -33,6 +33,7 @@ from himamba.cache.hi_mamba import HiMambaRadixCache
 from himamba.cache.invariants import check_invariants
 from himamba.cache.mamba import MambaRadixCache
 from himamba.core.key import RadixKey
+from himamba.core.node import TreeNode
 from himamba.errors import InvalidInputError
 from himamba.memory import slot_ids
 from himamba.sim.mooncake import BLOCK_TOKENS, MooncakeRequest, check_checkpoint
@@ -131,13 +132,9 @@ def _replay(cache, items: Sequence[ReplayItem], headroom: int, sweep_every: int,
         c["device_hits"] += matched
         if tiered:
             if m.host_hit_length > 0:
-                loaded, last = cache.init_load_back(m.best_match_node)
                 c["ops"] += 1
-                cache.ready_to_load_host_cache()
-                if len(loaded) and last.value is not None:  # not retracted (a load that failed landing)
-                    prefix = slot_ids.cat((prefix, loaded))
-                    c["host_hits"] += len(loaded)
-                    node = last
+                prefix, node, loaded = load_host_hit(cache, m.best_match_node, prefix, node)
+                c["host_hits"] += loaded
             cache.check_hicache_events()
             matched = prefix.shape[0]
         c["matched"] += matched
@@ -163,6 +160,18 @@ def _replay(cache, items: Sequence[ReplayItem], headroom: int, sweep_every: int,
         cache.loading_check()
     c["cpu_seconds"] = time.process_time() - cpu_start
     return figures(cache, len(items), time.perf_counter() - start, c, block_mode=items[0][3] is not None if items else False)
+
+
+def load_host_hit(cache, start: TreeNode, prefix: torch.Tensor, node: TreeNode) -> tuple[torch.Tensor, TreeNode, int]:
+    """A tiered replay's load-back: ``init_load_back(start)`` and launch it at once
+    (``ready_to_load_host_cache``). Returns the device prefix, the node it ends at and the
+    elements loaded; a load that failed while landing was retracted there (its node is off the
+    device again) and adds nothing, so ``(prefix, node, 0)`` come back."""
+    loaded, last = cache.init_load_back(start)
+    cache.ready_to_load_host_cache()
+    if len(loaded) and last.value is not None:
+        return slot_ids.cat((prefix, loaded)), last, len(loaded)
+    return prefix, node, 0
 
 
 def _insert(cache, key: RadixKey, prefix: torch.Tensor, matched: int, c: dict, headroom: int, i: int) -> None:
