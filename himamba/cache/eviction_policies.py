@@ -187,10 +187,8 @@ class FlopAware(_ScoredStates):
 
     def requeue_key(self, node: TreeNode, leaves: set[TreeNode]) -> tuple:
         """Scored against the current evictable leaves (normalisation is over the candidates)."""
-        nodes = list(leaves)
-        if node not in leaves:
-            nodes.append(node)
-        return (self._utilities(nodes)[nodes.index(node)], node.last_access_time, node.id)
+        nodes = [node, *(x for x in leaves if x is not node)]
+        return (self._utilities(nodes)[0], node.last_access_time, node.id)
 
     def state_score(self, candidates: list[TreeNode]) -> Callable[[TreeNode], tuple]:
         # Marconi's candidates have at most one child; the rest come after them

@@ -143,7 +143,7 @@ def _replay(cache, items: PolicyItems, policy: Admission, model: ModelSpec, head
                        "samples"), 0)
     trusted, needs_branch, root = RadixKey._trusted, policy.needs_branch, cache.root_node
     future, tune = policy_setup.prepare(cache, items, model, block)
-    fresh = tune and is_new(cache)  # a new cache's run up to the window is a tuning run of its own alpha
+    started_new = tune and is_new(cache)  # a new cache's run up to the window is a tuning run of its own alpha
     window, tuned = None, None
     start, cpu_start = time.perf_counter(), time.process_time()
     for i, (tokens, plen, full, weight) in enumerate(items):
@@ -155,7 +155,7 @@ def _replay(cache, items: PolicyItems, policy: Admission, model: ModelSpec, head
 
             # from a new cache, this run has just replayed items[:window] at its own alpha (1): its
             # counters are that alpha's tuning run, so tuning need not run it again
-            own = {policy_setup.eviction_policy(cache).alpha: flops_share(c, model)} if fresh else None
+            own = {policy_setup.eviction_policy(cache).alpha: flops_share(c, model)} if started_new else None
             tuning = time.process_time()
             tuned = policy_setup.tune_alpha(cache, items, window, run, known=own)
             tuning = time.process_time() - tuning
