@@ -36,8 +36,7 @@ def _request(n: int | str, core: str) -> dict:
     script = REPORTS[int(number)][0]()
     if policy:
         script = {**script, "config": {**script["config"], "write_policy": policy}}
-    return {"what": "replay", "script": script, "core": core, "skip": ["lock", "unlock"],
-            "host": int(number) in HOST_TIER}
+    return remote.replay_request(script, core, host=int(number) in HOST_TIER)
 
 
 def _keys(snap: Snapshot) -> dict[tuple[int, ...], object]:

@@ -27,7 +27,7 @@ VERSION = "0.5.23"
 ENV_DIR = ".venv-sglang-0.5.23"
 
 __all__ = ["UpstreamFailure", "UpstreamUnavailable", "call", "probe", "replay_remote", "replay_remote_many",
-           "unified_here"]
+           "replay_request", "unified_here"]
 
 
 def unified_here() -> bool:
@@ -83,18 +83,25 @@ def call(request: dict[str, Any], timeout: float = 120.0) -> dict[str, Any]:
     raise kind(f"SGLang {VERSION}: {answer.get('message')}")
 
 
+def replay_request(script: dict, core: str = "python", skip: tuple[str, ...] = ("lock", "unlock"),
+                   host: bool = False) -> dict[str, Any]:
+    """The worker's request to replay ``script`` on 0.5.23's ``core`` (with ``host``, on the cache
+    with its host tier: :mod:`himamba.lens.unified_host`)."""
+    request = {"what": "replay", "script": script, "core": core, "skip": list(skip)}
+    return {**request, "host": True} if host else request
+
+
 def replay_remote(script: dict, core: str = "python", skip: tuple[str, ...] = ("lock", "unlock"),
-                  timeout: float = 120.0) -> dict[str, Any]:
+                  timeout: float = 120.0, host: bool = False) -> dict[str, Any]:
     """The replay of ``script`` on 0.5.23, run in its environment, as the dict of
-    :meth:`himamba.lens.replay.Replay.to_dict`."""
-    answer = call({"what": "replay", "script": script, "core": core, "skip": list(skip)}, timeout)
-    return answer["replay"]
+    :meth:`himamba.lens.replay.Replay.to_dict` (``host``: see :func:`replay_request`)."""
+    return call(replay_request(script, core, skip, host), timeout)["replay"]
 
 
 def replay_remote_many(scripts: list[dict], core: str = "python", skip: tuple[str, ...] = ("lock", "unlock"),
                        timeout: float = 240.0) -> list[dict[str, Any]]:
     """:func:`replay_remote` of several scripts with one start of the environment."""
-    requests = [{"what": "replay", "script": s, "core": core, "skip": list(skip)} for s in scripts]
+    requests = [replay_request(s, core, skip) for s in scripts]
     answers = call({"what": "batch", "requests": requests}, timeout)["answers"]
     for a in answers:
         if not a.get("ok"):

@@ -80,6 +80,4 @@ def replay_with_host(script: dict, core: str = "python", skip: tuple[str, ...] =
     check_script(script)
     if remote.unified_here():
         return drive(UnifiedHostSide(script_config(script), core), script, "sglang-0.5.23", skip)
-    answer = remote.call({"what": "replay", "script": script, "core": core, "skip": list(skip), "host": True},
-                         timeout)
-    return Replay.from_dict(answer["replay"])
+    return Replay.from_dict(remote.replay_remote(script, core, skip, timeout, host=True))
