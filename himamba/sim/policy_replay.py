@@ -16,7 +16,7 @@ Per request, in order (the protocol of :mod:`himamba.sim.protocol`, with admissi
 5. every ``sweep_every`` requests, evict down to 25% free KV and 25% free states.
 
 The inserts of step 4 go straight to the cache's insert walk (``cache.inserter.insert``), not
-through the public ``insert`` and its argument check (about a third of an insert's time): what
+through the public ``insert`` and its argument check (about half of an insert's CPU time): what
 they hand over is built here from this cache's own match and allocations, and every replay
 ends by checking the invariants and the pools' accounting (``violations``, ``accounting_ok``).
 ``tests/test_policy_lab_eviction.py`` shows that every such insert passes the public check.
