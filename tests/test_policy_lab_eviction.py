@@ -4,9 +4,12 @@ Marconi's alpha tuned on its bootstrap window, and every pair sound on both cach
 from __future__ import annotations
 
 import math
+import random
 
 import pytest
 
+from himamba.core.key import RadixKey
+from himamba.errors import CacheAssertionError
 from himamba.sim import mooncake, policy_replay, policy_setup, policy_sweep
 
 EVICTIONS = policy_sweep.available_evictions()
@@ -75,21 +78,109 @@ def test_flop_aware_tunes_alpha_once_on_marconis_bootstrap_window(items) -> None
 @pytest.mark.parametrize("tiered", [False, True], ids=["device", "tiered"])
 def test_every_insert_the_replay_skips_the_check_for_would_pass_it(items, admission: str, tiered: bool) -> None:
     """The replay calls the insert walk without the public argument check: each call's arguments
-    pass that check, and hand over the host ids the check would read."""
+    (an insert from the root or one that goes on below the request's last depth) pass that check,
+    and hand over the host ids the check would read."""
     cache = policy_replay.make_cache(120, 16, host_kv=360 if tiered else 0, host_states=48)
-    inserter, walk, seen = cache.inserter, cache.inserter.insert, []
+    inserter, walk, after, seen = cache.inserter, cache.inserter.insert, cache.inserter.insert_after, []
 
-    def checked(key, value, mamba_value, prev_prefix_len, chunked, walked, ids, state_ids):
+    def check(key, value, mamba_value, prev_prefix_len, ids, state_ids) -> None:
         _, want_ids, want_state = inserter.check_args(key, value, mamba_value, prev_prefix_len)
         assert list(ids) == list(want_ids) and list(state_ids) == list(want_state)
         seen.append(prev_prefix_len)
-        return walk(key, value, mamba_value, prev_prefix_len, chunked, walked, ids, state_ids)
 
-    inserter.insert = checked
+    def checked(key, value, mamba_value, prev_prefix_len, chunked, walked, ids, state_ids, path=None):
+        check(key, value, mamba_value, prev_prefix_len, ids, state_ids)
+        return walk(key, value, mamba_value, prev_prefix_len, chunked, walked, ids, state_ids, path)
+
+    def checked_after(path, key, value, mamba_value, prev_prefix_len, ids, state_ids):
+        check(key, value, mamba_value, prev_prefix_len, ids, state_ids)
+        return after(path, key, value, mamba_value, prev_prefix_len, ids, state_ids)
+
+    inserter.insert, inserter.insert_after = checked, checked_after
     f = policy_replay.replay(cache, items, admission)
     assert len(seen) == f["inserts"] > 0
     assert any(seen) or admission == "sequence_end"  # past a matched prefix (sequence_end matches nothing here)
     assert f["accounting_ok"] and f["violations"] == 0
+
+
+def _snapshot(cache) -> tuple:
+    """Everything an insert can change: each node's key, slots, time and hit count, the clock,
+    both LRU orders and every pool's free slots."""
+    nodes = sorted((n.id, -1 if n.parent is None else n.parent.id, tuple(n.key.token_ids), n.last_access_time,
+                    n.hit_count, None if n.value is None else tuple(n.value.tolist()),
+                    None if n.mamba_value is None else tuple(n.mamba_value.tolist())) for n in cache.tree.nodes())
+    pools = [(p.available_size(), p.allocator._state.tolist()) for p in (cache.kv_pool, cache.mamba_pool)]
+    return nodes, cache.tree.clock, cache.full_lru_list.order(), cache.mamba_lru_list.order(), pools
+
+
+def _conversations(n: int, seed: int) -> policy_replay.PolicyItems:
+    """A token trace of multi-turn chats: each turn's prompt is the chat so far plus a question,
+    its key the prompt and the answer; a turn is sometimes sent twice (so a depth past the match
+    can already hold a state)."""
+    rng, chats, rows = random.Random(seed), [[] for _ in range(6)], []
+    for _ in range(n):
+        if rows and rng.random() < 0.2:  # the same turn again: its states past the prompt are there
+            rows.append(rows[-1])
+            continue
+        chat = rng.choice(chats)
+        chat.extend(rng.randrange(50) for _ in range(rng.randrange(1, 9)))
+        answer = [rng.randrange(50) for _ in range(rng.randrange(1, 6))]
+        rows.append((len(chat), [*chat, *answer]))
+        if rng.random() < 0.7 and len(chat) < 30:
+            chat.extend(answer)
+        else:
+            chat.clear()
+    return policy_replay.token_items(rows)
+
+
+def _run(items, admission: str, eviction: str, plain: bool) -> tuple:
+    """A replay on a device-only cache, with its middle depths inserted through ``insert_after``
+    or (``plain``) by a whole insert from the root each; returns the cache's snapshot, the
+    figures but for timings, and the ``prev_prefix_len`` of each middle depth."""
+    cache = policy_replay.make_cache(60, 16, eviction=eviction)
+    inserter, walk, after, used = cache.inserter, cache.inserter.insert, cache.inserter.insert_after, []
+
+    def insert_from_root(path, key, value, mamba_value, prev_prefix_len, ids, state_ids):
+        walked = []
+        result = walk(key, value, mamba_value, prev_prefix_len, False, [], ids, state_ids, walked)
+        path[:] = walked  # what the next depth's insert walks again
+        used.append(prev_prefix_len)
+        return result
+
+    def counted(path, key, value, mamba_value, prev_prefix_len, ids, state_ids):
+        used.append(prev_prefix_len)
+        return after(path, key, value, mamba_value, prev_prefix_len, ids, state_ids)
+
+    inserter.insert_after = insert_from_root if plain else counted
+    f = policy_replay.replay(cache, items, admission)
+    assert f["accounting_ok"] and f["violations"] == 0
+    return _snapshot(cache), {k: v for k, v in f.items() if not k.endswith(("_s", "seconds"))}, used
+
+
+@pytest.mark.parametrize("admission", ["every_n:1", "every_n:2", "branch_point", "tokens every_n:3"])
+@pytest.mark.parametrize("eviction", EVICTIONS)
+def test_one_walk_per_request_leaves_the_cache_as_an_insert_per_depth(items, admission: str, eviction: str) -> None:
+    """On a device-only cache the replay inserts a request's depths in one walk (the middle ones
+    through ``insert_after``): tree, times, hit counts, LRU orders, pools and figures are exactly
+    those of a plain insert from the root per depth."""
+    tokens = admission.startswith("tokens ")
+    if tokens:
+        items, admission = _conversations(400, seed=3), admission.split()[1]
+    chained, f_chained, used = _run(items, admission, eviction, plain=False)
+    plain, f_plain, used_plain = _run(items, admission, eviction, plain=True)
+    assert used == used_plain
+    assert bool(used) == admission.startswith("every_n")  # branch_point keeps at most two depths
+    assert f_chained["evicted_kv"] > 0 and f_chained["hit_rate"] > 0
+    assert f_chained["evicted_states"] > 0 or admission == "branch_point"
+    assert f_chained["states_admitted"] < f_chained["inserts"] or not tokens  # some depth held its state
+    assert chained == plain and f_chained == f_plain
+
+
+def test_only_a_device_only_cache_defers_an_inserts_walk() -> None:
+    cache = policy_replay.make_cache(60, 12, host_kv=120)
+    with pytest.raises(CacheAssertionError, match="device-only"):
+        cache.inserter.insert_after([], RadixKey([1, 2]), cache.kv_pool.alloc(2), cache.mamba_pool.alloc(1), 0,
+                                    None, None)
 
 
 def test_only_a_new_cache_counts_as_its_own_alphas_tuning_run(items) -> None:

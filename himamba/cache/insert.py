@@ -14,6 +14,7 @@ import torch
 
 from himamba.cache.device_tier import DeviceTier
 from himamba.cache.lookup import Lookup
+from himamba.cache.policies import NoHostTier
 from himamba.cache.results import InsertResult
 from himamba.cache.tree import RadixTree
 from himamba.cache.words import count
@@ -101,19 +102,56 @@ class Insert:
     # -- the walk -------------------------------------------------------------------------------------
     def insert(
         self, key: RadixKey, value: torch.Tensor, mamba_value: torch.Tensor, prev_prefix_len: int, chunked: bool,
-        walked: list[TreeNode], ids: np.ndarray, state_ids: np.ndarray,
+        walked: list[TreeNode], ids: np.ndarray, state_ids: np.ndarray, path: list[TreeNode] | None = None,
     ) -> InsertResult:
         """The insert's walk and changes, on arguments :meth:`check_args` passed (and what it
         returned). ``walked``: nodes the check found wholly matched, in order; reached again
         through the same children, their keys (which only a split changes, and a split puts a new
         node in the parent's place) need no new compare. ``ids``, ``state_ids``: the host ids of
-        ``value`` and ``mamba_value``, so that no slot is read twice."""
+        ``value`` and ``mamba_value``, so that no slot is read twice. ``path``, when given, gets
+        the nodes from the root (excluded) to the one that ends at the key's end appended, in order."""
+        return self._walk(self.tree.root, 0, key, value, mamba_value, prev_prefix_len, chunked, walked, ids,
+                          state_ids, path)
+
+    def insert_after(
+        self, path: list[TreeNode], key: RadixKey, value: torch.Tensor, mamba_value: torch.Tensor,
+        prev_prefix_len: int, ids: np.ndarray, state_ids: np.ndarray,
+    ) -> InsertResult:
+        """``insert(key, value, mamba_value, prev_prefix_len, chunked=False, ...)`` on a device-only
+        cache, with its walk over ``path`` deferred to a later insert: for inserting several depths
+        of one key (states every few blocks) in one walk instead of one from the root per depth.
+
+        ``path`` is the tree's path from the root (excluded) to a device node that ends exactly
+        ``prev_prefix_len`` tokens into ``key`` and matches it wholly (what an insert of
+        ``key[:prev_prefix_len]`` appended to its ``path``). The nodes of ``path`` are counted as
+        walked (each one's hit count, and the clock by one tick each, first, as the walk would)
+        but are neither retimed nor moved to the MRU ends; the walk goes on below them and
+        appends its nodes to ``path``. The caller must end the run with an :meth:`insert` whose
+        walk passes every node of ``path`` (``walked=path``): that walk retimes them and moves them
+        to the MRU ends in path order, which leaves the tree, clock, hit counts and LRU lists as a
+        plain insert per depth would. Only for a cache without a host tier (whose hit only
+        counts); CacheAssertionError otherwise."""
+        if type(self.cache.write_policy_object) is not NoHostTier:
+            raise CacheAssertionError("insert_after: only a device-only cache defers its walk (a hit may back up)")
+        for node in path:
+            node.hit_count += 1
+        self.tree.clock += len(path)
+        start = path[-1] if path else self.tree.root
+        return self._walk(start, prev_prefix_len, key, value, mamba_value, prev_prefix_len, False, [], ids,
+                          state_ids, path)
+
+    def _walk(
+        self, node: TreeNode, pos: int, key: RadixKey, value: torch.Tensor, mamba_value: torch.Tensor,
+        prev_prefix_len: int, chunked: bool, walked: list[TreeNode], ids: np.ndarray, state_ids: np.ndarray,
+        path: list[TreeNode] | None,
+    ) -> InsertResult:
+        """The walk of :meth:`insert` from ``node``, which ends ``pos`` tokens into ``key``; those
+        ``pos`` tokens are on device and count towards ``prefix_len``."""
         ps = self.page_size
         tree, device = self.tree, self.device
-        node = tree.root
         on_hit = self.cache.write_policy_object.on_hit
-        total = 0  # tokens counted towards prefix_len
-        pos, n = 0, len(key)  # the walk has matched key[:pos] (and value[:pos])
+        total = pos  # tokens counted towards prefix_len
+        n = len(key)  # the walk has matched key[:pos] (and value[:pos])
         known = iter(walked)
         expect = next(known, None)
         while pos < n and (ck := key.child_key_at(pos, ps)) in node.children:
@@ -131,10 +169,14 @@ class Insert:
             else:
                 total += self.take_duplicates(node, ids, pos, p, prev_prefix_len, total)
                 on_hit(self.cache, node, chunked)
+            if path is not None:
+                path.append(node)
             pos += p
         if pos < n:
             new = self.add_leaf(node, key[pos:], value, ids, pos, mamba_value, state_ids)
             on_hit(self.cache, new, chunked)
+            if path is not None:
+                path.append(new)
             return InsertResult(total, False)
         if node.mamba_value is None:
             self.attach_state(node, mamba_value, state_ids)

@@ -12,7 +12,10 @@ Per request, in order (the protocol of :mod:`himamba.sim.protocol`, with admissi
    is the protocol's ``evict_mamba(8)`` for one state, and retry; a request keeps at most a
    quarter of the state pool, its deepest depths, so ``every_n`` fits small pools);
    insert ``key[:depth]`` with its state for each depth in order, the tree's own slots before
-   it (a state the tree already had is freed); unlock;
+   it (a state the tree already had is freed); unlock. On a device-only cache the depths take one
+   walk from the root, not one each (:meth:`Insert.insert_after
+   <himamba.cache.insert.Insert.insert_after>`), which leaves the cache exactly as an insert per
+   depth would;
 5. every ``sweep_every`` requests, evict down to 25% free KV and 25% free states.
 
 The inserts of step 4 go straight to the cache's insert walk (``cache.inserter.insert``), not
@@ -244,13 +247,25 @@ def _admit(cache, key: RadixKey, prefix, matched: int, ends: list[int], c: dict,
             raise RuntimeError(f"request {i}: cannot allocate {k} state slot(s) after eviction")
     value = slot_ids.cat((prefix, new)) if matched else new
     done = matched
-    inserter, kv_ids, state_ids = cache.inserter, kv_pool.allocator.host_ids, state_pool.allocator.host_ids
+    inserter, kv_ids = cache.inserter, kv_pool.allocator.host_ids
+    kv_host, state_host = kv_ids(value), state_pool.allocator.host_ids(slots)  # read once: a depth's are a slice
     last = ends[-1]  # = len(value): its insert takes the whole of value
+    # several depths on a device-only cache: one walk from the root, not one per depth (the first
+    # insert records its path, the middle ones go on below it, the last walks it all again, which
+    # leaves the cache as an insert per depth would: Insert.insert_after)
+    path = [] if k > 1 and not getattr(cache, "tiered", False) else None
     for j, end in enumerate(ends):
-        slot = slots if k == 1 else slots[j:j + 1]
+        slot, slot_id = (slots, state_host) if k == 1 else (slots[j:j + 1], state_host[j:j + 1])
         # the insert's walk on what this function built (see the module docstring: trusted input)
-        head = value if end == last else value[:end]
-        result = inserter.insert(key[:end], head, slot, done, False, [], kv_ids(head), state_ids(slot))
+        head, head_ids = (value, kv_host) if end == last else (value[:end], kv_host[:end])
+        if path is None:
+            result = inserter.insert(key[:end], head, slot, done, False, [], head_ids, slot_id)
+        elif j == 0:
+            result = inserter.insert(key[:end], head, slot, done, False, [], head_ids, slot_id, path)
+        elif end < last:
+            result = inserter.insert_after(path, key[:end], head, slot, done, head_ids, slot_id)
+        else:
+            result = inserter.insert(key[:end], head, slot, done, False, path, head_ids, slot_id)
         c["inserts"] += 1
         if result.mamba_exist:
             state_pool.free(slot)
@@ -260,6 +275,7 @@ def _admit(cache, key: RadixKey, prefix, matched: int, ends: list[int], c: dict,
             # the tree already held some of these elements and freed our copies: what follows
             # the next insert's prefix must be the tree's own slots
             value = slot_ids.cat((tree_slots(cache.root_node, key.token_ids, end), value[end:]))
+            kv_host = kv_ids(value)
         done = end
 
 
