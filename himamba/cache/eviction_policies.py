@@ -135,18 +135,22 @@ class FlopAware(_ScoredStates):
 
     _ends: tuple | None = None  # (the tree's root, {node id: elements from the root to the node's end})
 
-    def _end(self, node: TreeNode) -> int:
-        """Key elements from the root to the end of ``node``. A node's end never moves (a split
-        puts a new node above it and shortens its own key by as much), so it is computed once per
-        node and kept by id for as long as the tree keeps its root (``reset`` restarts the ids)."""
+    def _end_memo(self) -> dict[int, int]:
+        """Key elements from the root to each node's end, by node id. A node's end never moves (a
+        split puts a new node above it and shortens its own key by as much), so it is computed
+        once per node and kept for as long as the tree keeps its root (``reset`` restarts the
+        ids); an unbound policy keeps nothing."""
         memo = self._ends
         if self.cache is None:
-            ends: dict[int, int] = {}  # an unbound policy keeps nothing
-        elif memo is not None and memo[0] is self.cache.tree.root:
-            ends = memo[1]
-        else:
-            ends = {}
-            self._ends = (self.cache.tree.root, ends)
+            return {}
+        if memo is not None and memo[0] is self.cache.tree.root:
+            return memo[1]
+        ends: dict[int, int] = {}
+        self._ends = (self.cache.tree.root, ends)
+        return ends
+
+    def _end(self, node: TreeNode, ends: dict[int, int]) -> int:
+        """Key elements from the root to the end of ``node``, through ``ends`` (:meth:`_end_memo`)."""
         end = ends.get(node.id)
         if end is None:
             end = 0
@@ -157,26 +161,34 @@ class FlopAware(_ScoredStates):
             ends[node.id] = end
         return end
 
-    def _efficiency(self, node: TreeNode) -> float:
-        """Prefill FLOPs ``node`` saves over its parent, per byte it holds."""
+    def _efficiencies(self, nodes: list[TreeNode]) -> list[float]:
+        """Prefill FLOPs each node saves over its parent, per byte it holds, in the order of ``nodes``."""
         _, a, b, kv_bytes, state_bytes = self._model_prices()
         u = self.unit_tokens
-        own = len(node.key.token_ids) * u
-        end = self._end(node) * u
-        start = end - own
-        saved = a * own + b * (end * end - start * start)  # prefill_flops(end) - prefill_flops(start)
-        held = own * kv_bytes
-        if node.mamba_value is not None or node.mamba_host_value is not None:
-            held += state_bytes
-        return saved / held if held else 0.0
+        ends = self._end_memo()
+        out = []
+        for node in nodes:
+            own = len(node.key.token_ids) * u
+            end = ends.get(node.id)
+            end = (self._end(node, ends) if end is None else end) * u
+            start = end - own
+            saved = a * own + b * (end * end - start * start)  # prefill_flops(end) - prefill_flops(start)
+            held = own * kv_bytes
+            if node.mamba_value is not None or node.mamba_host_value is not None:
+                held += state_bytes
+            out.append(saved / held if held else 0.0)
+        return out
 
     def _utilities(self, nodes: list[TreeNode]) -> list[float]:
         """Each node's utility, in the order of ``nodes``: recency and efficiency, each min-max
-        normalised over ``nodes`` (0 for all when they are equal), as ``r + alpha * e``."""
+        normalised over ``nodes`` (0 for all when they are equal), as ``r + alpha * e``. At alpha
+        0 that is ``r`` itself (``r + 0.0``), so the efficiencies are not computed."""
         now = self.cache.tree.clock if self.cache is not None else 0.0
         r = _scaled([1.0 / max(now - n.last_access_time, 1e-9) for n in nodes])
-        e = _scaled([self._efficiency(n) for n in nodes])
         alpha = self.alpha
+        if alpha == 0:
+            return r
+        e = _scaled(self._efficiencies(nodes))
         return [ri + alpha * ei for ri, ei in zip(r, e, strict=True)]
 
     def order(self, leaves: Iterable[TreeNode]) -> list[tuple]:
@@ -192,6 +204,11 @@ class FlopAware(_ScoredStates):
 
     def state_score(self, candidates: list[TreeNode]) -> Callable[[TreeNode], tuple]:
         # Marconi's candidates have at most one child; the rest come after them
+        if self.alpha == 0:
+            # the utility is then the scaled recency: a non-decreasing function of the time (each
+            # step, now - t, 1 / x, max and the scaling, is monotone in floats), so ranking by the
+            # time itself gives the same order, ties included (they fall to the time, then the id)
+            return lambda n: (len(n.children) > 1, n.last_access_time, n.id)
         utility = dict(zip(candidates, self._utilities(candidates), strict=True))
         return lambda n: (len(n.children) > 1, utility[n], n.last_access_time, n.id)
 
