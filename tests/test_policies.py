@@ -131,6 +131,27 @@ def test_flop_aware_evicts_the_leaf_that_saves_least_per_byte():
         assert_healthy(cache)
 
 
+def test_flop_aware_at_alpha_0_ranks_states_by_their_utility():
+    """At alpha 0 the utility is the scaled recency alone: the policy skips the efficiencies and
+    ranks states by time, which must give the order that ranking by the utility gives."""
+    cache = make_cache(eviction="flop_aware:0")
+    for key in ([1, 2], [1, 2, 3], [1, 2, 4], [5], [5, 6, 7], [1, 2, 3, 8], [9, 9], [5, 6, 7, 1]):
+        put(cache, key)
+    cache.match_prefix([1, 2, 3])
+    cache.match_prefix([9, 9])
+    policy = cache.policy_objects["eviction"]
+    states = list(cache.mamba_lru_list.nodes())
+    now = cache.tree.clock
+    recency = [1.0 / max(now - n.last_access_time, 1e-9) for n in states]
+    lo, hi = min(recency), max(recency)
+    utility = {n: (r - lo) / (hi - lo) for n, r in zip(states, recency, strict=True)}
+    by_utility = sorted(states, key=lambda n: (len(n.children) > 1, utility[n], n.last_access_time, n.id))
+    assert policy._utilities(states) == [utility[n] for n in states]
+    assert sorted(states, key=policy.state_score(states)) == by_utility
+    assert any(len(n.children) > 1 for n in states) and by_utility != states[::-1]  # not the LRU order
+    assert_healthy(cache)
+
+
 def test_farthest_next_use_evicts_what_the_future_needs_latest():
     import math
 
