@@ -34,7 +34,8 @@ def settle_failed_loads(cache) -> int:
     failed = [ack for ack in queue if ack.failed]
     retracted = 0
     for ack in failed:
-        written = [_written(cache, ack, i) for i in ack.node_ids]
+        dst = set(ack.dst.kv.tolist())  # the device KV slots the load wrote
+        written = [_written(cache, ack, dst, i) for i in ack.node_ids]
         why = next((w for w in map(_why_not_retractable, written) if w is not None), None)
         if why is None:
             for node, chain, restored in written:
@@ -49,14 +50,14 @@ def settle_failed_loads(cache) -> int:
     return retracted
 
 
-def _written(cache, ack: Ack, node_id: int) -> tuple[TreeNode | None, list[TreeNode], bool]:
-    """What ``ack`` wrote for the load of ``node_id``: (the node, or ``None`` when no load of it is
-    in flight; the chain, deepest first: the node and the ancestors above it whose device slots are
-    all destinations of ``ack``; whether it wrote the node's device state)."""
+def _written(cache, ack: Ack, dst: set[int], node_id: int) -> tuple[TreeNode | None, list[TreeNode], bool]:
+    """What ``ack`` wrote for the load of ``node_id`` (``dst``: its device KV destinations): (the
+    node, or ``None`` when no load of it is in flight; the chain, deepest first: the node and the
+    ancestors above it whose device slots are all in ``dst``; whether it wrote the node's device
+    state)."""
     node = cache.in_flight.load_back.get(node_id)
     if node is None:
         return None, [], False
-    dst = set(ack.dst.kv.tolist())
     chain = []
     x, root = node, cache.root_node
     while x is not root and x.value is not None and dst and set(x.value.tolist()) <= dst:

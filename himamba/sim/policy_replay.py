@@ -48,7 +48,7 @@ from himamba.sim import policy_setup
 from himamba.sim.admission import Admission, PolicyItem, branch_point, parse_admission
 from himamba.sim.mooncake import BLOCK_TOKENS, MooncakeRequest
 from himamba.sim.policy_figures import figures, flops_share
-from himamba.sim.protocol import load_host_hit
+from himamba.sim.serving import load_host_hit
 from himamba.validate import check_int, check_token_ids
 
 DEFAULT_EVICTION = "lru"
@@ -258,14 +258,12 @@ def _admit(cache, key: RadixKey, prefix, matched: int, ends: list[int], c: dict,
         slot, slot_id = (slots, state_host) if k == 1 else (slots[j:j + 1], state_host[j:j + 1])
         # the insert's walk on what this function built (see the module docstring: trusted input)
         head, head_ids = (value, kv_host) if end == last else (value[:end], kv_host[:end])
-        if path is None:
-            result = inserter.insert(key[:end], head, slot, done, False, [], head_ids, slot_id)
-        elif j == 0:
-            result = inserter.insert(key[:end], head, slot, done, False, [], head_ids, slot_id, path)
-        elif end < last:
+        if path is not None and j > 0 and end < last:  # a middle depth goes on below the one before
             result = inserter.insert_after(path, key[:end], head, slot, done, head_ids, slot_id)
-        else:
-            result = inserter.insert(key[:end], head, slot, done, False, path, head_ids, slot_id)
+        else:  # from the root: the first depth records its path, the last walks it all again
+            again = path is not None and j > 0
+            result = inserter.insert(key[:end], head, slot, done, False, path if again else [], head_ids, slot_id,
+                                     None if again else path)
         c["inserts"] += 1
         if result.mamba_exist:
             state_pool.free(slot)

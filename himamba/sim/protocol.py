@@ -33,10 +33,10 @@ from himamba.cache.hi_mamba import HiMambaRadixCache
 from himamba.cache.invariants import check_invariants
 from himamba.cache.mamba import MambaRadixCache
 from himamba.core.key import RadixKey
-from himamba.core.node import TreeNode
 from himamba.errors import InvalidInputError
 from himamba.memory import slot_ids
 from himamba.sim.mooncake import BLOCK_TOKENS, MooncakeRequest, check_checkpoint
+from himamba.sim.serving import load_host_hit
 from himamba.validate import check_token_ids
 
 ReplayItem = tuple[list[int], int, int, "int | None"]
@@ -160,18 +160,6 @@ def _replay(cache, items: Sequence[ReplayItem], headroom: int, sweep_every: int,
         cache.loading_check()
     c["cpu_seconds"] = time.process_time() - cpu_start
     return figures(cache, len(items), time.perf_counter() - start, c, block_mode=items[0][3] is not None if items else False)
-
-
-def load_host_hit(cache, start: TreeNode, prefix: torch.Tensor, node: TreeNode) -> tuple[torch.Tensor, TreeNode, int]:
-    """A tiered replay's load-back: ``init_load_back(start)`` and launch it at once
-    (``ready_to_load_host_cache``). Returns the device prefix, the node it ends at and the
-    elements loaded; a load that failed while landing was retracted there (its node is off the
-    device again) and adds nothing, so ``(prefix, node, 0)`` come back."""
-    loaded, last = cache.init_load_back(start)
-    cache.ready_to_load_host_cache()
-    if len(loaded) and last.value is not None:
-        return slot_ids.cat((prefix, loaded)), last, len(loaded)
-    return prefix, node, 0
 
 
 def _insert(cache, key: RadixKey, prefix: torch.Tensor, matched: int, c: dict, headroom: int, i: int) -> None:

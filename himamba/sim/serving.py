@@ -7,12 +7,28 @@ Every slot is filled with its deterministic content (:mod:`himamba.memory.conten
 
 from __future__ import annotations
 
+import torch
+
 from himamba.cache.facade import RadixCacheBase
 from himamba.cache.results import InsertResult, Request
 from himamba.core.key import RadixKey
+from himamba.core.node import TreeNode
 from himamba.errors import InvalidInputError, OracleError
 from himamba.memory import slot_ids
 from himamba.memory.content import write_kv, write_state
+
+
+def load_host_hit(cache, start: TreeNode, prefix: torch.Tensor, node: TreeNode) -> tuple[torch.Tensor, TreeNode, int]:
+    """A request's load-back of a host hit on a tiered cache (:func:`serve` and the replays):
+    ``init_load_back(start)`` and launch it at once (``ready_to_load_host_cache``), after the
+    matched ``prefix`` ending at ``node``. Returns the device prefix, the node it ends at and the
+    elements loaded; a load that failed while landing was retracted there (its node is off the
+    device again) and adds nothing, so ``(prefix, node, 0)`` come back."""
+    loaded, last = cache.init_load_back(start)
+    cache.ready_to_load_host_cache()
+    if len(loaded) and last.value is not None:
+        return slot_ids.cat((prefix, loaded)), last, len(loaded)
+    return prefix, node, 0
 
 
 def serve(cache, tokens: list[int] | RadixKey, *, reuse_prefix: bool = True) -> InsertResult | None:
@@ -45,10 +61,8 @@ def serve(cache, tokens: list[int] | RadixKey, *, reuse_prefix: bool = True) -> 
         held.append(node)
         cache.inc_lock_ref(node)
         if getattr(cache, "tiered", False) and m.host_hit_length > 0:
-            loaded, last = cache.init_load_back(m.best_match_node)
-            cache.ready_to_load_host_cache()
-            if len(loaded) and last.value is not None:  # a load that failed landing was retracted
-                prefix = slot_ids.cat((prefix, loaded))
+            prefix, last, loaded = load_host_hit(cache, m.best_match_node, prefix, node)
+            if loaded:  # else nothing came back, or a load that failed landing was retracted
                 held.append(last)
                 cache.inc_lock_ref(last)
                 held.remove(node)
