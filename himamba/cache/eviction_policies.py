@@ -149,17 +149,6 @@ class FlopAware(_ScoredStates):
         self._ends = (self.cache.tree.root, ends)
         return ends
 
-    def _end(self, node: TreeNode, ends: dict[int, int]) -> int:
-        """Key elements from the root to the end of ``node``, through ``ends`` (:meth:`_end_memo`)."""
-        end = ends.get(node.id)
-        if end is None:
-            end = 0
-            x = node
-            while x.parent is not None:
-                end += len(x.key.token_ids)
-                x = x.parent
-            ends[node.id] = end
-        return end
 
     def _efficiencies(self, nodes: list[TreeNode]) -> list[float]:
         """Prefill FLOPs each node saves over its parent, per byte it holds, in the order of ``nodes``."""
@@ -170,7 +159,9 @@ class FlopAware(_ScoredStates):
         for node in nodes:
             own = len(node.key.token_ids) * u
             end = ends.get(node.id)
-            end = (self._end(node, ends) if end is None else end) * u
+            if end is None:
+                end = ends[node.id] = _depth(node)
+            end *= u
             start = end - own
             saved = a * own + b * (end * end - start * start)  # prefill_flops(end) - prefill_flops(start)
             held = own * kv_bytes
@@ -251,6 +242,15 @@ class FarthestNextUse(_ScoredStates):
     def describe(self, node: TreeNode) -> str:
         use = self.next_use(node)
         return "never needed again" if use == math.inf else f"next needed by request {use:g}"
+
+
+def _depth(node: TreeNode) -> int:
+    """Key elements from the root to the end of ``node``."""
+    end = 0
+    while node.parent is not None:
+        end += len(node.key.token_ids)
+        node = node.parent
+    return end
 
 
 def _scaled(values: list[float]) -> list[float]:

@@ -127,7 +127,7 @@ def copy_pf_to_lf(src_ptrs: list[torch.Tensor], dst_ptrs: list[torch.Tensor], sr
         dst[_idx(dst_indices, dst)] = src[s // page_size, layer_id, s % page_size].to(dst.device, dst.dtype)
 
 
-def copy_rows(src_layers: list[torch.Tensor], dst_layers: list[torch.Tensor], src_indices: torch.Tensor,
+def copy_layer_rows(src_layers: list[torch.Tensor], dst_layers: list[torch.Tensor], src_indices: torch.Tensor,
               dst_indices: torch.Tensor, page_size: int = 1) -> None:
     """Row copies between matching buffers (``layer_first``): ``dst[dst_indices] =
     src[src_indices]`` for each pair."""
@@ -136,7 +136,7 @@ def copy_rows(src_layers: list[torch.Tensor], dst_layers: list[torch.Tensor], sr
 
 
 _TRANSFERS = {"transfer_kv_all_layer_direct_lf_pf": copy_lf_to_pf,
-              "transfer_kv_per_layer_direct_pf_lf": copy_pf_to_lf, "transfer_kv_direct": copy_rows}
+              "transfer_kv_per_layer_direct_pf_lf": copy_pf_to_lf, "transfer_kv_direct": copy_layer_rows}
 
 
 def install_host_standins() -> None:
