@@ -190,3 +190,33 @@ def test_every_eviction_step_says_why():
     cache.writing_check()
     cache.loading_check()
     assert_healthy(cache)
+
+
+def test_node_ends_survive_a_split_restart_on_reset_and_drop_deleted_nodes():
+    """FlopAware's memo of where each node ends (cache/node_ends.py): a split leaves the lower
+    node's end as it was; past its size the memo keeps only nodes still in the tree; a reset
+    (new root, ids from 0 again) empties it."""
+    from himamba.cache.node_ends import NodeEnds, depth
+
+    cache = make_cache()  # the memo reads the tree only: LRU makes the eviction below plain
+    ends = NodeEnds(cache.tree, floor=0)
+    put(cache, [1, 2, 3, 4])
+    leaf = node_at(cache, [1, 2, 3, 4])
+    ends.current()[leaf.id] = depth(leaf)
+    put(cache, [1, 2, 5])  # splits the leaf's edge after [1, 2]: a new node above it
+    upper, other = node_at(cache, [1, 2]), node_at(cache, [1, 2, 5])
+    assert upper.id != leaf.id and len(leaf.key) == 2 and depth(leaf) == 4
+    memo = ends.current()  # 1 entry, past 2 x the nodes at the last pruning (none yet): pruned, kept
+    assert memo == {leaf.id: 4}
+    memo.update({upper.id: depth(upper), other.id: depth(other)})
+    assert cache.evict(1) == 2 and cache.node_at([1, 2, 3, 4]) is None  # the oldest leaf leaves
+    assert ends.current() == {leaf.id: 4, upper.id: 2, other.id: 3}  # not past 2 x 4 nodes: kept
+    fresh = NodeEnds(cache.tree, floor=0)
+    fresh.current().update(ends.known())
+    assert fresh.current() == {upper.id: 2, other.id: 3}  # past 0 entries: only nodes in the tree
+    assert_healthy(cache)
+    cache.reset()
+    put(cache, [9])
+    assert node_at(cache, [9]).id == 1  # ids start again: an old entry would now be wrong
+    assert ends.current() == {}
+    assert_healthy(cache)

@@ -201,3 +201,25 @@ def test_a_tiered_replay_computes_what_a_failed_load_did_not_bring(items) -> Non
     f = policy_replay.replay(cache, items, "page_aligned")
     assert cache.cache_controller.faults.injected.get("copy_land", 0) > 0 and f["host_hit_elements"] > 0
     assert f["accounting_ok"] and f["violations"] == 0
+
+
+@needs_seam
+@pytest.mark.parametrize("tiered", [False, True], ids=["device", "tiered"])
+def test_flop_aware_forgets_the_ends_of_deleted_nodes_and_decides_alike(tiered: bool) -> None:
+    """The policy memoises each node's end by id; past its floor (and twice the tree) it drops
+    the nodes that left the tree. Pruned often or never, the replay leaves the same cache and
+    figures; the pruned memo stays small, and each end it holds is the one the full memo has."""
+    items = _conversations(600, seed=4)
+    runs = []
+    for floor in (8, 10**9):
+        cache = policy_replay.make_cache(60, 16, eviction="flop_aware:1", host_kv=120 if tiered else 0)
+        policy = policy_setup.eviction_policy(cache)
+        policy.node_ends.floor = floor
+        f = policy_replay.replay(cache, items, "every_n:2")
+        assert f["accounting_ok"] and f["violations"] == 0 and f["evicted_states"] > 0
+        runs.append((_snapshot(cache), {k: v for k, v in f.items() if not k.endswith(("_s", "seconds"))},
+                     policy.node_ends.known()))
+    (pruned_cache, pruned_f, pruned), (full_cache, full_f, full) = runs
+    assert pruned_cache == full_cache and pruned_f == full_f
+    assert len(full) > 1000 and len(pruned) < len(full) // 10  # every node ever scored, against a few
+    assert all(full[i] == end for i, end in pruned.items())

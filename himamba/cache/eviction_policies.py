@@ -34,6 +34,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 
+from himamba.cache.node_ends import NodeEnds, depth
 from himamba.core.lru import LRUList
 from himamba.core.node import TreeNode
 from himamba.errors import InvalidInputError
@@ -115,9 +116,11 @@ class FlopAware(_ScoredStates):
         self.model = model
         self.unit_tokens = 1
         self.cache = None
+        self.node_ends: NodeEnds | None = None  # each node's end, kept across evictions (bound policies)
 
     def bind(self, cache) -> None:
         self.cache = cache
+        self.node_ends = NodeEnds(cache.tree)
         if self.model is None:
             own = cache.config.model
             self.model = own if own.has_flops else ModelSpec.attention_mamba2_7b()
@@ -133,34 +136,17 @@ class FlopAware(_ScoredStates):
             self._prices = (m, a, b, m.kv_bytes_per_token, m.state_bytes_per_slot)
         return self._prices
 
-    _ends: tuple | None = None  # (the tree's root, {node id: elements from the root to the node's end})
-
-    def _end_memo(self) -> dict[int, int]:
-        """Key elements from the root to each node's end, by node id. A node's end never moves (a
-        split puts a new node above it and shortens its own key by as much), so it is computed
-        once per node and kept for as long as the tree keeps its root (``reset`` restarts the
-        ids); an unbound policy keeps nothing."""
-        memo = self._ends
-        if self.cache is None:
-            return {}
-        if memo is not None and memo[0] is self.cache.tree.root:
-            return memo[1]
-        ends: dict[int, int] = {}
-        self._ends = (self.cache.tree.root, ends)
-        return ends
-
-
     def _efficiencies(self, nodes: list[TreeNode]) -> list[float]:
         """Prefill FLOPs each node saves over its parent, per byte it holds, in the order of ``nodes``."""
         _, a, b, kv_bytes, state_bytes = self._model_prices()
         u = self.unit_tokens
-        ends = self._end_memo()
+        ends = self.node_ends.current() if self.node_ends is not None else {}
         out = []
         for node in nodes:
             own = len(node.key.token_ids) * u
             end = ends.get(node.id)
             if end is None:
-                end = ends[node.id] = _depth(node)
+                end = ends[node.id] = depth(node)
             end *= u
             start = end - own
             saved = a * own + b * (end * end - start * start)  # prefill_flops(end) - prefill_flops(start)
@@ -242,15 +228,6 @@ class FarthestNextUse(_ScoredStates):
     def describe(self, node: TreeNode) -> str:
         use = self.next_use(node)
         return "never needed again" if use == math.inf else f"next needed by request {use:g}"
-
-
-def _depth(node: TreeNode) -> int:
-    """Key elements from the root to the end of ``node``."""
-    end = 0
-    while node.parent is not None:
-        end += len(node.key.token_ids)
-        node = node.parent
-    return end
 
 
 def _scaled(values: list[float]) -> list[float]:
