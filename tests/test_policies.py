@@ -196,7 +196,8 @@ def test_node_ends_survive_a_split_restart_on_reset_and_drop_deleted_nodes():
     """FlopAware's memo of where each node ends (cache/node_ends.py): a split leaves the lower
     node's end as it was; past its size the memo keeps only nodes still in the tree; a reset
     (new root, ids from 0 again) empties it."""
-    from himamba.cache.node_ends import NodeEnds, depth
+    from himamba.cache.node_ends import NodeEnds
+    from himamba.cache.tree import depth
 
     cache = make_cache()  # the memo reads the tree only: LRU makes the eviction below plain
     ends = NodeEnds(cache.tree, floor=0)

@@ -34,7 +34,8 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 
-from himamba.cache.node_ends import NodeEnds, depth
+from himamba.cache.node_ends import NodeEnds
+from himamba.cache.tree import depth
 from himamba.core.lru import LRUList
 from himamba.core.node import TreeNode
 from himamba.errors import InvalidInputError

@@ -113,6 +113,12 @@ class Insert:
         return self._walk(self.tree.root, 0, key, value, mamba_value, prev_prefix_len, chunked, walked, ids,
                           state_ids, path)
 
+    @property
+    def defers_walks(self) -> bool:
+        """May :meth:`insert_after` defer a walk here: only on a cache without a host tier, whose
+        hit only counts (a tiered hit may back a node up)."""
+        return type(self.cache.write_policy_object) is NoHostTier
+
     def insert_after(
         self, path: list[TreeNode], key: RadixKey, value: torch.Tensor, mamba_value: torch.Tensor,
         prev_prefix_len: int, ids: np.ndarray, state_ids: np.ndarray,
@@ -131,7 +137,7 @@ class Insert:
         to the MRU ends in path order, which leaves the tree, clock, hit counts and LRU lists as a
         plain insert per depth would. Only for a cache without a host tier (whose hit only
         counts); CacheAssertionError otherwise."""
-        if type(self.cache.write_policy_object) is not NoHostTier:
+        if not self.defers_walks:
             raise CacheAssertionError("insert_after: only a device-only cache defers its walk (a hit may back up)")
         for node in path:
             node.hit_count += 1

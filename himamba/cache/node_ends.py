@@ -30,7 +30,7 @@ class NodeEnds:
 
     def current(self) -> dict[int, int]:
         """The memo for the tree as it is now, ``{node id: end}``: a caller fills in a node it
-        misses with ``depth(node)``. Restarts on a new root; prunes as the module says."""
+        misses with :func:`himamba.cache.tree.depth`. Restarts on a new root; prunes as the module says."""
         root = self.tree.root
         if root is not self._root:
             self._root, self._ends, self._prune_at = root, {}, self.floor
@@ -44,11 +44,3 @@ class NodeEnds:
         """A copy of the memo as it stands (no pruning, no restart)."""
         return dict(self._ends)
 
-
-def depth(node: TreeNode) -> int:
-    """Key elements from the root to the end of ``node``."""
-    end = 0
-    while node.parent is not None:
-        end += len(node.key.token_ids)
-        node = node.parent
-    return end

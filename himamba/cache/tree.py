@@ -1,6 +1,6 @@
 """RadixTree: the structure of the cache and nothing else (no pools, no LRU lists, no counters).
 
-Walks (``nodes``, ``node_at``, ``path_tokens``), node identity (``new_node``, ``node_by_id``,
+Walks (``nodes``, ``node_at``, ``path_tokens``, and :func:`depth` for one node), node identity (``new_node``, ``node_by_id``,
 ``check_in_tree``), the access clock (``tick``) and the three structural edits every algorithm
 uses: ``attach`` a child, ``detach`` it, and ``split_edge``. Which memory a node holds is the
 tiers' business (:mod:`himamba.cache.device_tier`, :mod:`himamba.cache.host_tier`).
@@ -134,3 +134,13 @@ class RadixTree:
         child.parent = upper
         upper.children[child.key.child_key(ps)] = child
         return upper
+
+
+def depth(node: TreeNode) -> int:
+    """Key elements from the root to the end of ``node`` (``len(tree.path_tokens(node))``, without
+    building the list)."""
+    end = 0
+    while node.parent is not None:
+        end += len(node.key.token_ids)
+        node = node.parent
+    return end

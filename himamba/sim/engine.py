@@ -51,6 +51,7 @@ import torch
 
 from himamba.cache.facade import RadixCacheBase
 from himamba.cache.results import MatchResult, Request
+from himamba.cache.tree import depth
 from himamba.core.node import TreeNode
 from himamba.errors import HiMambaError, InvalidInputError
 from himamba.memory import slot_ids
@@ -360,7 +361,7 @@ class Engine:
             return slot_ids.cat((prefix, loaded)), last, len(loaded), restore
         if node is cache.root_node or node.mamba_value is not None:
             return prefix, node, 0, restore and node is target
-        return prefix[: _depth(last)], last, 0, restore and last is target
+        return prefix[: depth(last)], last, 0, restore and last is target
 
     # -- progress -------------------------------------------------------------------------------
     def _advance(self, live: _Live, row: dict[str, int]) -> bool:
@@ -489,11 +490,3 @@ def _moved(cc) -> dict[str, int]:
     """The transfer controller's running totals, by step column (bytes and slots per direction)."""
     return {k: getattr(cc, k) for k in TRANSFERS}
 
-
-def _depth(node: TreeNode) -> int:
-    """Tokens from the root to the end of ``node``."""
-    n = 0
-    while node.parent is not None:
-        n += len(node.key)
-        node = node.parent
-    return n

@@ -253,7 +253,7 @@ def _admit(cache, key: RadixKey, prefix, matched: int, ends: list[int], c: dict,
     # several depths on a device-only cache: one walk from the root, not one per depth (the first
     # insert records its path, the middle ones go on below it, the last walks it all again, which
     # leaves the cache as an insert per depth would: Insert.insert_after)
-    path = [] if k > 1 and not getattr(cache, "tiered", False) else None
+    path = [] if k > 1 and inserter.defers_walks else None
     for j, end in enumerate(ends):
         slot, slot_id = (slots, state_host) if k == 1 else (slots[j:j + 1], state_host[j:j + 1])
         # the insert's walk on what this function built (see the module docstring: trusted input)
